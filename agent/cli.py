@@ -1,0 +1,236 @@
+"""The ``edge-agent`` command: run, check, simulate, demo.
+
+Config problems print one line each (file, key path, expectation) and exit with status 2;
+no traceback reaches plant IT for a mistake in a file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from agent import __version__
+from agent.config import AgentSection
+from agent.config_load import ConfigError, LoadedConfig, load_config
+from agent.durations import format_duration, parse_duration
+from agent.logs import configure
+
+EXIT_CONFIG = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edge-agent",
+        description="Acquire, clean, time-align and forward industrial data.",
+    )
+    parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run the agent until stopped (SIGTERM/SIGINT)")
+    run.add_argument("-c", "--config", required=True, type=Path, help="TOML config file")
+
+    check = commands.add_parser("check", help="validate a config file and summarise it")
+    check.add_argument("-c", "--config", required=True, type=Path, help="TOML config file")
+
+    simulate = commands.add_parser("simulate", help="run a bundled device simulator")
+    devices = simulate.add_subparsers(dest="device", required=True, metavar="DEVICE")
+    modbus = devices.add_parser("modbus", help="Modbus TCP PLC of a CNC cell")
+    modbus.add_argument("--host", default="127.0.0.1")
+    modbus.add_argument("--port", type=int, default=5020, help="0 picks a free port")
+    modbus.add_argument("--seed", type=int, default=0)
+    modbus.add_argument("--unit-id", type=int, default=1)
+    modbus.add_argument("--bulk-tags", type=int, default=0, help="extra float32 tags at hr:1000")
+    modbus.add_argument("--exception-rate", type=float, default=0.0, help="share of requests")
+    modbus.add_argument("--timeout-rate", type=float, default=0.0, help="share of requests")
+    modbus.add_argument("--disconnect-every", type=float, default=0.0, help="seconds")
+
+    opcua = devices.add_parser("opcua", help="OPC UA server of a CNC machine")
+    opcua.add_argument("--host", default="127.0.0.1")
+    opcua.add_argument("--port", type=int, default=4840, help="0 picks a free port")
+    opcua.add_argument("--seed", type=int, default=0)
+    opcua.add_argument("--security", action="store_true", help="Sign/SignAndEncrypt endpoints")
+    opcua.add_argument("--cert-dir", type=Path, default=None, help="where its certificate lives")
+    opcua.add_argument("--user", action="append", default=[], help="NAME:PASSWORD (repeatable)")
+    opcua.add_argument("--clock-offset", default="0s", help='source clock skew, e.g. "5s"')
+    opcua.add_argument("--clock-drift-ppm", type=float, default=0.0)
+    opcua.add_argument("--bulk-tags", type=int, default=0, help="extra Double variables")
+    opcua.add_argument("--update", default="50ms", help="how often values change")
+
+    browse = commands.add_parser(
+        "browse", help="walk an OPC UA server and print [[sources.tags]] to paste"
+    )
+    browse.add_argument("url", help="opc.tcp://host:port[/path]")
+    browse.add_argument("--depth", type=int, default=6, help="levels below Objects")
+    browse.add_argument("--filter", default=None, help='glob on tag names, e.g. "CNC.Spindle*"')
+    browse.add_argument("--rate", default="1s", help="rate written into every tag")
+
+    certs = commands.add_parser("certs", help="show or regenerate the OPC UA client certificate")
+    certs.add_argument("-c", "--config", type=Path, help="config file (for agent.data_dir)")
+    certs.add_argument("--regenerate", action="store_true", help="make a new certificate")
+
+    demo = commands.add_parser(
+        "demo", help="simulator + agent + local Parquet store, with a live view"
+    )
+    demo.add_argument("--duration", type=float, default=15.0, help="seconds; 0 runs until Ctrl-C")
+    demo.add_argument("--out", type=Path, default=Path("edge-demo-data"), help="dataset folder")
+    demo.add_argument("--rate", default="100ms", help="poll rate of the demo tags")
+    demo.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "check":
+            return _check(load_config(args.config))
+        if args.command == "run":
+            loaded = load_config(args.config)
+            configure(loaded.config.agent.log_level, loaded.config.agent.log_format)
+            asyncio.run(_run(loaded))
+            return 0
+        if args.command == "simulate":
+            configure("info")
+            asyncio.run(
+                _simulate_modbus(args) if args.device == "modbus" else _simulate_opcua(args)
+            )
+            return 0
+        if args.command == "browse":
+            configure("warning")
+            return asyncio.run(_browse(args))
+        if args.command == "certs":
+            configure("warning")
+            data_dir = load_config(args.config).config.agent.data_dir if args.config else None
+            return _certs(data_dir or AgentSection().data_dir, args.regenerate)
+        if args.command == "demo":
+            from agent.demo import run_demo
+
+            return run_demo(args.duration, args.out, args.rate, args.seed)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return 130
+    return 1
+
+
+def _check(loaded: LoadedConfig) -> int:
+    config = loaded.config
+    print(f"{loaded.path}: OK (config hash {loaded.config_hash})")
+    print(
+        f"gateway {config.agent.gateway_id}: window {format_duration(config.batch.window)}, "
+        f"lateness {format_duration(config.batch.lateness)}, data_dir {config.agent.data_dir}"
+    )
+    for source in config.sources:
+        rates: dict[int, int] = {}
+        for tag in source.tags:
+            rates[tag.rate] = rates.get(tag.rate, 0) + 1
+        rate_text = ", ".join(f"{n} @ {format_duration(r)}" for r, n in sorted(rates.items()))
+        driver = loaded.drivers[source.name](source)
+        state = "" if source.enabled else " [disabled]"
+        print(
+            f"source {source.name} ({source.protocol}){state}: {len(source.tags)} tags "
+            f"({rate_text}){driver.describe()}"
+        )
+    for uplink in config.uplinks:
+        print(f"uplink {uplink.name} ({uplink.type}) -> {uplink.path}")
+    return 0
+
+
+def install_stop_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+
+
+async def _run(loaded: LoadedConfig) -> None:
+    from agent.runtime import Agent
+
+    stop = asyncio.Event()
+    install_stop_signals(stop)
+    await Agent(loaded).run(stop)
+
+
+async def _simulate_modbus(args: argparse.Namespace) -> None:
+    from simulators.modbus_plc import ModbusPLCSimulator
+
+    simulator = ModbusPLCSimulator(
+        args.seed,
+        unit_id=args.unit_id,
+        bulk_tags=args.bulk_tags,
+        exception_rate=args.exception_rate,
+        timeout_rate=args.timeout_rate,
+        disconnect_every_s=args.disconnect_every,
+    )
+    stop = asyncio.Event()
+    install_stop_signals(stop)
+    port = await simulator.start(args.host, args.port)
+    print(f"modbus simulator listening on {args.host}:{port} (seed {args.seed})", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await simulator.stop()
+
+
+async def _simulate_opcua(args: argparse.Namespace) -> None:
+    from simulators.opcua_cnc import OpcUaCncSimulator
+
+    users = dict(user.split(":", 1) for user in args.user) or None
+    simulator = OpcUaCncSimulator(
+        args.seed,
+        security=args.security,
+        cert_dir=args.cert_dir,
+        users=users,
+        clock_offset_ns=parse_duration(args.clock_offset) if args.clock_offset != "0s" else 0,
+        clock_drift_ppm=args.clock_drift_ppm,
+        bulk_tags=args.bulk_tags,
+        update_ns=parse_duration(args.update),
+    )
+    stop = asyncio.Event()
+    install_stop_signals(stop)
+    await simulator.start(args.host, args.port)
+    print(f"opcua simulator listening on {simulator.url} (seed {args.seed})", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await simulator.stop()
+
+
+async def _browse(args: argparse.Namespace) -> int:
+    from asyncua import Client
+
+    from protocols.opcua.browse import browse, to_toml
+
+    try:
+        async with Client(args.url, timeout=10) as client:
+            variables = await browse(client, args.depth, args.filter)
+    except (OSError, TimeoutError) as exc:
+        print(f"cannot browse {args.url}: {exc}", file=sys.stderr)
+        return 1
+    print(to_toml(variables, args.url, args.rate))
+    return 0
+
+
+def _certs(data_dir: Path, regenerate: bool) -> int:
+    from protocols.opcua.security import (
+        Pki,
+        application_uri,
+        describe_certificate,
+        ensure_own_certificate,
+    )
+
+    pki = Pki(data_dir / "pki")
+    ensure_own_certificate(pki, regenerate)
+    print(f"certificate {pki.certificate}")
+    print(f"private key {pki.private_key}")
+    print(f"application URI {application_uri()}")
+    print(describe_certificate(pki.certificate.read_bytes()))
+    print(f"trusted servers in {pki.trusted}/, refused ones land in {pki.rejected}/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""Configuration models: the TOML file's shape, validated by pydantic.
+
+Every key has a default except names and addresses, so a minimal config is a gateway with
+one source and its tags. Unknown keys are rejected (``extra="forbid"``): in a plant, a
+misspelt ``deadbnad`` that silently does nothing is worse than a refusal to start.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Annotated, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from agent.durations import Duration
+
+NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$"
+Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=128)]
+
+
+class Section(BaseModel):
+    """Base of every config table: strict about unknown keys, immutable once loaded."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TagConfig(Section):
+    """Keys every tag has, whatever its protocol; drivers subclass it to add addressing."""
+
+    name: Name
+    rate: Duration = Field(default=1_000_000_000, description="sampling period")
+    unit: str | None = None
+    scale: float = 1.0
+    offset: float = 0.0
+    description: str = ""
+
+
+class SourceConfig(Section):
+    """Keys every source has; a driver's config model subclasses it (see protocols.sdk)."""
+
+    name: Name
+    protocol: str
+    enabled: bool = True
+    backoff_initial: Duration = Field(default=1_000_000_000)
+    backoff_max: Duration = Field(default=60_000_000_000)
+    tags: list[TagConfig] = Field(min_length=1)
+
+    @field_validator("tags")
+    @classmethod
+    def _unique_tag_names(cls, tags: list[TagConfig]) -> list[TagConfig]:
+        seen: set[str] = set()
+        for tag in tags:
+            if tag.name in seen:
+                raise ValueError(f"tag name {tag.name!r} is used twice in this source")
+            seen.add(tag.name)
+        return tags
+
+
+class AgentSection(Section):
+    gateway_id: Name = Field(default_factory=lambda: socket.gethostname().split(".")[0])
+    data_dir: Path = Path("./edge-agent-data")
+    metrics: str = Field(
+        default="127.0.0.1:9464",
+        description='host:port for /metrics and /healthz; "" disables the endpoint',
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "console", "json"] = "auto"
+    queue_frames: int = Field(default=4096, ge=16)
+
+    @field_validator("metrics")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        if value:
+            host, sep, port = value.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+                raise ValueError(f'expected "host:port" or "", got {value!r}')
+        return value
+
+
+class BatchSection(Section):
+    window: Duration = Field(default=1_000_000_000)
+    lateness: Duration = Field(default=2_000_000_000)
+
+
+class ParquetUplinkConfig(Section):
+    type: Literal["parquet"] = "parquet"
+    name: Name = "parquet"
+    path: str = "./edge-data"
+    compression: Literal["zstd", "snappy", "gzip", "lz4", "none"] = "zstd"
+    compression_level: int | None = Field(default=None, ge=1, le=22)
+
+
+UplinkConfig = Annotated[ParquetUplinkConfig, Field(discriminator="type")]
+
+
+_Named = TypeVar("_Named", SourceConfig, ParquetUplinkConfig)
+
+
+class AgentConfig(Section):
+    """The whole file. ``sources`` holds each driver's own validated model."""
+
+    agent: AgentSection = Field(default_factory=AgentSection)
+    batch: BatchSection = Field(default_factory=BatchSection)
+    sources: list[SourceConfig] = Field(min_length=1)
+    uplinks: list[UplinkConfig] = Field(default_factory=lambda: [ParquetUplinkConfig()])
+
+    @field_validator("sources", "uplinks")
+    @classmethod
+    def _unique_names(cls, items: list[_Named], info: ValidationInfo) -> list[_Named]:
+        first_index: dict[str, int] = {}
+        for index, item in enumerate(items):
+            if item.name in first_index:
+                raise ValueError(
+                    f"name {item.name!r} of {info.field_name}[{index}] is already used by "
+                    f"{info.field_name}[{first_index[item.name]}]"
+                )
+            first_index[item.name] = index
+        return items

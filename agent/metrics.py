@@ -1,0 +1,131 @@
+"""Prometheus metrics of one agent, plus exact recent percentiles for the CLI and tests.
+
+Each Agent gets its own CollectorRegistry so that several agents (tests, demo) can live in
+one process. Histograms serve Prometheus; the small ring buffers in PollStats give exact
+p50/p99 lateness for ``demo`` output and acceptance checks without scraping.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENESS_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
+_RTT_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0, 5.0)
+
+
+class Metrics:
+    """The metric families of one agent."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.polls = Counter("edge_agent_polls", "Polls started", ["source", "group"], registry=r)
+        self.overruns = Counter(
+            "edge_agent_poll_overruns",
+            "Scheduled poll ticks skipped because the previous poll overran",
+            ["source", "group"],
+            registry=r,
+        )
+        self.lateness = Histogram(
+            "edge_agent_poll_lateness_seconds",
+            "Delay between a poll's scheduled tick and its start",
+            ["source", "group"],
+            buckets=_LATENESS_BUCKETS,
+            registry=r,
+        )
+        self.rtt = Histogram(
+            "edge_agent_request_rtt_seconds",
+            "Round-trip time of one device request",
+            ["source"],
+            buckets=_RTT_BUCKETS,
+            registry=r,
+        )
+        self.points_in = Counter(
+            "edge_agent_points_in", "Samples received from sources", ["source"], registry=r
+        )
+        self.points_bad = Counter(
+            "edge_agent_points_bad",
+            "Samples received with bad quality, by reason",
+            ["source", "reason"],
+            registry=r,
+        )
+        self.source_up = Gauge(
+            "edge_agent_source_up", "1 while the source is connected", ["source"], registry=r
+        )
+        self.reconnects = Counter(
+            "edge_agent_source_failures",
+            "Source sessions that ended in an error and were restarted",
+            ["source"],
+            registry=r,
+        )
+        self.batches = Counter(
+            "edge_agent_batches_written",
+            "Batches acknowledged by an uplink",
+            ["uplink"],
+            registry=r,
+        )
+        self.batch_points = Counter(
+            "edge_agent_batch_points", "Samples in batches written", ["uplink"], registry=r
+        )
+        self.uplink_errors = Counter(
+            "edge_agent_uplink_errors", "Failed batch writes", ["uplink"], registry=r
+        )
+        self.late_points = Counter(
+            "edge_agent_points_late",
+            "Samples that arrived after their window closed (sent in the next batch)",
+            registry=r,
+        )
+
+
+class Ring:
+    """Fixed-size ring of recent float samples for exact percentiles."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self._data = np.zeros(size, np.float64)
+        self._count = 0
+
+    def add(self, value: float) -> None:
+        self._data[self._count % self._data.shape[0]] = value
+        self._count += 1
+
+    def values(self, last: int | None = None) -> np.ndarray:
+        """Stored samples, or only the ``last`` n of them, oldest first."""
+        size = self._data.shape[0]
+        n = min(self._count, size if last is None else min(last, size))
+        return self._data[(np.arange(self._count - n, self._count)) % size]
+
+    def percentile(self, pct: float, last: int | None = None) -> float:
+        values = self.values(last)
+        return float(np.percentile(values, pct)) if values.size else 0.0
+
+
+class PollStats:
+    """Statistics of one poll group: the scheduler and driver report into it."""
+
+    def __init__(self, metrics: Metrics, source: str, group: str) -> None:
+        self.source = source
+        self.group = group
+        self.polls = 0
+        self.overruns = 0
+        self.lateness_s = Ring()
+        self.rtt_s = Ring()
+        self._polls = metrics.polls.labels(source, group)
+        self._overruns = metrics.overruns.labels(source, group)
+        self._lateness = metrics.lateness.labels(source, group)
+        self._rtt = metrics.rtt.labels(source)
+
+    def poll_started(self, lateness_ns: int, skipped: int) -> None:
+        self.polls += 1
+        self._polls.inc()
+        seconds = lateness_ns / 1e9
+        self.lateness_s.add(seconds)
+        self._lateness.observe(seconds)
+        if skipped:
+            self.overruns += skipped
+            self._overruns.inc(skipped)
+
+    def request_done(self, rtt_ns: int) -> None:
+        seconds = rtt_ns / 1e9
+        self.rtt_s.add(seconds)
+        self._rtt.observe(seconds)

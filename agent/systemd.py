@@ -1,0 +1,43 @@
+"""systemd readiness and watchdog notifications (Type=notify, WatchdogSec=).
+
+The protocol is one datagram per message to $NOTIFY_SOCKET, which does not earn a
+dependency. The watchdog ping runs on the agent's event loop, so a loop that hangs stops
+pinging and systemd restarts the service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+
+
+def notify(message: str) -> bool:
+    """Send one sd_notify message; False when not running under systemd."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):  # abstract namespace socket
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.setblocking(False)  # never stall the event loop on a full notify queue
+        try:
+            sock.sendto(message.encode(), address)
+        except OSError:
+            return False
+    return True
+
+
+def watchdog_interval_s() -> float | None:
+    """Half the configured watchdog timeout, or None when the watchdog is off."""
+    usec = os.environ.get("WATCHDOG_USEC")
+    pid = os.environ.get("WATCHDOG_PID")
+    if not usec or (pid and int(pid) != os.getpid()):
+        return None
+    return int(usec) / 2e6
+
+
+async def keep_watchdog_fed(interval_s: float) -> None:
+    while True:
+        notify("WATCHDOG=1")
+        await asyncio.sleep(interval_s)

@@ -1,0 +1,1 @@
+"""Protocol drivers. The plug-in API lives in :mod:`protocols.sdk`."""

@@ -1,0 +1,137 @@
+"""Config model of an OPC UA source and its tags."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Literal
+
+from asyncua import ua
+from pydantic import Field, field_validator, model_validator
+
+from agent.config import SourceConfig, TagConfig
+from agent.durations import Duration
+
+SecurityPolicy = Literal["None", "Basic256Sha256", "Aes128Sha256RsaOaep", "Aes256Sha256RsaPss"]
+SecurityMode = Literal["None", "Sign", "SignAndEncrypt"]
+_PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
+
+
+class OpcUaTagConfig(TagConfig):
+    node: str = Field(description='node id, e.g. "ns=2;s=CNC.Spindle.Speed" or "i=2258"')
+    sampling_interval: Duration | None = Field(
+        default=None, description="server-side sampling (subscribe mode); default: rate"
+    )
+    queue_size: int | None = Field(
+        default=None, ge=1, le=10_000, description="default: samples per publishing interval"
+    )
+    server_deadband: float | str | None = Field(
+        default=None, description='DataChangeFilter deadband: absolute (0.5) or percent ("1%")'
+    )
+    sample_interval: Duration | None = Field(
+        default=None, description="spacing of the elements of an array value (block signals)"
+    )
+
+    @field_validator("node")
+    @classmethod
+    def _node_id(cls, value: str) -> str:
+        try:
+            ua.NodeId.from_string(value)
+        except Exception:
+            raise ValueError(
+                f'expected a node id such as "ns=2;s=Machine.Speed" or "i=2258", got {value!r}'
+            ) from None
+        return value
+
+    @field_validator("server_deadband")
+    @classmethod
+    def _deadband(cls, value: float | str | None) -> float | str | None:
+        if isinstance(value, str) and not _PERCENT.match(value):
+            raise ValueError(f'expected a number or a percentage such as "0.5%", got {value!r}')
+        if isinstance(value, float | int) and value < 0:
+            raise ValueError("a deadband cannot be negative")
+        return value
+
+    @property
+    def node_id(self) -> ua.NodeId:
+        return ua.NodeId.from_string(self.node)
+
+    @property
+    def deadband_filter(self) -> ua.DataChangeFilter | None:
+        """The server-side DataChangeFilter this tag asks for, if any."""
+        if self.server_deadband is None:
+            return None
+        data_filter = ua.DataChangeFilter()
+        data_filter.Trigger = ua.DataChangeTrigger.StatusValue
+        if isinstance(self.server_deadband, str):
+            match = _PERCENT.match(self.server_deadband)
+            assert match is not None  # validated above
+            data_filter.DeadbandType = ua.DeadbandType.Percent
+            data_filter.DeadbandValue = float(match.group(1))
+        else:
+            data_filter.DeadbandType = ua.DeadbandType.Absolute
+            data_filter.DeadbandValue = float(self.server_deadband)
+        return data_filter
+
+
+class OpcUaSourceConfig(SourceConfig):
+    protocol: Literal["opcua"] = "opcua"
+    url: str = Field(description="opc.tcp://host:port[/path]")
+    mode: Literal["subscribe", "poll"] = "subscribe"
+    timestamp: Literal["source", "server", "gateway"] = "source"
+    publishing_interval: Duration | None = Field(
+        default=None, description="subscription publishing interval; default: fastest tag rate"
+    )
+    timeout: Duration = Field(default=5_000_000_000, description="per-request timeout")
+    watchdog: Duration = Field(
+        default=2_000_000_000, description="how often the session's liveness is probed"
+    )
+    security_policy: SecurityPolicy = "None"
+    security_mode: SecurityMode = "None"
+    certificate: Path | None = Field(
+        default=None, description="client certificate (DER); generated under data_dir if unset"
+    )
+    private_key: Path | None = None
+    server_certificate: Path | None = Field(
+        default=None, description="pin the server's certificate (DER or PEM file)"
+    )
+    trust_dir: Path | None = Field(
+        default=None, description="trusted server certificates; default <data_dir>/pki/trusted"
+    )
+    username: str | None = None
+    password_file: Path | None = None
+    password_env: str | None = None
+    tags: list[OpcUaTagConfig] = Field(min_length=1)  # type: ignore[assignment]
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith("opc.tcp://") or len(value) <= len("opc.tcp://"):
+            raise ValueError(f'expected "opc.tcp://host:port[/path]", got {value!r}')
+        return value
+
+    @model_validator(mode="after")
+    def _security(self) -> OpcUaSourceConfig:
+        if (self.security_policy == "None") != (self.security_mode == "None"):
+            raise ValueError(
+                'security_policy and security_mode go together: both "None" or both set '
+                f"(got {self.security_policy!r} and {self.security_mode!r})"
+            )
+        if (self.certificate is None) != (self.private_key is None):
+            raise ValueError("certificate and private_key go together")
+        if self.username is None and (self.password_file or self.password_env):
+            raise ValueError("a password needs a username")
+        if self.username is not None and not (self.password_file or self.password_env):
+            raise ValueError("username needs password_file or password_env (never inline)")
+        return self
+
+    def password(self) -> str:
+        """The password from its file or environment variable; raises OSError/KeyError."""
+        if self.password_file is not None:
+            return self.password_file.read_text(encoding="utf-8").strip()
+        assert self.password_env is not None
+        try:
+            return os.environ[self.password_env]
+        except KeyError:
+            raise KeyError(f"environment variable {self.password_env} is not set") from None

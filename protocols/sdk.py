@@ -1,0 +1,211 @@
+"""The driver plug-in API: everything an integrator needs to add a protocol, in one place.
+
+A driver is a class registered under the entry-point group ``edge_agent.protocols``::
+
+    [project.entry-points."edge_agent.protocols"]
+    myproto = "my_package:MyDriver"
+
+It declares a pydantic ``config_model`` (a subclass of :class:`SourceConfig`, with tags
+subclassing :class:`TagConfig`) and implements ``async run(ctx)``: connect with
+``async with``, emit columnar :class:`Frame` objects through ``ctx.emit`` (which applies
+backpressure), and return promptly when cancelled. Raising from ``run`` means "this session
+failed": the agent's supervisor logs it once, emits a comm-error marker for the source's
+tags, backs off with jitter and calls ``run`` again. Retries, statistics, batching and
+buffering belong to the agent, never to a driver.
+
+Poll-style protocols subclass :class:`PollingDriver` and implement only ``connect``,
+``close`` and ``read``; the absolute-tick scheduler, overrun counting and lateness
+statistics come with it. ``protocols/_template/`` is the copy-and-edit starting point and
+``protocols.conformance`` checks any driver the same way as ours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.resources
+import inspect
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import structlog
+
+from agent import quality
+from agent.config import SourceConfig, TagConfig
+from agent.durations import format_duration
+from agent.frame import Frame
+from agent.health import ProblemLog
+from agent.metrics import Metrics, PollStats
+from agent.quality import Reason
+from agent.scheduler import Tick, TickClock, ticks
+
+__all__ = [
+    "Driver",
+    "DriverContext",
+    "Frame",
+    "PollGroup",
+    "PollingDriver",
+    "Reason",
+    "SourceConfig",
+    "TagConfig",
+    "Tick",
+    "quality",
+]
+
+
+class DriverContext:
+    """What the agent hands a running driver: its config, the emit sink, logs and stats."""
+
+    def __init__(
+        self,
+        config: SourceConfig,
+        emit: Callable[[Frame], Awaitable[None]],
+        metrics: Metrics | None = None,
+        clock: TickClock | None = None,
+        data_dir: Path | None = None,
+    ) -> None:
+        self.config = config
+        # the gateway's state directory: drivers keep certificates, trust lists... here
+        self.data_dir = data_dir or Path("edge-agent-data")
+        self.source = config.name
+        self.tags: Sequence[TagConfig] = config.tags
+        self.log = structlog.get_logger().bind(source=config.name)
+        self.problems = ProblemLog(self.log)
+        self.metrics = metrics or Metrics()
+        self.clock = clock or TickClock()
+        self._emit = emit
+        self._stats: dict[str, PollStats] = {}
+        self._up = self.metrics.source_up.labels(config.name)
+
+    async def emit(self, frame: Frame) -> None:
+        """Hand a frame to the agent; waits while the agent's queue is full."""
+        await self._emit(frame)
+
+    def poll_stats(self, group: str) -> PollStats:
+        stats = self._stats.get(group)
+        if stats is None:
+            stats = self._stats[group] = PollStats(self.metrics, self.source, group)
+        return stats
+
+    @property
+    def all_poll_stats(self) -> dict[str, PollStats]:
+        return dict(self._stats)
+
+    def set_connected(self, connected: bool) -> None:
+        self._up.set(1 if connected else 0)
+
+
+class Driver(ABC):
+    """Base of every protocol driver. Subclasses set ``config_model`` and implement ``run``."""
+
+    config_model: ClassVar[type[SourceConfig]] = SourceConfig
+
+    def __init__(self, config: SourceConfig) -> None:
+        self.config = config
+
+    @abstractmethod
+    async def run(self, ctx: DriverContext) -> None:
+        """Acquire data until cancelled; raise to report a failed session."""
+
+    def describe(self) -> str:
+        """Extra words for ``edge-agent check`` (e.g. ", 3 block reads per cycle")."""
+        return ""
+
+    @classmethod
+    def sample_config(cls) -> str:
+        """The driver's ``sample.toml``: a complete agent config using this driver."""
+        module = inspect.getmodule(cls)
+        package = module.__package__ if module is not None else None
+        if not package:
+            raise LookupError(f"{cls.__name__} is not inside a package with a sample.toml")
+        return importlib.resources.files(package).joinpath("sample.toml").read_text()
+
+    @classmethod
+    def conformance_peer(cls) -> AbstractAsyncContextManager[dict[str, Any]] | None:
+        """A live peer for the conformance suite, or None if the driver needs none.
+
+        The context manager starts something to talk to (a simulator on port 0) and yields
+        the keys to override in the sample config's first source (e.g. ``{"url": ...}``).
+        """
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class PollGroup:
+    """Tags of one source polled together at one rate."""
+
+    name: str
+    period_ns: int
+    tags: np.ndarray  # indices into the source's tag table
+
+
+def groups_by_rate(tags: Sequence[TagConfig]) -> list[PollGroup]:
+    """One poll group per distinct tag rate, fastest first, named by the rate ("100ms")."""
+    rates = sorted({tag.rate for tag in tags})
+    return [
+        PollGroup(
+            format_duration(rate),
+            rate,
+            np.array([i for i, tag in enumerate(tags) if tag.rate == rate], np.int32),
+        )
+        for rate in rates
+    ]
+
+
+class PollingDriver(Driver):
+    """Helper for poll-style protocols: connect, read one group per tick, close.
+
+    One task per rate group runs on the absolute-tick scheduler. ``read`` returns the
+    group's samples for a tick; device-level errors on part of a group belong in the frame
+    as bad-quality samples, while an exception means the connection is gone.
+    """
+
+    def poll_groups(self) -> Sequence[PollGroup]:
+        return groups_by_rate(self.config.tags)
+
+    @abstractmethod
+    async def connect(self) -> None:
+        """Open the connection; raise if the device cannot be reached."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Release the connection; must not raise."""
+
+    @abstractmethod
+    async def read(self, group: PollGroup, tick: Tick, stats: PollStats) -> Frame:
+        """Read every tag of ``group`` once, for ``tick``."""
+
+    def session_tasks(self, ctx: DriverContext) -> list[Coroutine[Any, Any, None]]:
+        """Extra coroutines to run beside the poll loops for the session's lifetime (e.g. a
+        liveness watch that raises when the session dies); none by default."""
+        return []
+
+    async def run(self, ctx: DriverContext) -> None:
+        await self.connect()
+        ctx.set_connected(True)
+        try:
+            async with asyncio.TaskGroup() as group_tasks:
+                for group in self.poll_groups():
+                    group_tasks.create_task(self._poll_forever(group, ctx))
+                for task in self.session_tasks(ctx):
+                    group_tasks.create_task(task)
+        finally:
+            ctx.set_connected(False)
+            await self.close()
+
+    async def _poll_forever(self, group: PollGroup, ctx: DriverContext) -> None:
+        stats = ctx.poll_stats(group.name)
+        task = asyncio.current_task()
+        async for tick in ticks(group.period_ns, ctx.clock):
+            stats.poll_started(tick.lateness_ns, tick.skipped)
+            frame = await self.read(group, tick, stats)
+            if task is not None and task.cancelling():
+                # a library swallowed our cancellation (asyncio.wait_for on Python 3.11,
+                # CPython gh-86296, used by pymodbus per request): honour it here
+                raise asyncio.CancelledError
+            if len(frame):
+                await ctx.emit(frame)

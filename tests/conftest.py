@@ -1,0 +1,39 @@
+"""Shared helpers: running an agent briefly and reading its store.
+
+The simulator fixtures (``modbus_plc``) come from the ``simulators.pytest_plugin`` plugin."""
+
+from __future__ import annotations
+
+import asyncio
+import tomllib
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+
+from agent.config_load import parse_config
+from agent.runtime import Agent
+
+
+def agent_toml(store: Path, sources: str, window: str = "1s", lateness: str = "300ms") -> str:
+    return (
+        f'[agent]\ngateway_id = "test-gw"\nmetrics = ""\n'
+        f'[batch]\nwindow = "{window}"\nlateness = "{lateness}"\n'
+        f'[[uplinks]]\ntype = "parquet"\npath = "{store}"\n\n{sources}'
+    )
+
+
+async def run_agent(text: str, seconds: float, stop_after: asyncio.Event | None = None) -> Agent:
+    """Run an agent on a config text for ``seconds`` of wall time, then stop it (flushing)."""
+    agent = Agent(parse_config(tomllib.loads(text), Path("test.toml")))
+    stop = stop_after or asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
+    await asyncio.sleep(seconds)
+    stop.set()
+    await task
+    return agent
+
+
+def read_store(store: Path) -> pa.Table:
+    """Everything in a Parquet store, as the central side would read it."""
+    return ds.dataset(store, format="parquet", partitioning="hive").to_table()

@@ -1,0 +1,103 @@
+"""The installed command as plant IT runs it: a real process, signals, and the demo."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from simulators.modbus_plc import POINTS, ModbusPLCSimulator
+from tests.conftest import agent_toml, read_store
+
+
+async def start_agent(config: Path, **options: Any) -> asyncio.subprocess.Process:
+    """``edge-agent run -c config`` as its own process, as systemd would start it."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agent.cli", "run", "-c", str(config), **options
+    )
+
+
+async def test_run_flushes_the_open_window_on_sigterm(
+    modbus_plc: ModbusPLCSimulator, tmp_path: Path
+) -> None:
+    store = tmp_path / "store"
+    config = tmp_path / "agent.toml"
+    # a long window: without the flush on SIGTERM nothing would be written at all
+    config.write_text(agent_toml(store, modbus_plc.agent_config("100ms", points=POINTS[:3]), "1m"))
+    process = await start_agent(config, stderr=asyncio.subprocess.PIPE)
+    await asyncio.sleep(3.0)
+    stopped_at = time.time_ns()
+    process.send_signal(signal.SIGTERM)
+    _, stderr = await asyncio.wait_for(process.communicate(), 20)
+    assert process.returncode == 0, stderr.decode()
+    assert b"Traceback" not in stderr
+    assert b"agent stopped" in stderr
+    table = read_store(store)
+    times = table["time"].cast("int64").to_numpy()
+    assert table.num_rows >= 3 * 15
+    assert stopped_at - times.max() < 500_000_000, "samples up to the signal were flushed"
+    assert len(np.unique(table["tag"].cast("string").to_numpy(zero_copy_only=False))) == 3
+
+
+async def test_demo_shows_data_flowing_and_where_it_went(tmp_path: Path) -> None:
+    out = tmp_path / "demo-data"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "agent.cli",
+        "demo",
+        "--duration",
+        "3",
+        "--out",
+        str(out),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
+    text = stdout.decode()
+    assert process.returncode == 0, stderr.decode()
+    assert "points" in text
+    assert "batches" in text
+    assert str(out) in text
+    assert "pyarrow.dataset" in text
+    table = read_store(out)
+    assert table.num_rows >= len(POINTS) * 20
+    assert set(table["gateway"].to_pylist()) == {"demo-gw"}
+    assert set(table["source"].cast("string").to_pylist()) == {"plc1", "cnc1"}
+
+
+async def test_run_tells_systemd_it_is_ready_feeds_the_watchdog_and_stops(
+    modbus_plc: ModbusPLCSimulator, tmp_path: Path
+) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text(agent_toml(tmp_path / "store", modbus_plc.agent_config(points=POINTS[:1])))
+    notify_path = tmp_path / "notify.sock"
+    messages: list[str] = []
+
+    async def listen(sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            messages.append((await loop.sock_recv(sock, 256)).decode())
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify_socket:
+        notify_socket.bind(str(notify_path))
+        notify_socket.setblocking(False)
+        listener = asyncio.create_task(listen(notify_socket))
+        environment = {**os.environ, "NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": "200000"}
+        process = await start_agent(config, env=environment, stderr=asyncio.subprocess.DEVNULL)
+        await asyncio.sleep(2.0)
+        process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(process.wait(), 20)
+        await asyncio.sleep(0.1)
+        listener.cancel()
+    assert process.returncode == 0
+    assert "READY=1" in messages
+    assert messages.count("WATCHDOG=1") >= 10, "fed every 100 ms for 2 s"
+    assert messages[-1] == "STOPPING=1"
