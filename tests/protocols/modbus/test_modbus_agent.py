@@ -193,7 +193,7 @@ async def test_exceptions_and_timeouts_become_bad_samples_not_crashes(tmp_path: 
 async def test_dropped_connections_are_reconnected_and_nothing_is_written(tmp_path: Path) -> None:
     simulator = ModbusPLCSimulator(seed=4, disconnect_every_s=0.7)
     await simulator.start("127.0.0.1", 0)
-    extra = 'backoff_initial = "50ms"\nbackoff_max = "100ms"\n'
+    extra = 'timeout = "200ms"\nbackoff_initial = "50ms"\nbackoff_max = "100ms"\n'
     agent = await run_agent(
         agent_toml(tmp_path, simulator.agent_config("100ms", points=POINTS[:2], extra=extra)),
         3.0,
@@ -204,5 +204,7 @@ async def test_dropped_connections_are_reconnected_and_nothing_is_written(tmp_pa
     good = table["quality"].to_numpy() == q.GOOD
     times = table["time"].cast("int64").to_numpy()[good]
     assert times.max() - times.min() > 2_500_000_000, "data kept flowing to the end"
-    assert good.sum() >= 2 * 20
+    # ~28 ticks of 2 points; each of the ~4 drops costs at most the 200 ms timeout (a drop
+    # that hits a request in flight) plus backoff, so at least half the ticks stay good.
+    assert good.sum() >= 2 * 15
     assert simulator.write_attempts == 0, "the agent only ever reads"
