@@ -4,8 +4,10 @@ Windows are multiples of ``batch.window`` since the Unix epoch, so every gateway
 same windows whatever its start time. A window is closed ``batch.lateness`` after its end;
 samples that arrive for an already-closed window go into the next batch with the LATE
 flag, never dropped. A batch is a long-form Arrow table ``time, source, tag, value,
-quality, text`` sorted by tag then time, with the lineage a dataset needs in its schema
-metadata. Work per batch is a few vectorised passes; nothing is done per sample in Python.
+quality, text, source_time, server_time, received_time`` sorted by tag then time, with
+the lineage a dataset needs in its schema metadata. The last three keep the timestamps a
+device reported and when the gateway received them, null for sources without timestamps.
+Work per batch is a few vectorised passes; nothing is done per sample in Python.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import pyarrow as pa
 from agent import quality as q
 from agent.config import SourceConfig
 from agent.durations import format_duration
-from agent.frame import Frame
+from agent.frame import Frame, join_optional
 
 META_PREFIX = "edge_agent."
 
@@ -35,8 +37,12 @@ SCHEMA = pa.schema(
         pa.field("value", pa.float64()),
         pa.field("quality", pa.uint16(), nullable=False),
         pa.field("text", pa.string()),
+        pa.field("source_time", pa.timestamp("ns", tz="UTC")),
+        pa.field("server_time", pa.timestamp("ns", tz="UTC")),
+        pa.field("received_time", pa.timestamp("ns", tz="UTC")),
     ]
 )
+_STAMPS = ("source_time", "server_time", "received_time")
 
 
 class TagTable:
@@ -105,40 +111,49 @@ def batch_id_for(window_start_ns: int, digest: str) -> str:
 
 @dataclass(slots=True)
 class _Rows:
+    """Pending samples of all sources; optional columns are None until a frame has them."""
+
     gtag: np.ndarray
     time: np.ndarray
     value: np.ndarray
     quality: np.ndarray
-    text: np.ndarray | None
+    text: np.ndarray | None = None
+    source_time: np.ndarray | None = None
+    server_time: np.ndarray | None = None
+    received_time: np.ndarray | None = None
 
     def take(self, index: np.ndarray) -> _Rows:
-        return _Rows(
-            self.gtag[index],
-            self.time[index],
-            self.value[index],
-            self.quality[index],
-            None if self.text is None else self.text[index],
-        )
+        taken = _Rows(self.gtag[index], self.time[index], self.value[index], self.quality[index])
+        for name in _OPTIONAL_FILL:
+            column = getattr(self, name)
+            if column is not None:
+                setattr(taken, name, column[index])
+        return taken
 
     @staticmethod
     def join(parts: Sequence[_Rows]) -> _Rows:
         if len(parts) == 1:
             return parts[0]
-        text = None
-        if any(p.text is not None for p in parts):
-            text = np.concatenate(
-                [
-                    p.text if p.text is not None else np.full(len(p.gtag), None, object)
-                    for p in parts
-                ]
-            )
-        return _Rows(
+        joined = _Rows(
             np.concatenate([p.gtag for p in parts]),
             np.concatenate([p.time for p in parts]),
             np.concatenate([p.value for p in parts]),
             np.concatenate([p.quality for p in parts]),
-            text,
         )
+        lengths = [len(p.gtag) for p in parts]
+        for name, fill in _OPTIONAL_FILL.items():
+            setattr(joined, name, join_optional([getattr(p, name) for p in parts], lengths, fill))
+        return joined
+
+
+_OPTIONAL_FILL: dict[str, object] = {"text": None} | {name: 0 for name in _STAMPS}
+
+
+def _timestamps(ns: np.ndarray | None, rows: int) -> pa.Array:
+    """A nullable timestamp column; 0 marks a row whose source did not report that stamp."""
+    if ns is None:
+        return pa.nulls(rows, pa.timestamp("ns", tz="UTC"))
+    return pa.array(ns, type=pa.timestamp("ns", tz="UTC"), mask=ns == 0)
 
 
 class Batcher:
@@ -169,9 +184,12 @@ class Batcher:
         if not len(frame):
             return
         offset = self.tags.source_offset[source_index]
-        self._pending.append(
-            _Rows(frame.tag + offset, frame.time, frame.value, frame.quality, frame.text)
-        )
+        rows = _Rows(frame.tag + offset, frame.time, frame.value, frame.quality, frame.text)
+        if frame.source_time is not None or frame.server_time is not None:
+            rows.source_time = frame.source_time
+            rows.server_time = frame.server_time
+            rows.received_time = np.full(len(frame), frame.received, np.int64)
+        self._pending.append(rows)
 
     def close_due(self, now_ns: int) -> list[Batch]:
         """Close every window that ended at least ``lateness`` before ``now_ns``."""
@@ -240,8 +258,10 @@ class Batcher:
         digest = hashlib.blake2b(digest_size=6)
         for part in (self.gateway_id, self.config_hash, str(window_start)):
             digest.update(part.encode())
-        for column in (rows.gtag, rows.time, rows.value, rows.quality):
-            digest.update(np.ascontiguousarray(column).data)
+        stamps = [getattr(rows, name) for name in _STAMPS]
+        for column in (rows.gtag, rows.time, rows.value, rows.quality, *stamps):
+            if column is not None:
+                digest.update(np.ascontiguousarray(column).data)
         if rows.text is not None:
             digest.update(json.dumps(rows.text.tolist()).encode())
         batch_id = batch_id_for(window_start, digest.hexdigest())
@@ -278,6 +298,7 @@ class Batcher:
                 pa.array(rows.value, type=pa.float64()),
                 pa.array(rows.quality, type=pa.uint16()),
                 text,
+                *(_timestamps(column, len(rows.gtag)) for column in stamps),
             ],
             schema=SCHEMA.with_metadata(
                 {f"{META_PREFIX}{key}": value for key, value in metadata.items()}

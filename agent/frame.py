@@ -24,12 +24,20 @@ class FrameError(ValueError):
     """A frame whose columns do not fit together; raised by :meth:`Frame.check`."""
 
 
+# Optional side columns and what a row that lacks one holds once frames are joined.
+_OPTIONAL_FILL: dict[str, object] = {"text": None, "source_time": 0, "server_time": 0}
+
+
 @dataclass(slots=True)
 class Frame:
     """Samples of one source: parallel columns plus the time the batch of them arrived.
 
     ``text`` is the side column for string/enum tags: an object array aligned with the
     other columns (None where the sample is numeric), present only when needed.
+    ``source_time`` and ``server_time`` keep the timestamps a device reported (OPC UA
+    SourceTimestamp and ServerTimestamp, int64 ns, 0 where absent) next to ``time``, the
+    one the config chose, so a dataset can still see both and a clock model can compare
+    them with ``received``; drivers of sources without timestamps leave them None.
     """
 
     tag: np.ndarray
@@ -38,6 +46,8 @@ class Frame:
     quality: np.ndarray
     received: int = 0
     text: np.ndarray | None = field(default=None)
+    source_time: np.ndarray | None = field(default=None)
+    server_time: np.ndarray | None = field(default=None)
 
     def __len__(self) -> int:
         return int(self.tag.shape[0])
@@ -72,14 +82,14 @@ class Frame:
 
     def take(self, index: np.ndarray) -> Frame:
         """Rows selected by a boolean mask or an index array, as a new frame."""
-        return Frame(
-            self.tag[index],
-            self.time[index],
-            self.value[index],
-            self.quality[index],
-            self.received,
-            None if self.text is None else self.text[index],
+        taken = Frame(
+            self.tag[index], self.time[index], self.value[index], self.quality[index], self.received
         )
+        for name in _OPTIONAL_FILL:
+            column = getattr(self, name)
+            if column is not None:
+                setattr(taken, name, column[index])
+        return taken
 
     def check(self, tag_count: int) -> None:
         """Raise FrameError unless the columns have the right dtypes, lengths and tag range.
@@ -101,8 +111,14 @@ class Frame:
                 raise FrameError(f"column {name!r} has dtype {column.dtype}, expected {dtype}")
             if column.shape[0] != n:
                 raise FrameError(f"column {name!r} has {column.shape[0]} rows, expected {n}")
-        if self.text is not None and (self.text.ndim != 1 or self.text.shape[0] != n):
-            raise FrameError(f"text column must be 1-D with {n} rows")
+        for name in _OPTIONAL_FILL:
+            column = getattr(self, name)
+            if column is not None and (column.ndim != 1 or column.shape[0] != n):
+                raise FrameError(f"{name} column must be 1-D with {n} rows")
+        for name in ("source_time", "server_time"):
+            column = getattr(self, name)
+            if column is not None and column.dtype != TIME_DTYPE:
+                raise FrameError(f"column {name!r} has dtype {column.dtype}, expected {TIME_DTYPE}")
         if n and (int(self.tag.min()) < 0 or int(self.tag.max()) >= tag_count):
             raise FrameError(f"tag index outside the source's tag table of {tag_count}")
         if n and int(self.time.min()) <= 0:
@@ -117,16 +133,33 @@ def concat(frames: Sequence[Frame]) -> Frame:
         return Frame.empty()
     if len(frames) == 1:
         return frames[0]
-    text: np.ndarray | None = None
-    if any(f.text is not None for f in frames):
-        text = np.concatenate(
-            [f.text if f.text is not None else np.full(len(f), None, object) for f in frames]
-        )
-    return Frame(
+    joined = Frame(
         np.concatenate([f.tag for f in frames]),
         np.concatenate([f.time for f in frames]),
         np.concatenate([f.value for f in frames]),
         np.concatenate([f.quality for f in frames]),
         max(f.received for f in frames),
-        text,
+    )
+    for name, fill in _OPTIONAL_FILL.items():
+        setattr(
+            joined,
+            name,
+            join_optional([getattr(f, name) for f in frames], [len(f) for f in frames], fill),
+        )
+    return joined
+
+
+def join_optional(
+    columns: Sequence[np.ndarray | None], lengths: Sequence[int], fill: object
+) -> np.ndarray | None:
+    """Concatenate an optional column of several parts; parts without it become ``fill``."""
+    present = [c for c in columns if c is not None]
+    if not present:
+        return None
+    dtype = present[0].dtype
+    return np.concatenate(
+        [
+            c if c is not None else np.full(n, fill, dtype)
+            for c, n in zip(columns, lengths, strict=True)
+        ]
     )

@@ -318,6 +318,26 @@ def test_text_column_carries_strings() -> None:
     assert batch.table["text"].to_pylist() == [None, None, "MOULD-7"]
 
 
+def test_device_timestamps_and_receive_time_are_kept_where_a_source_has_them() -> None:
+    b = batcher()
+    stamped = frame([0, 1], [T0 + 5, T0 + 6])
+    stamped.source_time = np.array([T0 + 5, 0], np.int64)  # tag b: no SourceTimestamp
+    stamped.server_time = np.array([T0 + 7, T0 + 8], np.int64)
+    stamped.received = T0 + 9
+    b.add(0, stamped)
+    b.add(1, frame([0], [T0 + 4]))  # a Modbus frame: no device timestamps at all
+    (batch,) = b.flush()
+
+    def column(name: str) -> list[int | None]:
+        return batch.table[name].cast(pa.int64()).to_pylist()
+
+    assert batch.table["tag"].to_pylist() == ["a", "b", "a"]
+    assert batch.table["source"].to_pylist() == ["wave1", "wave1", "plc"]
+    assert column("source_time") == [T0 + 5, None, None]
+    assert column("server_time") == [T0 + 7, T0 + 8, None]
+    assert column("received_time") == [T0 + 9, T0 + 9, None]
+
+
 def test_metadata_lineage() -> None:
     b = batcher(window=10 * S, gateway="press-line-4", config_hash="abcdef0123456789")
     b.add(1, frame([0, 2], [T0 + 1, T0 + 2]))

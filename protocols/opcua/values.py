@@ -51,20 +51,35 @@ def quality_of(status: int) -> int:
     return q.make(q.UNCERTAIN if severity == 1 else q.BAD, reason)
 
 
+def stamps_ns(values: Sequence[ua.DataValue], attribute: str) -> np.ndarray:
+    """One timestamp attribute of every DataValue as int64 ns, 0 where the server sent none."""
+    stamps: list[Any] = [getattr(v, attribute) for v in values]
+    try:
+        micros = np.fromiter(((s - _EPOCH) // _MICROSECOND for s in stamps), np.int64, len(stamps))
+    except TypeError:  # a missing or naive timestamp: the slow path copes with both
+        return np.array([ns_of(s) or 0 for s in stamps], np.int64)
+    return micros * 1000
+
+
 class ValueDecoder:
-    """Turns (tag index, DataValue) pairs of one source into a Frame."""
+    """Turns (tag index, DataValue) pairs of one source into a Frame.
+
+    Both device timestamps travel in the frame's ``source_time``/``server_time`` columns
+    whatever ``timestamp`` chooses for ``time``, so the dataset and the clock model keep them.
+    """
 
     def __init__(self, tags: Sequence[OpcUaTagConfig], timestamp: str) -> None:
         self.timestamp = timestamp
         self.sample_interval = [tag.sample_interval or 0 for tag in tags]
         self.undecodable: list[tuple[int, str]] = []  # (tag, type name) seen since last read
+        self._arrays: dict[int, Sequence[Any]] = {}  # row -> array value of the frame in hand
 
-    def _time(self, value: ua.DataValue, received: int) -> int:
-        if self.timestamp == "source":
-            return ns_of(value.SourceTimestamp) or ns_of(value.ServerTimestamp) or received
-        if self.timestamp == "server":
-            return ns_of(value.ServerTimestamp) or ns_of(value.SourceTimestamp) or received
-        return received
+    def _choose(self, source: np.ndarray, server: np.ndarray, local: int) -> np.ndarray:
+        """The configured timestamp, falling back to the other one, then to receive time."""
+        if self.timestamp == "gateway":
+            return np.full(source.shape[0], local, np.int64)
+        first, second = (source, server) if self.timestamp == "source" else (server, source)
+        return np.where(first > 0, first, np.where(second > 0, second, local))
 
     def decode(
         self,
@@ -75,56 +90,47 @@ class ValueDecoder:
     ) -> Frame:
         """One frame for the pairs; ``gateway_time`` stands in for receive time if given."""
         local = received if gateway_time is None else gateway_time
-        fast = self._decode_scalars(tags, values, received, local)
-        return fast if fast is not None else self._decode_any(tags, values, received, local)
+        source = stamps_ns(values, "SourceTimestamp")
+        server = stamps_ns(values, "ServerTimestamp")
+        times = self._choose(source, server, local)
+        frame = self._decode_scalars(tags, values, times, received)
+        if frame is None:
+            frame = self._decode_any(tags, values, times, received)
+        frame.source_time = source
+        frame.server_time = server
+        return self._expand_arrays(frame) if self._arrays else frame
 
     def _decode_scalars(
-        self, tags: Sequence[int], values: Sequence[ua.DataValue], received: int, local: int
+        self, tags: Sequence[int], values: Sequence[ua.DataValue], times: np.ndarray, received: int
     ) -> Frame | None:
-        """The common case in a few list passes: numbers with the wanted timestamp present.
+        """The common case in a few list passes: every value a number (or empty).
 
-        Returns None (use the general path) on strings, arrays, other types or a missing
-        timestamp; a numeric-looking string must not become a number.
+        Returns None (use the general path) on strings, arrays or other types; a
+        numeric-looking string must not become a number.
         """
         raws = [v.Value.Value if v.Value is not None else None for v in values]
         if not set(map(type, raws)) <= _SCALAR_TYPES:
             return None
-        n = len(raws)
-        if self.timestamp == "gateway":
-            times = np.full(n, local, np.int64)
-        else:
-            stamps: list[Any] = [
-                v.SourceTimestamp if self.timestamp == "source" else v.ServerTimestamp
-                for v in values
-            ]
-            try:
-                micros = np.fromiter(((s - _EPOCH) // _MICROSECOND for s in stamps), np.int64, n)
-            except TypeError:  # a missing or naive timestamp: the general path handles it
-                return None
-            times = micros * 1000
         codes = [v.StatusCode.value if v.StatusCode is not None else 0 for v in values]
         qualities = (
             np.array([quality_of(c) for c in codes], np.uint16)
             if any(codes)
-            else np.zeros(n, np.uint16)
+            else np.zeros(len(raws), np.uint16)
         )
         return Frame(
             np.asarray(tags, np.int32), times, np.array(raws, np.float64), qualities, received
         )
 
     def _decode_any(
-        self, tags: Sequence[int], values: Sequence[ua.DataValue], received: int, local: int
+        self, tags: Sequence[int], values: Sequence[ua.DataValue], times: np.ndarray, received: int
     ) -> Frame:
+        """Row by row for strings, arrays and odd types; arrays wait in ``_arrays``."""
         n = len(tags)
-        times = np.empty(n, np.int64)
         numbers = np.empty(n, np.float64)
         qualities = np.empty(n, np.uint16)
         texts: np.ndarray | None = None
-        blocks: list[Frame] = []
-        keep = np.ones(n, bool)
         for row, (tag, value) in enumerate(zip(tags, values, strict=True)):
             status = value.StatusCode.value if value.StatusCode is not None else 0
-            times[row] = self._time(value, local)
             qualities[row] = quality_of(status)
             raw: Any = value.Value.Value if value.Value is not None else None
             if raw is None:
@@ -137,33 +143,38 @@ class ValueDecoder:
                     texts = np.full(n, None, dtype=object)
                 texts[row] = raw
             elif isinstance(raw, list | tuple):
-                blocks.append(self._block(tag, raw, int(times[row]), int(qualities[row]), received))
-                keep[row] = False
+                numbers[row] = math.nan
+                self._arrays[row] = raw
             else:
                 numbers[row] = math.nan
                 qualities[row] = _DECODE_ERROR
                 self.undecodable.append((tag, type(raw).__name__))
-        frame = Frame(np.asarray(tags, np.int32), times, numbers, qualities, received, texts)
-        if blocks:
-            return concat([frame.take(keep), *blocks]) if keep.any() else concat(blocks)
-        return frame
+        return Frame(np.asarray(tags, np.int32), times, numbers, qualities, received, texts)
 
-    def _block(
-        self, tag: int, items: Sequence[Any], start: int, quality: int, received: int
-    ) -> Frame:
-        """An array value as a block of samples: element i at start + i * sample_interval."""
-        try:
-            values = np.asarray(items, dtype=np.float64)
-        except (TypeError, ValueError):
-            self.undecodable.append((tag, "array"))
-            return Frame.uniform(
-                np.array([tag], np.int32), start, math.nan, _DECODE_ERROR, received
+    def _expand_arrays(self, frame: Frame) -> Frame:
+        """Replace each array-valued row by a block of samples, one per element.
+
+        Element i lands at the row's time + i * the tag's ``sample_interval`` and keeps the
+        row's quality and device timestamps.
+        """
+        arrays, self._arrays = self._arrays, {}
+        keep = np.ones(len(frame), bool)
+        keep[list(arrays)] = False
+        blocks = [frame.take(keep)]
+        for row, items in arrays.items():
+            tag = int(frame.tag[row])
+            try:
+                values = np.asarray(items, dtype=np.float64)
+            except (TypeError, ValueError):
+                self.undecodable.append((tag, "array"))
+                bad = frame.take(np.array([row]))
+                bad.quality[:] = _DECODE_ERROR
+                blocks.append(bad)
+                continue
+            block = frame.take(np.full(values.shape[0], row))
+            block.time = (
+                block.time + np.arange(values.shape[0], dtype=np.int64) * self.sample_interval[tag]
             )
-        n = values.shape[0]
-        return Frame(
-            np.full(n, tag, np.int32),
-            start + np.arange(n, dtype=np.int64) * self.sample_interval[tag],
-            values,
-            np.full(n, quality, np.uint16),
-            received,
-        )
+            block.value = values
+            blocks.append(block)
+        return concat(blocks)

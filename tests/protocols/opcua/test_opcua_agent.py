@@ -69,6 +69,15 @@ async def test_every_node_arrives_with_source_timestamps_and_seeded_values(
     speed = _tag(table, "spindle_speed")["time"].cast(pa.int64()).to_numpy()
     assert _tag(table, "axis_x").num_rows >= 25
     assert (speed % 100_000_000 == 0).all()
+    # server time and receive time are kept beside the chosen (source) time
+    scalars = _tag(table, "axis_x")
+    chosen = scalars["time"].cast(pa.int64()).to_numpy()
+    server = scalars["server_time"].cast(pa.int64()).to_numpy()
+    received = scalars["received_time"].cast(pa.int64()).to_numpy()
+    assert scalars["source_time"].cast(pa.int64()).to_numpy().tolist() == chosen.tolist()
+    assert (server >= chosen).all()
+    assert (received >= chosen).all()
+    assert (received - chosen < 2_000_000_000).all()
     # the waveform arrives as blocks: every element is a sample of the vibration tag
     wave = _tag(table, VIBRATION.name)
     wave_times = wave["time"].cast(pa.int64()).to_numpy()

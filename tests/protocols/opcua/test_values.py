@@ -70,6 +70,18 @@ def test_missing_source_timestamp_falls_back_to_server_time() -> None:
     assert frame.time.tolist() == [ns_of(SERVER)]
 
 
+@pytest.mark.parametrize("policy", ["source", "server", "gateway"])
+def test_both_device_timestamps_are_kept_whatever_the_policy(policy: str) -> None:
+    values = [value(1.5), value(2.5, source=None), value("text")]
+    frame = ValueDecoder(tags({}, {}, {}), policy).decode([0, 1, 2], values, received=42)
+    frame.check(3)
+    assert frame.source_time is not None
+    assert frame.server_time is not None
+    assert frame.source_time.tolist() == [ns_of(SOURCE), 0, ns_of(SOURCE)], "0 = not sent"
+    assert frame.server_time.tolist() == [ns_of(SERVER)] * 3
+    assert frame.received == 42
+
+
 def test_mixed_values_strings_arrays_and_unsupported_types() -> None:
     decoder = ValueDecoder(tags({}, {}, {"sample_interval": "1ms"}, {}, {}), "source")
     values = [
@@ -90,6 +102,10 @@ def test_mixed_values_strings_arrays_and_unsupported_types() -> None:
     assert block.value.tolist() == [1.0, 2.0, 3.0]
     assert (np.diff(block.time) == 1_000_000).all(), "elements spaced by sample_interval"
     assert block.time[0] == ns_of(SOURCE)
+    assert block.source_time is not None
+    assert block.server_time is not None
+    assert (block.source_time == ns_of(SOURCE)).all(), "the DataValue's stamps, per element"
+    assert (block.server_time == ns_of(SERVER)).all()
     assert by_tag[3].quality.tolist() == [q.make(q.BAD, q.Reason.DECODE_ERROR)]
     assert decoder.undecodable == [(3, "LocalizedText")]
     assert by_tag[4].quality.tolist() == [q.make(q.BAD, q.Reason.SOURCE_STATUS)]
