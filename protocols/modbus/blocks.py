@@ -7,7 +7,9 @@ device may refuse a read that touches an unmapped address, so gaps are bounded).
 
 Decoding is planned once: for every numeric type in a block, a matrix of byte positions
 that puts each tag's bytes in big-endian order, whatever its byte and word order. A poll
-then decodes each type group with one gather and one ``view``: no per-sample Python.
+then decodes each type group with one gather and one ``view``: no per-sample Python. The
+common layout, one numeric type packed back to back in natural byte and word order, skips
+the gather: its registers are already the values' big-endian bytes, so a ``view`` suffices.
 """
 
 from __future__ import annotations
@@ -56,10 +58,19 @@ class BlockDecoder:
     bit_words: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
     bit_shifts: np.ndarray = field(default_factory=lambda: np.empty(0, np.uint16))
     strings: list[tuple[int, np.ndarray, str]] = field(default_factory=list)
+    dense: tuple[np.dtype, int, int] | None = None  # (dtype, first, end register) if packed
 
-    def decode_registers(self, registers: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        values = np.empty(self.size, np.float64)
-        stream = registers.astype(">u2").view(np.uint8)
+    def decode_registers(
+        self, registers: np.ndarray, out: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """The block's values (into ``out`` if given) and its text column, if it has strings."""
+        values = np.empty(self.size, np.float64) if out is None else out
+        words = registers.astype(">u2", copy=False)
+        if self.dense is not None:
+            dtype, first, end = self.dense
+            values[:] = words[first:end].view(dtype)
+            return values, None
+        stream = words.view(np.uint8)
         for group in self.numeric:
             values[group.slots] = stream[group.positions].view(group.dtype)[:, 0]
         if self.bit_slots.size:
@@ -125,11 +136,25 @@ def _make_decoder(
                 np.array([positions for _, positions in entries], np.int64),
             )
         )
+    if len(decoder.numeric) == 1 and not bits and not decoder.strings:
+        decoder.dense = _dense_layout(decoder.numeric[0])
     if bits:
         decoder.bit_slots = np.array([b[0] for b in bits], np.int64)
         decoder.bit_words = np.array([b[1] for b in bits], np.int64)
         decoder.bit_shifts = np.array([b[2] for b in bits], np.uint16)
     return decoder
+
+
+def _dense_layout(group: _NumericGroup) -> tuple[np.dtype, int, int] | None:
+    """Register range of a group whose values lie back to back, in slot order, each in
+    natural (big-endian) byte and word order; None if the gather is needed."""
+    width = group.dtype.itemsize
+    first = int(group.positions[0, 0])
+    packed = np.arange(first, first + group.positions.size).reshape(group.positions.shape)
+    in_order = np.array_equal(group.slots, np.arange(group.slots.shape[0]))
+    if not in_order or first % 2 or not np.array_equal(group.positions, packed):
+        return None
+    return group.dtype, first // 2, first // 2 + group.slots.shape[0] * width // 2
 
 
 def plan_blocks(

@@ -3,7 +3,9 @@
 Read-only by construction: the only requests issued are function codes 1-4 (read coils,
 discrete inputs, holding and input registers). One TCP connection carries one request at a
 time, so the poll groups of a source share it under a lock; each request is timestamped
-at the midpoint of its round trip, the best estimate of when the device sampled.
+at the midpoint of its round trip, the best estimate of when the device sampled. A poll
+becomes one frame whose slices the blocks fill in place, so the hot path allocates a few
+arrays per poll rather than a frame per block.
 
 A Modbus exception or a timeout affects only the block it hit: its tags get bad-quality
 samples with the reason, logged once per block until it reads again. A lost connection
@@ -13,9 +15,11 @@ ends the session and the supervisor reconnects.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import time
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,7 +28,7 @@ from pymodbus.exceptions import ConnectionException, ModbusIOException
 from pymodbus.pdu import ExceptionResponse
 
 from agent import quality as q
-from agent.frame import Frame, concat
+from agent.frame import Frame
 from agent.metrics import PollStats
 from protocols.modbus.blocks import Block, plan_blocks
 from protocols.modbus.config import ModbusSourceConfig
@@ -33,6 +37,34 @@ from protocols.sdk import DriverContext, PollGroup, PollingDriver, Tick
 _EXCEPTION = q.make(q.BAD, q.Reason.DEVICE_EXCEPTION)
 _TIMEOUT = q.make(q.BAD, q.Reason.TIMEOUT)
 _GOOD = q.GOOD
+_REQUESTS = {
+    "hr": "read_holding_registers",
+    "ir": "read_input_registers",
+    "coil": "read_coils",
+    "di": "read_discrete_inputs",
+}
+
+
+@dataclass(frozen=True)
+class _GroupPlan:
+    """A poll group's block reads and where each one's tags sit in the poll's frame."""
+
+    blocks: list[Block]
+    tags: np.ndarray  # read-only: every frame of the group shares it
+    slices: list[slice]
+    keys: list[str]  # problem-log key per block
+
+    @classmethod
+    def of(cls, blocks: list[Block]) -> _GroupPlan:
+        tags = np.concatenate([block.tags for block in blocks])
+        tags.flags.writeable = False
+        bounds = np.cumsum([0] + [block.tags.shape[0] for block in blocks]).tolist()
+        return cls(
+            blocks,
+            tags,
+            [slice(lo, hi) for lo, hi in itertools.pairwise(bounds)],
+            [f"{block.table}:{block.start}+{block.count}" for block in blocks],
+        )
 
 
 class ModbusDriver(PollingDriver):
@@ -41,13 +73,15 @@ class ModbusDriver(PollingDriver):
 
     def __init__(self, config: ModbusSourceConfig) -> None:
         super().__init__(config)
-        self.blocks: dict[str, list[Block]] = {
-            group.name: plan_blocks(
-                config.tags,
-                group.tags.tolist(),
-                config.max_gap,
-                config.max_registers,
-                config.max_bits,
+        self.plans: dict[str, _GroupPlan] = {
+            group.name: _GroupPlan.of(
+                plan_blocks(
+                    config.tags,
+                    group.tags.tolist(),
+                    config.max_gap,
+                    config.max_registers,
+                    config.max_bits,
+                )
             )
             for group in self.poll_groups()
         }
@@ -56,10 +90,10 @@ class ModbusDriver(PollingDriver):
         self._ctx: DriverContext | None = None
 
     def describe(self) -> str:
-        reads = sum(len(blocks) for blocks in self.blocks.values())
+        reads = sum(len(plan.blocks) for plan in self.plans.values())
         return (
             f", {self.config.url} unit {self.config.unit_id}, "
-            f"{reads} block reads in {len(self.blocks)} poll groups"
+            f"{reads} block reads in {len(self.plans)} poll groups"
         )
 
     async def run(self, ctx: DriverContext) -> None:
@@ -85,78 +119,74 @@ class ModbusDriver(PollingDriver):
             self._client = None
 
     async def read(self, group: PollGroup, tick: Tick, stats: PollStats) -> Frame:
-        frames = [await self._read_block(block, stats) for block in self.blocks[group.name]]
-        return concat(frames)
+        """Every block of the group into one frame, each block filling its own slice.
 
-    async def _read_block(self, block: Block, stats: PollStats) -> Frame:
+        The lock is held for the whole poll: groups sharing the connection take turns per
+        poll, and a poll's blocks go out back to back.
+        """
+        plan = self.plans[group.name]
+        n = plan.tags.shape[0]
+        frame = Frame(
+            plan.tags, np.empty(n, np.int64), np.empty(n, np.float64), np.empty(n, np.uint16)
+        )
+        async with self._lock:
+            for block, rows, key in zip(plan.blocks, plan.slices, plan.keys, strict=True):
+                await self._read_block(block, frame, rows, key, stats)
+        return frame
+
+    async def _read_block(
+        self, block: Block, frame: Frame, rows: slice, key: str, stats: PollStats
+    ) -> None:
         client = self._client
         if client is None or not client.connected:
             raise ConnectionError(f"connection to {self.config.url} lost")
-        request = {
-            "hr": client.read_holding_registers,
-            "ir": client.read_input_registers,
-            "coil": client.read_coils,
-            "di": client.read_discrete_inputs,
-        }[block.table]
-        key = f"{block.table}:{block.start}+{block.count}"
-        async with self._lock:
-            sent = time.time_ns()
-            try:
-                response = await request(
-                    block.start, count=block.count, device_id=self.config.unit_id
-                )
-            except ConnectionException:
-                raise
-            except ModbusIOException as exc:
-                received = time.time_ns()
-                if client.connected:
-                    return self._failed(block, key, sent, received, _TIMEOUT, "no response", exc)
+        request = getattr(client, _REQUESTS[block.table])
+        sent = time.time_ns()
+        try:
+            response = await request(block.start, count=block.count, device_id=self.config.unit_id)
+        except ConnectionException:
+            raise
+        except ModbusIOException as exc:
+            if not client.connected:
                 raise ConnectionError(f"connection to {self.config.url} lost: {exc}") from exc
-            received = time.time_ns()
+            self._failed(frame, rows, key, sent, _TIMEOUT, "no response", exc)
+            return
+        received = time.time_ns()
+        frame.received = received
         stats.request_done(received - sent)
+        frame.time[rows] = (sent + received) // 2
         if isinstance(response, ExceptionResponse) or response.isError():
             code = getattr(response, "exception_code", None)
-            return self._failed(block, key, sent, received, _EXCEPTION, "device exception", code)
+            self._failed(frame, rows, key, sent, _EXCEPTION, "device exception", code)
+            return
         if block.is_bits:
-            values, text = block.decode_bits(response.bits), None
+            frame.value[rows] = block.decode_bits(response.bits)
         else:
-            registers = np.asarray(response.registers, dtype=np.uint16)
+            registers = np.array(response.registers, dtype=">u2")
             if registers.shape[0] < block.count:
-                return self._failed(
-                    block,
-                    key,
-                    sent,
-                    received,
-                    _EXCEPTION,
-                    "short response",
-                    f"{registers.shape[0]} of {block.count} registers",
-                )
-            values, text = block.decoder.decode_registers(registers)
+                short = f"{registers.shape[0]} of {block.count} registers"
+                self._failed(frame, rows, key, sent, _EXCEPTION, "short response", short)
+                return
+            _, text = block.decoder.decode_registers(registers, out=frame.value[rows])
+            if text is not None:
+                if frame.text is None:
+                    frame.text = np.full(len(frame), None, dtype=object)
+                frame.text[rows] = text
+        frame.quality[rows] = _GOOD
         if self._ctx is not None:
             self._ctx.problems.ok(key)
-        n = block.tags.shape[0]
-        return Frame(
-            block.tags,
-            np.full(n, (sent + received) // 2, np.int64),
-            values,
-            np.full(n, _GOOD, np.uint16),
-            received,
-            text,
-        )
 
     def _failed(
-        self,
-        block: Block,
-        key: str,
-        sent: int,
-        received: int,
-        quality: int,
-        what: str,
-        detail: Any,
-    ) -> Frame:
+        self, frame: Frame, rows: slice, key: str, sent: int, quality: int, what: str, detail: Any
+    ) -> None:
+        """Bad samples for the block's tags, stamped at the request's midpoint."""
+        received = time.time_ns()
+        frame.received = received
+        frame.time[rows] = (sent + received) // 2
+        frame.value[rows] = math.nan
+        frame.quality[rows] = quality
         if self._ctx is not None:
             self._ctx.problems.fail(key, f"modbus read failed: {what}", detail=str(detail))
-        return Frame.uniform(block.tags, (sent + received) // 2, math.nan, quality, received)
 
     @classmethod
     def conformance_peer(cls) -> Any:

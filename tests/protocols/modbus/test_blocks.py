@@ -324,6 +324,29 @@ def test_decode_every_type_and_order(kind: str, byte_order: str, word_order: str
         assert decoded[2 * i + 1] == i
 
 
+@pytest.mark.parametrize("word_order", ORDERS)
+@pytest.mark.parametrize("byte_order", ORDERS)
+@pytest.mark.parametrize("kind", sorted(STRUCT_FORMAT))
+def test_packed_tags_of_one_type_decode_alike_with_or_without_the_gather(
+    kind: str, byte_order: str, word_order: str
+) -> None:
+    values = KNOWN_VALUES[kind]
+    size = struct.calcsize(STRUCT_FORMAT[kind]) // 2
+    tags = [
+        tag(f"hr:{3 + i * size}", kind, f"v{i}", byte_order=byte_order, word_order=word_order)
+        for i in range(len(values))
+    ]
+    placed = {3 + i * size: encode(v, kind, byte_order, word_order) for i, v in enumerate(values)}
+    (block,) = plan(tags)
+    natural = byte_order == "big" and (word_order == "big" or size == 1)
+    assert (block.decoder.dense is not None) == natural, "the view path only for natural order"
+    decoded, _ = decode_by_tag(block, registers_for(block, placed))
+    assert [decoded[i] for i in range(len(values))] == [expected(v, kind) for v in values]
+    out = np.full(len(values) + 2, -1.0)
+    block.decoder.decode_registers(registers_for(block, placed), out=out[1:-1])
+    assert out[[0, -1]].tolist() == [-1.0, -1.0], "only the given slice is written"
+
+
 def test_decode_integers_exactly_within_float64_precision() -> None:
     for kind, value in [("int64", -(2**53)), ("uint64", 2**53), ("int32", -(2**31))]:
         (block,) = plan([tag("ir:0", kind, word_order="little")])
