@@ -35,6 +35,10 @@ class TagConfig(Section):
     offset: float = 0.0
     description: str = ""
 
+    def sampling_grid_ns(self) -> int:
+        """The grid ``snap`` rounds this tag's device-clock times to: its rate."""
+        return self.rate
+
 
 class SourceConfig(Section):
     """Keys every source has; a driver's config model subclasses it (see protocols.sdk)."""
@@ -44,6 +48,18 @@ class SourceConfig(Section):
     enabled: bool = True
     backoff_initial: Duration = Field(default=1_000_000_000)
     backoff_max: Duration = Field(default=60_000_000_000)
+    snap: bool = Field(default=False, description="put sample times on the tags' sampling grid")
+    correct_clock: bool = Field(
+        default=False, description="map device timestamps onto the gateway clock"
+    )
+    clock_threshold: Duration = Field(
+        default=100_000_000,
+        description="flag samples clock-uncertain beyond this clock error (offset if not "
+        "correcting, estimate uncertainty if correcting)",
+    )
+    clock_window: Duration = Field(
+        default=60_000_000_000, description="history the clock model fits offset and drift on"
+    )
     tags: list[TagConfig] = Field(min_length=1)
 
     @field_validator("tags")

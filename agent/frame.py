@@ -38,6 +38,8 @@ class Frame:
     SourceTimestamp and ServerTimestamp, int64 ns, 0 where absent) next to ``time``, the
     one the config chose, so a dataset can still see both and a clock model can compare
     them with ``received``; drivers of sources without timestamps leave them None.
+    ``device_clock`` says whose clock ``time`` is on: the device's (the agent may correct it
+    and snaps it by rounding) or the gateway's (a poller snaps it to its scheduled tick).
     """
 
     tag: np.ndarray
@@ -48,6 +50,7 @@ class Frame:
     text: np.ndarray | None = field(default=None)
     source_time: np.ndarray | None = field(default=None)
     server_time: np.ndarray | None = field(default=None)
+    device_clock: bool = False  # ``time`` is on the device's clock, not the gateway's
 
     def __len__(self) -> int:
         return int(self.tag.shape[0])
@@ -85,6 +88,7 @@ class Frame:
         taken = Frame(
             self.tag[index], self.time[index], self.value[index], self.quality[index], self.received
         )
+        taken.device_clock = self.device_clock
         for name in _OPTIONAL_FILL:
             column = getattr(self, name)
             if column is not None:
@@ -140,6 +144,7 @@ def concat(frames: Sequence[Frame]) -> Frame:
         np.concatenate([f.quality for f in frames]),
         max(f.received for f in frames),
     )
+    joined.device_clock = any(f.device_clock for f in frames)
     for name, fill in _OPTIONAL_FILL.items():
         setattr(
             joined,

@@ -53,6 +53,24 @@ class Metrics:
         self.source_up = Gauge(
             "edge_agent_source_up", "1 while the source is connected", ["source"], registry=r
         )
+        self.clock_offset = Gauge(
+            "edge_agent_clock_offset_seconds",
+            "Estimated offset of the source's clock against the gateway's reference clock",
+            ["source"],
+            registry=r,
+        )
+        self.clock_drift = Gauge(
+            "edge_agent_clock_drift_ppm",
+            "Estimated drift of the source's clock",
+            ["source"],
+            registry=r,
+        )
+        self.clock_uncertainty = Gauge(
+            "edge_agent_clock_uncertainty_seconds",
+            "Largest distance of a clock observation from the fitted offset line",
+            ["source"],
+            registry=r,
+        )
         self.reconnects = Counter(
             "edge_agent_source_failures",
             "Source sessions that ended in an error and were restarted",

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 import numpy as np
 
 from agent import quality as q
+from agent.clock import SourceClock
 from agent.frame import Frame
 from agent.pipeline import SourcePipeline
 from protocols.sdk import Driver, DriverContext
@@ -59,6 +60,7 @@ class SourceRunner:
         self.config = driver.config
         self.pipeline = SourcePipeline(driver.config.tags)
         self.ctx = ctx_factory(self.emit)
+        self.clock = SourceClock(self.config, self.ctx.metrics, self.ctx.problems)
         self.log = self.ctx.log
         self._sink = sink
         self._rng = rng or random.Random()
@@ -70,8 +72,9 @@ class SourceRunner:
         self.failures = 0
 
     async def emit(self, frame: Frame) -> None:
-        """The driver's sink: pipeline, counters, then the agent's queue (backpressure)."""
-        frame = self.pipeline.process(frame)
+        """The driver's sink: clock, pipeline, counters, then the agent's queue
+        (backpressure)."""
+        frame = self.pipeline.process(self.clock.process(frame))
         if self._count(frame) and self.ctx.problems.ok(SESSION):
             self._attempt = 0
         await self._sink(self.index, frame)

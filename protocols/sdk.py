@@ -207,5 +207,7 @@ class PollingDriver(Driver):
                 # a library swallowed our cancellation (asyncio.wait_for on Python 3.11,
                 # CPython gh-86296, used by pymodbus per request): honour it here
                 raise asyncio.CancelledError
+            if self.config.snap and not frame.device_clock:
+                frame.time[:] = tick.due_wall_ns  # the actual lateness stays in the stats
             if len(frame):
                 await ctx.emit(frame)

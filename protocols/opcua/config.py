@@ -33,6 +33,10 @@ class OpcUaTagConfig(TagConfig):
         default=None, description="spacing of the elements of an array value (block signals)"
     )
 
+    def sampling_grid_ns(self) -> int:
+        """Array elements are snapped to their own spacing, scalars to the tag's rate."""
+        return self.sample_interval or self.rate
+
     @field_validator("node")
     @classmethod
     def _node_id(cls, value: str) -> str:
@@ -120,6 +124,10 @@ class OpcUaSourceConfig(SourceConfig):
             )
         if (self.certificate is None) != (self.private_key is None):
             raise ValueError("certificate and private_key go together")
+        if self.correct_clock and self.timestamp != "source":
+            raise ValueError(
+                'correct_clock maps the SourceTimestamp clock: it needs timestamp = "source"'
+            )
         if self.username is None and (self.password_file or self.password_env):
             raise ValueError("a password needs a username")
         if self.username is not None and not (self.password_file or self.password_env):

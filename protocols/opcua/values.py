@@ -98,6 +98,7 @@ class ValueDecoder:
             frame = self._decode_any(tags, values, times, received)
         frame.source_time = source
         frame.server_time = server
+        frame.device_clock = self.timestamp != "gateway"
         return self._expand_arrays(frame) if self._arrays else frame
 
     def _decode_scalars(

@@ -1,0 +1,134 @@
+"""The clock model against synthetic device clocks with known offset, drift and delays."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import structlog
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent import quality as q
+from agent.clock import ClockModel, SourceClock
+from agent.frame import Frame
+from agent.health import ProblemLog
+from agent.metrics import Metrics
+from protocols._template.driver import TemplateSourceConfig
+
+S = 1_000_000_000
+MS = 1_000_000
+T0 = 1_795_000_000 * S
+
+
+def device_clock(true_ns: np.ndarray, offset_ns: int, drift_ppm: float) -> np.ndarray:
+    return true_ns + offset_ns + np.round(drift_ppm * 1e-6 * (true_ns - T0)).astype(np.int64)
+
+
+def feed(model: ClockModel, seconds: int, offset_ns: int, drift_ppm: float, seed: int) -> None:
+    """Ten frames a second; a frame's freshest sample arrives 0.2 ms + an exponential delay
+    (3 ms mean) after sampling, and one frame in ten is held up for up to 2 s."""
+    rng = np.random.default_rng(seed)
+    for k in range(seconds * 10):
+        true = T0 + k * 100 * MS
+        held = rng.random() < 0.1
+        delay = int((rng.uniform(0, 2000) if held else 0.2 + rng.exponential(3.0)) * MS)
+        device = int(device_clock(np.array([true]), offset_ns, drift_ppm)[0])
+        model.observe(true + delay, device - (true + delay))
+
+
+@settings(deadline=None, max_examples=20)
+@given(
+    offset_ms=st.integers(-5000, 5000),
+    drift_ppm=st.floats(-200, 200),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_offset_and_drift_recovered_within_a_millisecond(
+    offset_ms: int, drift_ppm: float, seed: int
+) -> None:
+    model = ClockModel(window_ns=60 * S, bucket_ns=2 * S)
+    feed(model, 90, offset_ms * MS, drift_ppm, seed)
+    estimate = model.estimate
+    assert estimate is not None
+    true = T0 + np.arange(80, 100) * S  # the last 10 s seen and 10 s beyond
+    corrected = estimate.to_reference(device_clock(true, offset_ms * MS, drift_ppm))
+    assert np.abs(corrected - true).max() <= 1 * MS
+    assert estimate.drift * 1e6 == pytest.approx(drift_ppm, abs=10)
+
+
+def test_a_single_bucket_gives_its_minimum_delay_offset_and_no_drift() -> None:
+    model = ClockModel()
+    model.observe(T0 + 40 * MS, 3 * S - 40 * MS)
+    model.observe(T0 + 90 * MS, 3 * S - 1 * MS)  # the least delayed one wins
+    model.observe(T0 + 150 * MS, 3 * S - 20 * MS)
+    assert model.estimate is not None
+    assert model.estimate.offset_ns == 3 * S - 1 * MS
+    assert model.estimate.drift == 0.0
+
+
+def test_old_buckets_leave_the_window() -> None:
+    model = ClockModel(window_ns=10 * S, bucket_ns=1 * S)
+    for k in range(30):  # the clock jumps by 1 s at k = 15: only the new offset remains
+        model.observe(T0 + k * S, (0 if k < 15 else 1 * S) - 1 * MS)
+    assert model.estimate is not None
+    assert model.estimate.offset_ns == pytest.approx(1 * S - 1 * MS, abs=1)
+    assert model.estimate.uncertainty_ns < 1
+
+
+def source(**keys: object) -> TemplateSourceConfig:
+    return TemplateSourceConfig.model_validate(
+        {"name": "dev", "tags": [{"name": "a", "rate": "100ms"}, {"name": "b", "rate": "1s"}]}
+        | keys
+    )
+
+
+def stamped_frame(true_ns: int, offset_ns: int, delay_ns: int) -> Frame:
+    """Two samples (tags a and b) stamped by a device clock ``offset_ns`` fast."""
+    device = np.array([true_ns + offset_ns] * 2, np.int64)
+    frame = Frame(
+        np.array([0, 1], np.int32),
+        device.copy(),
+        np.array([1.0, 2.0]),
+        np.zeros(2, np.uint16),
+        true_ns + delay_ns,
+    )
+    frame.source_time = device
+    frame.device_clock = True
+    return frame
+
+
+def test_source_clock_corrects_snaps_and_reports() -> None:
+    metrics = Metrics()
+    stage = SourceClock(
+        source(correct_clock=True, snap=True), metrics, ProblemLog(structlog.get_logger())
+    )
+    for k in range(50):
+        true = T0 + k * 100 * MS
+        out = stage.process(stamped_frame(true, 5 * S, 3 * MS))
+    # corrected to within the 3 ms delay, then snapped: tag a to its 100 ms grid, b to 1 s
+    assert out.time.tolist() == [true, (true + S // 2) // S * S]
+    assert (out.quality == q.GOOD).all()
+    assert metrics.clock_offset.labels("dev")._value.get() == pytest.approx(5 - 0.003, abs=1e-6)
+    described = stage.describe()
+    assert described is not None
+    assert described["offset_ms"] == pytest.approx(4997.0)
+    assert described["corrected"] is True
+
+
+def test_an_uncorrected_clock_beyond_the_threshold_is_flagged_and_logged_once() -> None:
+    stage = SourceClock(
+        source(clock_threshold="50ms"), Metrics(), ProblemLog(structlog.get_logger())
+    )
+    with structlog.testing.capture_logs() as logs:
+        frames = [stage.process(stamped_frame(T0 + k * S, 2 * S, MS)) for k in range(5)]
+    assert all((f.quality & q.Flag.CLOCK_UNCERTAIN).all() for f in frames)
+    assert frames[-1].time.tolist() == [T0 + 4 * S + 2 * S] * 2, "not corrected when not asked"
+    assert len([e for e in logs if "clock" in e["event"]]) == 1
+
+
+def test_gateway_time_frames_are_left_alone() -> None:
+    stage = SourceClock(
+        source(correct_clock=True, snap=True), Metrics(), ProblemLog(structlog.get_logger())
+    )
+    stage.process(stamped_frame(T0, 5 * S, MS))
+    polled = Frame.uniform(np.array([0, 1], np.int32), T0 + 123 * MS, 1.0, q.GOOD)
+    assert stage.process(polled).time.tolist() == [T0 + 123 * MS] * 2
