@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +24,7 @@ import pyarrow as pa
 
 from agent import quality as q
 from agent.config import SourceConfig
+from agent.dataquality import QualityTally
 from agent.durations import format_duration
 from agent.frame import Frame, join_optional
 
@@ -54,12 +55,14 @@ class TagTable:
         self.source_offset: list[int] = []
         names: list[str] = []
         owners: list[int] = []
+        rates: list[int] = []
         self.lineage: list[dict[str, Any]] = []
         for index, source in enumerate(sources):
             self.source_offset.append(len(names))
             for tag in source.tags:
                 names.append(tag.name)
                 owners.append(index)
+                rates.append(tag.rate)
                 self.lineage.append(
                     {
                         "unit": tag.unit,
@@ -70,6 +73,7 @@ class TagTable:
                 )
         self.tag_names = np.array(names, dtype=object)
         self.tag_source = np.array(owners, dtype=np.int32)
+        self.rate_ns = np.array(rates, dtype=np.int64)
         self.qualified = [f"{self.source_names[o]}/{n}" for o, n in zip(owners, names, strict=True)]
 
     def __len__(self) -> int:
@@ -85,6 +89,7 @@ class Batch:
     window_start_ns: int
     window_end_ns: int
     table: pa.Table
+    quality: dict[str, Any] | None = None  # data-quality figures, also in the metadata
 
     @property
     def points(self) -> int:
@@ -179,8 +184,12 @@ class Batcher:
         lateness_ns: int,
         gateway_id: str,
         config_hash: str,
+        tally: QualityTally | None = None,
+        clocks: Callable[[], dict[int, dict[str, Any]]] | None = None,
     ) -> None:
         self.tags = tags
+        self.tally = tally
+        self.clocks = clocks
         self.window_ns = window_ns
         self.lateness_ns = lateness_ns
         self.gateway_id = gateway_id
@@ -301,6 +310,7 @@ class Batcher:
             digest.update(json.dumps(rows.text.tolist()).encode())
         batch_id = batch_id_for(window_start, digest.hexdigest()[:12])
         tag_names, lineage = self._tags_present(present)
+        figures = self._quality(rows, window_start)
         text = (
             pa.array(rows.text, type=pa.string())
             if rows.text is not None
@@ -317,6 +327,8 @@ class Batcher:
             "points": str(len(rows.gtag)),
             "tags": lineage,
         }
+        if figures is not None:
+            metadata["quality"] = json.dumps(figures, separators=(",", ":"))
         table = pa.Table.from_arrays(
             [
                 _time_column(rows.time),
@@ -333,4 +345,19 @@ class Batcher:
                 {f"{META_PREFIX}{key}": value for key, value in metadata.items()}
             ),
         )
-        return Batch(batch_id, self.gateway_id, window_start, window_end, table)
+        return Batch(batch_id, self.gateway_id, window_start, window_end, table, figures)
+
+    def _quality(self, rows: _Rows, window_start: int) -> dict[str, Any] | None:
+        if self.tally is None:
+            return None
+        now = self.tally.clock()
+        source = self.tags.tag_source[rows.gtag]
+        latency = now - rows.time
+        by_source = {i: latency[source == i] for i in range(len(self.tags.source_names))}
+        return self.tally.figures(
+            window_start,
+            self.tags.source_names,
+            self.tags.qualified,
+            by_source,
+            self.clocks() if self.clocks is not None else {},
+        )

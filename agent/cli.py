@@ -72,6 +72,11 @@ def _parser() -> argparse.ArgumentParser:
     certs.add_argument("-c", "--config", type=Path, help="config file (for agent.data_dir)")
     certs.add_argument("--regenerate", action="store_true", help="make a new certificate")
 
+    report = commands.add_parser(
+        "report", help="data-quality figures of a stored dataset, per tag and source"
+    )
+    report.add_argument("dataset", type=Path, help="folder of a parquet uplink")
+
     demo = commands.add_parser(
         "demo", help="simulator + agent + local Parquet store, with a live view"
     )
@@ -105,6 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             configure("warning")
             data_dir = load_config(args.config).config.agent.data_dir if args.config else None
             return _certs(data_dir or AgentSection().data_dir, args.regenerate)
+        if args.command == "report":
+            return _report(args.dataset)
         if args.command == "demo":
             from agent.demo import run_demo
 
@@ -115,6 +122,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return 1
+
+
+def _report(dataset: Path) -> int:
+    from agent.report import format_summary, summarise
+
+    if not dataset.is_dir():
+        print(f"{dataset}: no such folder", file=sys.stderr)
+        return 2
+    print(format_summary(dataset, summarise(dataset)))
+    return 0
 
 
 def _check(loaded: LoadedConfig) -> int:

@@ -71,6 +71,24 @@ class Metrics:
             ["source"],
             registry=r,
         )
+        self.completeness = Gauge(
+            "edge_agent_completeness_ratio",
+            "Samples received / expected by rate, in the source's last closed window",
+            ["source"],
+            registry=r,
+        )
+        self.validity = Gauge(
+            "edge_agent_validity_ratio",
+            "Share of received samples of good quality, in the source's last closed window",
+            ["source"],
+            registry=r,
+        )
+        self.latency = Gauge(
+            "edge_agent_batch_latency_seconds",
+            "Largest acquisition-to-batch latency of the source's samples in the last batch",
+            ["source"],
+            registry=r,
+        )
         self.reconnects = Counter(
             "edge_agent_source_failures",
             "Source sessions that ended in an error and were restarted",

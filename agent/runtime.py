@@ -21,6 +21,7 @@ import structlog
 from agent import systemd
 from agent.batch import Batch, Batcher, TagTable
 from agent.config_load import LoadedConfig
+from agent.dataquality import QualityTally
 from agent.frame import Frame
 from agent.health import ProblemLog
 from agent.http import StatusServer
@@ -42,12 +43,20 @@ class Agent:
         self.metrics = metrics or Metrics()
         self.sources = [source for source in config.sources if source.enabled]
         self.tag_table = TagTable(self.sources)
+        self.tally = QualityTally(
+            self.tag_table.source_offset,
+            self.tag_table.tag_source,
+            self.tag_table.rate_ns,
+            config.batch.window,
+        )
         self.batcher = Batcher(
             self.tag_table,
             config.batch.window,
             config.batch.lateness,
             config.agent.gateway_id,
             loaded.config_hash,
+            self.tally,
+            self._clock_figures,
         )
         self.uplinks: list[Uplink] = [make_uplink(u) for u in config.uplinks]
         self._frames: asyncio.Queue[tuple[int, Frame] | None] = asyncio.Queue(
@@ -62,6 +71,7 @@ class Agent:
                 partial(
                     DriverContext, source, metrics=self.metrics, data_dir=config.agent.data_dir
                 ),
+                acquired=self.tally.add,
             )
             for index, source in enumerate(self.sources)
         ]
@@ -70,6 +80,21 @@ class Agent:
         self.points_written = 0
         self.written: list[Batch] = []  # the most recent batches, for demo and tests
         self.status_port: int | None = None
+
+    def _clock_figures(self) -> dict[int, dict[str, Any]]:
+        figures = {runner.index: runner.clock.describe() for runner in self.runners}
+        return {index: described for index, described in figures.items() if described}
+
+    def _publish(self, batch: Batch) -> None:
+        """Queue a closed batch for the uplinks; its quality figures go to the metrics."""
+        for source, figures in (batch.quality or {}).get("sources", {}).items():
+            if figures["completeness"] is not None:
+                self.metrics.completeness.labels(source).set(figures["completeness"])
+            if figures["validity"] is not None:
+                self.metrics.validity.labels(source).set(figures["validity"])
+            if "latency_max_ms" in figures:
+                self.metrics.latency.labels(source).set(figures["latency_max_ms"] / 1e3)
+        self._batches.put_nowait(batch)
 
     async def _enqueue(self, index: int, frame: Frame) -> None:
         await self._frames.put((index, frame))
@@ -123,7 +148,7 @@ class Agent:
             with contextlib.suppress(asyncio.CancelledError):
                 await closer
             for batch in self.batcher.flush():
-                self._batches.put_nowait(batch)
+                self._publish(batch)
             self._batches.put_nowait(None)
             try:
                 await asyncio.wait_for(writer, _FLUSH_DEADLINE_S)
@@ -165,7 +190,7 @@ class Agent:
             await asyncio.sleep(period)
             late_before = self.batcher.late_points
             for batch in self.batcher.close_due(time.time_ns()):
-                self._batches.put_nowait(batch)
+                self._publish(batch)
             self.metrics.late_points.inc(self.batcher.late_points - late_before)
 
     async def _write_batches(self) -> None:

@@ -54,6 +54,7 @@ class SourceRunner:
         sink: Callable[[int, Frame], Awaitable[None]],
         ctx_factory: Callable[[Callable[[Frame], Awaitable[None]]], DriverContext],
         rng: random.Random | None = None,
+        acquired: Callable[[int, Frame], None] | None = None,
     ) -> None:
         self.index = index
         self.driver = driver
@@ -63,6 +64,7 @@ class SourceRunner:
         self.clock = SourceClock(self.config, self.ctx.metrics, self.ctx.problems)
         self.log = self.ctx.log
         self._sink = sink
+        self._acquired = acquired
         self._rng = rng or random.Random()
         self._attempt = 0
         self._all_tags = np.arange(len(driver.config.tags), dtype=np.int32)
@@ -72,9 +74,12 @@ class SourceRunner:
         self.failures = 0
 
     async def emit(self, frame: Frame) -> None:
-        """The driver's sink: clock, pipeline, counters, then the agent's queue
-        (backpressure)."""
-        frame = self.pipeline.process(self.clock.process(frame))
+        """The driver's sink: clock, data-quality tally, pipeline, counters, then the
+        agent's queue (backpressure)."""
+        frame = self.clock.process(frame)
+        if self._acquired is not None:
+            self._acquired(self.index, frame)
+        frame = self.pipeline.process(frame)
         if self._count(frame) and self.ctx.problems.ok(SESSION):
             self._attempt = 0
         await self._sink(self.index, frame)

@@ -174,6 +174,7 @@ class ModbusPLCSimulator:
         self._images: dict[str, tuple[int, list[int]]] = {}
         self._disconnector: asyncio.Task[None] | None = None
         self.requests = 0
+        self.exceptions = 0  # requests answered with an injected exception
         self.write_attempts = 0
         self.port = 0
 
@@ -257,6 +258,7 @@ class ModbusPLCSimulator:
             self.write_attempts += 1  # the agent must never write; tests assert this stays 0
             return ExcCodes.ILLEGAL_FUNCTION
         if self.exception_rate and self._rng.random() < self.exception_rate:
+            self.exceptions += 1
             return ExcCodes.DEVICE_FAILURE
         if self.timeout_rate and self._rng.random() < self.timeout_rate:
             await asyncio.sleep(self.timeout_s)

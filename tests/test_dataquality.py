@@ -1,0 +1,140 @@
+"""Data-quality figures: the tally, the batch metadata, an injected dropout, and the report."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agent import quality as q
+from agent.cli import main
+from agent.config_load import parse_config
+from agent.dataquality import QualityTally, tag_figures
+from agent.frame import Frame
+from agent.report import summarise
+from agent.runtime import Agent
+from simulators.modbus_plc import POINTS, ModbusPLCSimulator
+from tests.conftest import agent_toml
+
+S = 1_000_000_000
+MS = 1_000_000
+T0 = 1_795_000_000 * S
+
+
+def tally(now: int) -> QualityTally:
+    """Two sources: s0 with tags 0 (100 ms) and 1 (1 s), s1 with tag 2 (100 ms)."""
+    return QualityTally(
+        [0, 2],
+        np.array([0, 0, 1], np.int32),
+        np.array([100 * MS, S, 100 * MS]),
+        S,
+        clock=lambda: now,
+    )
+
+
+def frame(tags: list[int], time: int, quality: list[int]) -> Frame:
+    n = len(tags)
+    return Frame(
+        np.array(tags, np.int32),
+        np.full(n, time, np.int64),
+        np.ones(n),
+        np.array(quality, np.uint16),
+        time,
+    )
+
+
+def test_tally_counts_received_and_good_but_not_gateway_placeholders() -> None:
+    counts = tally(T0 + 5 * S)
+    counts.started_ns = T0 - 10 * S
+    for k in range(10):  # tag 0: one exception answer, one timeout placeholder
+        quality = q.GOOD
+        if k == 3:
+            quality = q.make(q.BAD, q.Reason.DEVICE_EXCEPTION)
+        if k == 4:
+            quality = q.make(q.BAD, q.Reason.TIMEOUT)
+        counts.add(0, frame([0], T0 + k * 100 * MS, [quality]))
+    counts.add(0, frame([1], T0 + 500 * MS, [q.make(q.UNCERTAIN, q.Reason.SOURCE_STATUS)]))
+    for k in range(11):  # s1's tag 0 is global tag 2; one sample more than its rate
+        counts.add(1, frame([0], T0 + k * 90 * MS, [q.GOOD]))
+    figures = counts.figures(T0, ["s0", "s1"], ["s0/a", "s0/b", "s1/c"], {}, {})
+    assert figures["span_ns"] == S
+    assert figures["sources"]["s0"]["received"] == 9 + 1
+    assert figures["sources"]["s0"]["expected"] == 10 + 1
+    assert figures["sources"]["s0"]["good"] == 8
+    assert figures["sources"]["s1"]["completeness"] == 1.0, "capped at 1"
+    assert figures["sources"]["s1"]["validity"] == 1.0
+    assert figures["tags"] == {"s0/a": [9, 10.0, 8], "s0/b": [1, 1.0, 0], "s1/c": [11, 10.0, 11]}
+
+
+def test_tags_not_listed_received_all_their_rate_promised() -> None:
+    counts = tally(T0 + 5 * S)
+    counts.started_ns = T0 - 10 * S
+    for k in range(10):
+        counts.add(0, frame([0, 1] if k == 0 else [0], T0 + k * 100 * MS, [q.GOOD] * (2 - bool(k))))
+        counts.add(1, frame([0], T0 + k * 100 * MS, [q.GOOD]))
+    counts.add(1, frame([0], T0 - 1, [q.GOOD]))  # late: for a window before this one
+    figures = counts.figures(T0, ["s0", "s1"], ["s0/a", "s0/b", "s1/c"], {}, {})
+    assert figures["tags"] == {}
+    lineage = {"s0/a": {"rate": "100ms"}, "s0/b": {"rate": "1s"}, "s1/c": {"rate": "100ms"}}
+    restored = tag_figures(figures, lineage)
+    assert restored == {"s0/a": [10, 10, 10], "s0/b": [1, 1, 1], "s1/c": [10, 10, 10]}
+    assert counts.figures(T0 + S, ["s0", "s1"], ["s0/a", "s0/b", "s1/c"], {}, {})["tags"] == {
+        "s0/a": [0, 10.0, 0],
+        "s0/b": [0, 1.0, 0],
+        "s1/c": [0, 10.0, 0],
+    }, "a window nobody reported in is all missing"
+
+
+def test_a_window_the_agent_ran_only_part_of_expects_only_that_part() -> None:
+    counts = tally(T0 + S)
+    counts.started_ns = T0 + 600 * MS
+    figures = counts.figures(T0, ["s0", "s1"], ["s0/a", "s0/b", "s1/c"], {}, {})
+    assert figures["span_ns"] == 400 * MS
+    assert figures["sources"]["s1"]["expected"] == 4.0
+    assert figures["tags"]["s1/c"] == [0, 4.0, 0], "a tag that sent nothing is listed"
+
+
+async def test_completeness_and_validity_match_an_injected_dropout(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    simulator = ModbusPLCSimulator(seed=11, exception_rate=0.2)
+    port = await simulator.start("127.0.0.1", 0)
+    extra = 'timeout = "200ms"\nbackoff_initial = "100ms"\nbackoff_max = "100ms"\n'
+    text = agent_toml(tmp_path, simulator.agent_config("100ms", points=POINTS[:1], extra=extra))
+    agent = Agent(parse_config(tomllib.loads(text), Path("test.toml")))
+    stop = asyncio.Event()
+    running = asyncio.create_task(agent.run(stop))
+    await asyncio.sleep(2.0)
+    await simulator.stop()  # the dropout: about ten polls find nobody
+    await asyncio.sleep(1.0)
+    await simulator.start("127.0.0.1", port)
+    await asyncio.sleep(2.0)
+    stop.set()
+    await running
+    await simulator.stop()
+
+    batches = agent.written
+    sources = [b.quality["sources"]["plc1"] for b in batches if b.quality is not None]
+    received = sum(s["received"] for s in sources)
+    good = sum(s["good"] for s in sources)
+    expected = sum(s["expected"] for s in sources)
+    assert simulator.exceptions >= 3, "the seeded simulator injected exceptions"
+    assert abs(received - simulator.requests) <= 1
+    assert abs(good - (simulator.requests - simulator.exceptions)) <= 1
+    assert 40 <= expected <= 52, "about 5 s at 10 samples a second"
+    assert 6 <= expected - received <= 16, "the 1 s dropout is what is missing"
+    stored = json.loads(batches[-1].table.schema.metadata[b"edge_agent.quality"])
+    assert stored == batches[-1].quality
+
+    assert main(["report", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    tag = f"plc1/{POINTS[0].name}"
+    line = next(line for line in out.splitlines() if line.startswith(tag))
+    assert line.split()[1:4] == [str(received), f"{expected:.1f}", str(good)]
+    totals = summarise(tmp_path).tags[tag]
+    assert totals.completeness == pytest.approx(received / expected, rel=1e-4)
+    assert "source plc1: batch latency p50" in out
