@@ -3,7 +3,8 @@
 Each instance writes its own config into its own directory (listener on 127.0.0.1 only,
 anonymous access, persistence so sessions survive ``restart()``), so tests never touch a
 system broker on 1883 and never see each other's messages. TLS listeners take the CA,
-server certificate and key files and can require client certificates.
+server certificate and key files and can require client certificates; a broker with TLS
+listens on both ports, plain ``url`` (for test publishers) and ``tls_url``.
 """
 
 from __future__ import annotations
@@ -60,11 +61,15 @@ class MosquittoBroker:
         self.directory = directory
         self.tls = tls
         self.port = 0
+        self.tls_port = 0
         self._process: asyncio.subprocess.Process | None = None
 
     @property
     def url(self) -> str:
-        return f"{'mqtts' if self.tls else 'mqtt'}://127.0.0.1:{self.port}"
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def tls_url(self, host: str = "127.0.0.1") -> str:
+        return f"mqtts://{host}:{self.tls_port}"
 
     @property
     def log_file(self) -> Path:
@@ -84,6 +89,7 @@ class MosquittoBroker:
             lines.append("user root")
         if self.tls is not None:
             lines += [
+                f"listener {self.tls_port} 127.0.0.1",
                 f"cafile {self.tls.ca_file}",
                 f"certfile {self.tls.certificate}",
                 f"keyfile {self.tls.private_key}",
@@ -96,6 +102,7 @@ class MosquittoBroker:
         self.directory.mkdir(parents=True, exist_ok=True)
         if not self.port:
             self.port = free_port()
+            self.tls_port = free_port() if self.tls is not None else 0
         config = self.directory / "mosquitto.conf"
         config.write_text(self._config())
         self._process = await asyncio.create_subprocess_exec(
