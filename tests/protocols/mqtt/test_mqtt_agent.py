@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 import tomllib
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 
 from agent import quality as q
 from simulators.mqtt_broker import MosquittoBroker
-from simulators.mqtt_scada import PLANT, MqttScadaSimulator, connect_publisher
+from simulators.mqtt_scada import PLANT, MqttScadaSimulator, PlantSignals, connect_publisher
 from tests.conftest import agent_toml, read_store
 from tests.protocols.mqtt.helpers import running_agent, running_driver, source_up, wait_for
 
@@ -179,3 +180,50 @@ async def test_fuzzed_stream_through_the_broker_counts_every_fault_and_keeps_goo
     faulty_samples = sum(int((c.frame.quality != q.GOOD).sum()) for c in (json_c, pat_c))
     assert good + faulty_samples > 0.5 * 60 * 2 * len(PLANT)
     assert good > 0.5 * 60 * 2 * len(PLANT)  # the good majority kept flowing
+
+
+async def test_simulate_mqtt_command_publishes_the_seeded_plant(
+    mqtt_broker: MosquittoBroker,
+) -> None:
+    names = [tag.name for tag in PLANT if tag.area == "boiler"]
+    source = {
+        "url": mqtt_broker.url,
+        "topic": "cli/json/boiler",
+        "value": "$.values.{tag}",
+        "timestamp": "$.ts",
+        "tags": [{"name": name} for name in names],
+    }
+    async with running_driver(source) as (_, collector):
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "agent.cli",
+            "simulate",
+            "mqtt",
+            "--broker",
+            mqtt_broker.url,
+            "--seed",
+            "3",
+            "--prefix",
+            "cli",
+            "--shapes",
+            "json",
+            "--period",
+            "100ms",
+            stdout=asyncio.subprocess.PIPE,
+        )
+        try:
+            assert process.stdout is not None
+            banner = await process.stdout.readline()
+            assert b"publishing to mqtt://127.0.0.1" in banner
+            await wait_for(lambda: len(collector.frame) >= 3 * len(names))
+        finally:
+            process.terminate()
+            assert await process.wait() == 0
+    frame = collector.frame
+    truth = PlantSignals(3)
+    for index, name in enumerate(names):
+        mine = frame.tag == index
+        np.testing.assert_array_equal(
+            frame.value[mine], truth.value(name, frame.time[mine]), err_msg=name
+        )
