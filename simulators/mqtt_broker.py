@@ -1,7 +1,8 @@
 """A private mosquitto broker on a free loopback port, for tests, benchmarks and demos.
 
 Each instance writes its own config into its own directory (listener on 127.0.0.1 only,
-anonymous access, persistence so sessions survive ``restart()``), so tests never touch a
+anonymous access unless ``users`` are given, persistence so sessions survive
+``restart()``), so tests never touch a
 system broker on 1883 and never see each other's messages. TLS listeners take the CA,
 server certificate and key files and can require client certificates; a broker with TLS
 listens on both ports, plain ``url`` (for test publishers) and ``tls_url``.
@@ -53,13 +54,19 @@ class BrokerTls:
 class MosquittoBroker:
     """``async with MosquittoBroker(tmp_dir) as broker: broker.url`` -- see module doc."""
 
-    def __init__(self, directory: Path, tls: BrokerTls | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        tls: BrokerTls | None = None,
+        users: dict[str, str] | None = None,
+    ) -> None:
         binary = mosquitto_binary()
         if binary is None:
             raise FileNotFoundError("mosquitto is not installed")
         self.binary = binary
         self.directory = directory
         self.tls = tls
+        self.users = dict(users) if users is not None else None
         self.port = 0
         self.tls_port = 0
         self._process: asyncio.subprocess.Process | None = None
@@ -78,13 +85,15 @@ class MosquittoBroker:
     def _config(self) -> str:
         lines = [
             f"listener {self.port} 127.0.0.1",
-            "allow_anonymous true",
+            f"allow_anonymous {'false' if self.users is not None else 'true'}",
             "persistence true",
             f"persistence_location {self.directory}/",
             f"log_dest file {self.log_file}",
             "max_queued_messages 100000",
             "max_inflight_messages 100",
         ]
+        if self.users is not None:
+            lines.append(f"password_file {self.directory / 'passwords'}")
         if os.geteuid() == 0:  # mosquitto would switch to its own user and lose our files
             lines.append("user root")
         if self.tls is not None:
@@ -105,6 +114,8 @@ class MosquittoBroker:
             self.tls_port = free_port() if self.tls is not None else 0
         config = self.directory / "mosquitto.conf"
         config.write_text(self._config())
+        if self.users is not None:
+            await self._write_passwords()
         self._process = await asyncio.create_subprocess_exec(
             self.binary,
             "-c",
@@ -127,6 +138,19 @@ class MosquittoBroker:
                 await self.stop()
                 raise RuntimeError(f"mosquitto did not listen on port {self.port}")
             await asyncio.sleep(0.02)
+
+    async def _write_passwords(self) -> None:
+        """The password file, hashed by mosquitto_passwd (mosquitto reads no plain text)."""
+        tool = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+        path = self.directory / "passwords"
+        path.write_text("")
+        for user, password in (self.users or {}).items():
+            process = await asyncio.create_subprocess_exec(
+                tool, "-b", str(path), user, password, stdout=asyncio.subprocess.DEVNULL
+            )
+            if await process.wait() != 0:
+                raise RuntimeError(f"mosquitto_passwd failed for user {user!r}")
+        path.chmod(0o600)
 
     async def stop(self) -> None:
         """SIGTERM (mosquitto saves its persistence file) and wait for the exit."""
