@@ -121,6 +121,13 @@ class ValueSlot:
     keys: tuple[str | int | None, ...]
     qualities: tuple[Path | None, ...]
 
+    # the keys again when all are object keys and no tag has a quality path (such a slot
+    # can take the whole-slot fast path), else empty
+    fast_keys: tuple[str, ...] = ()
+
+
+_NUMBER_TYPES = frozenset({float, int, bool})
+
 
 @dataclass(frozen=True, slots=True)
 class TimeGroup:
@@ -158,6 +165,15 @@ def compile_rules(config: MqttSourceConfig) -> list[TagRule]:
     return rules
 
 
+def _fast_keys(members: Sequence[TagRule], whole: bool) -> tuple[str, ...]:
+    """ValueSlot.fast_keys for a slot's rules."""
+    if whole or any(rule.quality is not None for rule in members):
+        return ()
+    keys = [rule.value[-1] for rule in members]
+    strings = tuple(key for key in keys if isinstance(key, str))
+    return strings if len(strings) == len(keys) else ()
+
+
 def plan_for(rules: Sequence[TagRule]) -> TopicPlan:
     """Group a topic's rules by timestamp path, then by the container of their values."""
     groups: dict[Path | None, dict[tuple[Path, bool], list[TagRule]]] = {}
@@ -175,6 +191,7 @@ def plan_for(rules: Sequence[TagRule]) -> TopicPlan:
                         tuple(r.tag for r in members),
                         tuple(None if whole else r.value[-1] for r in members),
                         tuple(r.quality for r in members),
+                        _fast_keys(members, whole),
                     )
                     for (parent, whole), members in slots.items()
                 ),
@@ -281,6 +298,13 @@ class PayloadDecoder:
         self, slot: ValueSlot, document: Any, topic: str, time_ns: int, time_quality: int
     ) -> None:
         container = walk(document, slot.parent) if slot.parent else document
+        if (
+            slot.fast_keys
+            and not time_quality
+            and type(container) is dict
+            and self._all_numbers(container, time_ns, slot)
+        ):
+            return
         for tag, key, quality_path in zip(slot.tags, slot.keys, slot.qualities, strict=True):
             if key is None:
                 raw = container
@@ -313,6 +337,23 @@ class PayloadDecoder:
             self._times.append(time_ns)
             self._values.append(value)
             self._qualities.append(quality)
+
+    def _all_numbers(self, container: dict[str, Any], time_ns: int, slot: ValueSlot) -> bool:
+        """Fast path, the common case of a many-value message: every key present with a
+        number. Appends the whole slot in a few C-level calls and returns True; else False
+        (nothing appended) and the per-tag path sorts out each problem."""
+        raws: list[Any] = [container.get(key) for key in slot.fast_keys]
+        if not set(map(type, raws)) <= _NUMBER_TYPES:
+            return False
+        try:
+            values = list(map(float, raws))
+        except OverflowError:  # an integer beyond float range
+            return False
+        self._values.extend(values)
+        self._tags.extend(slot.tags)
+        self._times.extend([time_ns] * len(values))
+        self._qualities.extend([q.GOOD] * len(values))
+        return True
 
     def _quality(self, path: Path, document: Any, topic: str) -> int:
         raw = walk(document, path)
