@@ -15,6 +15,10 @@ import pyarrow.compute as pc
 import pytest
 
 from agent import quality as q
+from agent.frame import Frame
+from protocols.mqtt.config import MqttSourceConfig
+from protocols.mqtt.driver import MqttDriver
+from protocols.sdk import DriverContext
 from simulators.mqtt_broker import MosquittoBroker
 from simulators.mqtt_scada import PLANT, MqttScadaSimulator, PlantSignals, connect_publisher
 from tests.conftest import agent_toml, read_store
@@ -227,3 +231,59 @@ async def test_simulate_mqtt_command_publishes_the_seeded_plant(
         np.testing.assert_array_equal(
             frame.value[mine], truth.value(name, frame.time[mine]), err_msg=name
         )
+
+
+async def test_clean_session_resubscribes_after_a_broker_restart(
+    tmp_path: Path, mqtt_broker: MosquittoBroker
+) -> None:
+    source = (
+        f'[[sources]]\nname = "scada"\nprotocol = "mqtt"\nurl = "{mqtt_broker.url}"\n'
+        'backoff_initial = "200ms"\nbackoff_max = "400ms"\n'
+        'topic = "plant/seq"\nvalue = "$.n"\n[[sources.tags]]\nname = "seq"\n'
+    )
+    config = agent_toml(tmp_path / "store", source, lateness="100ms")
+    async with running_agent(config) as agent:
+        for n in range(3):  # before, after one restart, after a second
+            await wait_for(lambda: source_up(agent, "scada"))
+            publisher = await connect_publisher(mqtt_broker.url)
+            points = agent.runners[0].points
+            publisher.client.publish("plant/seq", json.dumps({"n": n}), qos=1)
+            await wait_for(lambda: agent.runners[0].points > points)  # noqa: B023
+            await publisher.close()
+            await mqtt_broker.restart()
+    table = read_store(tmp_path / "store")
+    good = table.filter(pc.equal(table["quality"], q.GOOD))
+    assert good["value"].to_pylist() == [0.0, 1.0, 2.0]
+    assert agent.runners[0].failures == 3
+
+
+async def test_cancel_ends_run_promptly_while_a_tls_handshake_hangs() -> None:
+    """The handshake runs in a thread that cannot be interrupted; run() must not wait."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)  # accept, then never answer the TLS ClientHello
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    config = MqttSourceConfig.model_validate(
+        {"name": "s", "url": f"mqtts://127.0.0.1:{port}", "topic": "t", "tags": [{"name": "x"}]}
+    )
+    try:
+        task = asyncio.create_task(MqttDriver(config).run(DriverContext(config, _ignore)))
+        await asyncio.sleep(0.5)
+        assert not task.done(), "still in the handshake"
+        assert held, "the driver did connect"
+        started = time.monotonic()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        assert time.monotonic() - started < 1.0
+        assert task.cancelled()
+    finally:
+        server.close()
+        for writer in held:
+            writer.close()
+
+
+async def _ignore(frame: Frame) -> None:
+    """No frame is expected."""
