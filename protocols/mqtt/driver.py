@@ -36,7 +36,7 @@ from protocols.mqtt.config import MqttSourceConfig
 from protocols.mqtt.mapping import DECODER_BUG, UNMAPPED_TOPIC, PayloadDecoder
 from protocols.sdk import Driver, DriverContext
 
-_MAX_QUEUED_FRAMES = 64
+_MAX_QUEUED_SAMPLES = 100_000  # decoded, not yet taken by the agent: then stop reading
 _QUIET_S = 60.0
 _HOUSEKEEPING_S = 1.0
 
@@ -110,7 +110,7 @@ class MqttDriver(Driver):
             if frame is not None:
                 frames.append(frame)
                 ready.set()
-                if len(frames) >= _MAX_QUEUED_FRAMES:
+                if sum(map(len, frames)) >= _MAX_QUEUED_SAMPLES:
                     connection.pause_reading()
 
         connection.on_burst = on_burst

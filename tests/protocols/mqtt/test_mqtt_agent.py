@@ -15,7 +15,8 @@ import pyarrow.compute as pc
 import pytest
 
 from agent import quality as q
-from agent.frame import Frame
+from agent.frame import Frame, concat
+from protocols.mqtt import driver as mqtt_driver
 from protocols.mqtt.config import MqttSourceConfig
 from protocols.mqtt.driver import MqttDriver
 from protocols.sdk import DriverContext
@@ -287,3 +288,42 @@ async def test_cancel_ends_run_promptly_while_a_tls_handshake_hangs() -> None:
 
 async def _ignore(frame: Frame) -> None:
     """No frame is expected."""
+
+
+async def test_backpressure_stops_reading_the_socket_and_loses_nothing(
+    mqtt_broker: MosquittoBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(mqtt_driver, "_MAX_QUEUED_SAMPLES", 50)
+    gate = asyncio.Event()
+    taken: list[Frame] = []
+
+    async def slow_agent(frame: Frame) -> None:
+        await gate.wait()  # the agent's queue is full until the gate opens
+        taken.append(frame)
+
+    config = MqttSourceConfig.model_validate(
+        {"name": "s", "url": mqtt_broker.url, "topic": "flood", "tags": [{"name": "n"}]}
+    )
+    driver = MqttDriver(config)
+    ctx = DriverContext(config, slow_agent)
+    task = asyncio.create_task(driver.run(ctx))
+    publisher = await connect_publisher(mqtt_broker.url)
+    try:
+        up = {"source": "s"}
+        await wait_for(
+            lambda: ctx.metrics.registry.get_sample_value("edge_agent_source_up", up) == 1
+        )
+        count = 5000
+        for n in range(count):
+            publisher.client.publish("flood", str(n), qos=1)
+        await asyncio.sleep(1.0)
+        stalled = driver.decoder.messages
+        await asyncio.sleep(0.5)
+        assert driver.decoder.messages == stalled < count, "reading paused, not buffering"
+        gate.set()
+        await wait_for(lambda: sum(map(len, taken)) == count)
+    finally:
+        await publisher.close()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert concat(taken).value.tolist() == [float(n) for n in range(count)]
