@@ -22,6 +22,8 @@ not_numeric         value that is not a number/bool    kept as bad/decode_error,
 bad_timestamp       unreadable timestamp (per group)   receive time, uncertain + clock-uncertain
 absurd_timestamp    time beyond ``max_clock_skew``     receive time, uncertain + clock-uncertain
 bad_quality         unreadable quality field           kept as uncertain/decode_error
+decoder_bug         message that raised in decode      rest of the message dropped (never expected;
+                                                       counted by the driver, not here)
 ==================  =================================  ==========================================
 """
 
