@@ -327,3 +327,34 @@ async def test_backpressure_stops_reading_the_socket_and_loses_nothing(
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     assert concat(taken).value.tolist() == [float(n) for n in range(count)]
+
+
+async def test_gateways_in_one_share_group_split_the_messages_without_duplicates(
+    mqtt_broker: MosquittoBroker,
+) -> None:
+    def source(client_id: str) -> dict[str, object]:
+        return {
+            "url": mqtt_broker.url,
+            "client_id": client_id,
+            "shared_group": "collectors",
+            "topic": "plant/seq",
+            "value": "$.n",
+            "tags": [{"name": "seq"}],
+        }
+
+    publisher = await connect_publisher(mqtt_broker.url)
+    try:
+        async with (
+            running_driver(source("gw-a")) as (first, a),
+            running_driver(source("gw-b")) as (second, b),
+        ):
+            for n in range(200):
+                publisher.client.publish("plant/seq", json.dumps({"n": n}), qos=1)
+            await wait_for(lambda: first.decoder.messages + second.decoder.messages >= 200)
+            await wait_for(lambda: len(a.frame) + len(b.frame) >= 200)
+    finally:
+        await publisher.close()
+    got = a.frame.value.tolist() + b.frame.value.tolist()
+    assert sorted(got) == [float(n) for n in range(200)]
+    assert len(a.frame) > 0
+    assert len(b.frame) > 0
