@@ -16,7 +16,7 @@ import pytest
 
 from agent import quality as q
 from agent.frame import Frame, concat
-from protocols.mqtt import driver as mqtt_driver
+from protocols.mqtt import session as mqtt_session
 from protocols.mqtt.config import MqttSourceConfig
 from protocols.mqtt.driver import MqttDriver
 from protocols.sdk import DriverContext
@@ -293,7 +293,7 @@ async def _ignore(frame: Frame) -> None:
 async def test_backpressure_stops_reading_the_socket_and_loses_nothing(
     mqtt_broker: MosquittoBroker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(mqtt_driver, "_MAX_QUEUED_SAMPLES", 50)
+    monkeypatch.setattr(mqtt_session, "_MAX_QUEUED_SAMPLES", 50)
     gate = asyncio.Event()
     taken: list[Frame] = []
 
