@@ -47,6 +47,9 @@ class MqttTagConfig(TagConfig):
     )
     timestamp: str | None = Field(default=None, description="JSON path; default: receive time")
     quality: str | None = Field(default=None, description="JSON path of a quality/status field")
+    text: bool = Field(
+        default=False, description='string values ("OPEN") go to the text column, not errors'
+    )
 
     _topic = field_validator("topic")(_check_topic)
     _paths = field_validator("value", "timestamp", "quality")(_check_path)

@@ -18,7 +18,9 @@ malformed_json      message                            message dropped
 unmapped_topic      message on a topic no tag matches  message dropped (e.g. a {tag} not configured)
 missing_field       configured path absent             value: sample dropped; timestamp: receive
                                                        time, clock-uncertain; quality: uncertain
-not_numeric         value that is not a number/bool    kept as bad/decode_error, NaN
+not_numeric         value that is not a number/bool    kept as bad/decode_error, NaN (a string of
+                                                       a tag with ``text = true`` is no error:
+                                                       it goes to the text column)
 bad_timestamp       unreadable timestamp (per group)   receive time, uncertain + clock-uncertain
 absurd_timestamp    time beyond ``max_clock_skew``     receive time, uncertain + clock-uncertain
 bad_quality         unreadable quality field           kept as uncertain/decode_error
@@ -208,6 +210,8 @@ class PayloadDecoder:
 
     def __init__(self, config: MqttSourceConfig) -> None:
         self.rules = compile_rules(config)
+        self._text_tags = {index for index, tag in enumerate(config.tags) if tag.text}
+        self._texts: dict[int, str] = {}  # row -> string value, for tags with text = true
         self.max_payload = config.max_payload
         self.max_skew_ns = config.max_clock_skew
         self.timestamp_format: TimestampFormat = config.timestamp_format
@@ -326,7 +330,12 @@ class PayloadDecoder:
                 value = float(raw) if kind is float or kind is int or kind is bool else None
             except OverflowError:
                 value = None
-            if value is None:
+            if value is None and kind is str and tag in self._text_tags:
+                self._texts[len(self._tags)] = raw  # a state word ("OPEN"): the text column
+                value = float("nan")
+                if quality_path is not None:
+                    quality = self._quality(quality_path, document, topic)
+            elif value is None:
                 self.reject(NOT_NUMERIC, topic, f"value {str(raw)[:40]!r} is not a number")
                 value, quality = float("nan"), _NOT_NUMERIC
             elif quality_path is not None:
@@ -381,6 +390,10 @@ class PayloadDecoder:
             np.array(self._qualities, np.uint16),
             received,
         )
+        if self._texts:
+            frame.text = np.full(len(frame), None, dtype=object)
+            frame.text[list(self._texts)] = list(self._texts.values())
+            self._texts = {}
         self._tags, self._times, self._values, self._qualities = [], [], [], []
         return frame
 

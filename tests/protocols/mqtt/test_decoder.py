@@ -174,3 +174,26 @@ def test_counters_match_the_faults_sent_and_good_messages_flow(
     it = iter(good)
     assert all(any(v == g for g in it) for v in good_values)
     assert np.isfinite(good).all()
+
+
+def test_state_words_of_text_tags_go_to_the_text_column() -> None:
+    d = decoder(
+        topic="t",
+        value="$.{tag}",
+        tags=[{"name": "XV101", "text": True}, {"name": "PT101"}],
+    )
+    d.decode("t", b'{"XV101": "OPEN", "PT101": 42.0}', NOW)
+    d.decode("t", b'{"XV101": 1, "PT101": "CLOSED"}', NOW)
+    frame = d.take_frame(NOW)
+    assert frame is not None
+    assert frame.text is not None
+    assert frame.text.tolist() == ["OPEN", None, None, None]
+    assert frame.value[1:3].tolist() == [42.0, 1.0]
+    assert math.isnan(frame.value[0])
+    assert math.isnan(frame.value[3])
+    assert frame.quality.tolist() == [q.GOOD, q.GOOD, q.GOOD, q.make(q.BAD, q.Reason.DECODE_ERROR)]
+    assert d.take_errors()[0] == {"not_numeric": 1}  # only the string of a numeric tag
+    d.decode("t", b'{"XV101": 0, "PT101": 1}', NOW)
+    next_frame = d.take_frame(NOW)
+    assert next_frame is not None
+    assert next_frame.text is None
