@@ -60,6 +60,18 @@ def _parser() -> argparse.ArgumentParser:
     opcua.add_argument("--bulk-tags", type=int, default=0, help="extra Double variables")
     opcua.add_argument("--update", default="50ms", help="how often values change")
 
+    mqtt = devices.add_parser("mqtt", help="MQTT SCADA/DCS publisher of a boiler house")
+    mqtt.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="mqtt://host:port")
+    mqtt.add_argument("--seed", type=int, default=0)
+    mqtt.add_argument("--prefix", default="plant", help="first topic level")
+    mqtt.add_argument("--shapes", default="plain,json,pattern", help="payload shapes to publish")
+    mqtt.add_argument("--period", default="1s", help="how often values are published")
+    mqtt.add_argument("--qos", type=int, default=1, choices=(0, 1, 2))
+    mqtt.add_argument("--fault-rate", type=float, default=0.0, help="share of broken messages")
+    mqtt.add_argument("--burst", type=int, default=1, help="publish N periods at once")
+    mqtt.add_argument("--clock-offset", default="0s", help='publisher clock skew, e.g. "5s"')
+    mqtt.add_argument("--epoch-unit", default="ms", choices=("s", "ms", "us", "ns"))
+
     browse = commands.add_parser(
         "browse", help="walk an OPC UA server and print [[sources.tags]] to paste"
     )
@@ -99,9 +111,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "simulate":
             configure("info")
-            asyncio.run(
-                _simulate_modbus(args) if args.device == "modbus" else _simulate_opcua(args)
-            )
+            simulators = {
+                "modbus": _simulate_modbus,
+                "opcua": _simulate_opcua,
+                "mqtt": _simulate_mqtt,
+            }
+            asyncio.run(simulators[args.device](args))
             return 0
         if args.command == "browse":
             configure("warning")
@@ -210,6 +225,30 @@ async def _simulate_opcua(args: argparse.Namespace) -> None:
     install_stop_signals(stop)
     await simulator.start(args.host, args.port)
     print(f"opcua simulator listening on {simulator.url} (seed {args.seed})", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await simulator.stop()
+
+
+async def _simulate_mqtt(args: argparse.Namespace) -> None:
+    from simulators.mqtt_scada import MqttScadaSimulator
+
+    simulator = MqttScadaSimulator(
+        args.seed,
+        prefix=args.prefix,
+        shapes=[shape.strip() for shape in args.shapes.split(",") if shape.strip()],
+        period_ns=parse_duration(args.period),
+        qos=args.qos,
+        clock_offset_ns=parse_duration(args.clock_offset) if args.clock_offset != "0s" else 0,
+        fault_rate=args.fault_rate,
+        burst=args.burst,
+        epoch_unit=args.epoch_unit,
+    )
+    stop = asyncio.Event()
+    install_stop_signals(stop)
+    await simulator.start(args.broker)
+    print(f"mqtt simulator publishing to {args.broker} (seed {args.seed})", flush=True)
     try:
         await stop.wait()
     finally:

@@ -7,11 +7,19 @@ misspelt ``deadbnad`` that silently does nothing is worse than a refusal to star
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 from typing import Annotated, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from agent.durations import Duration
 
@@ -71,6 +79,36 @@ class SourceConfig(Section):
                 raise ValueError(f"tag name {tag.name!r} is used twice in this source")
             seen.add(tag.name)
         return tags
+
+
+class UserCredentials(Section):
+    """Mixin for sources that log in with a user name: the password is never inline.
+
+    It comes from a file (a mounted secret) or an environment variable (systemd
+    ``LoadCredential``/``Environment``), so a config file can be shared without leaking it.
+    """
+
+    username: str | None = None
+    password_file: Path | None = None
+    password_env: str | None = None
+
+    @model_validator(mode="after")
+    def _password_source(self) -> UserCredentials:
+        if self.username is None and (self.password_file or self.password_env):
+            raise ValueError("a password needs a username")
+        if self.username is not None and not (self.password_file or self.password_env):
+            raise ValueError("username needs password_file or password_env (never inline)")
+        return self
+
+    def password(self) -> str:
+        """The password from its file or environment variable; raises OSError/KeyError."""
+        if self.password_file is not None:
+            return self.password_file.read_text(encoding="utf-8").strip()
+        assert self.password_env is not None
+        try:
+            return os.environ[self.password_env]
+        except KeyError:
+            raise KeyError(f"environment variable {self.password_env} is not set") from None
 
 
 class AgentSection(Section):

@@ -50,6 +50,12 @@ class Metrics:
             ["source", "reason"],
             registry=r,
         )
+        self.payload_errors = Counter(
+            "edge_agent_payload_errors",
+            "Pushed payloads (or fields of them) rejected or flagged, by reason",
+            ["source", "reason"],
+            registry=r,
+        )
         self.source_up = Gauge(
             "edge_agent_source_up", "1 while the source is connected", ["source"], registry=r
         )

@@ -10,24 +10,33 @@ Installing edge-agent makes them available in any test suite (an integrator's in
         url = opcua_cnc.url  # opc.tcp://127.0.0.1:<port>/edge-agent/cnc
         ...
 
+    async def test_my_mqtt_flow(mqtt_broker, mqtt_scada):
+        url = mqtt_broker.url  # mqtt://127.0.0.1:<port>, a private mosquitto
+        ...
+
 Each fixture starts its device on a free loopback port and stops it after the test.
-Needs pytest-asyncio (the ``test`` extra).
+Needs pytest-asyncio (the ``test`` extra); the MQTT fixtures skip the test when the
+``mosquitto`` broker binary is not installed.
 """
 
 from __future__ import annotations
 
 import importlib.util
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from simulators.modbus_plc import ModbusPLCSimulator
+from simulators.mqtt_broker import MosquittoBroker, mosquitto_binary
 
-if TYPE_CHECKING:  # imported in the fixture: asyncua is heavy and only OPC UA tests need it
+if TYPE_CHECKING:  # imported in the fixtures: asyncua and paho only load for their tests
+    from simulators.mqtt_scada import MqttScadaSimulator
     from simulators.opcua_cnc import OpcUaCncSimulator
 
 # The plugin loads in every pytest run of the environment: without pytest-asyncio it must
 # stay silent instead of breaking someone else's test session.
 if importlib.util.find_spec("pytest_asyncio") is not None:
+    import pytest
     import pytest_asyncio
 
     @pytest_asyncio.fixture
@@ -43,3 +52,23 @@ if importlib.util.find_spec("pytest_asyncio") is not None:
 
         async with OpcUaCncSimulator(seed=7) as simulator:
             yield simulator
+
+    @pytest_asyncio.fixture
+    async def mqtt_broker(tmp_path: Path) -> AsyncIterator[MosquittoBroker]:
+        """A private mosquitto (anonymous, persistent) on 127.0.0.1 and a free port."""
+        if mosquitto_binary() is None:
+            pytest.skip("the mosquitto broker is not installed")
+        async with MosquittoBroker(tmp_path / "mosquitto") as broker:
+            yield broker
+
+    @pytest_asyncio.fixture
+    async def mqtt_scada(mqtt_broker: MosquittoBroker) -> AsyncIterator[MqttScadaSimulator]:
+        """The SCADA publisher (seed 7, every shape, 100 ms ticks) on ``mqtt_broker``."""
+        from simulators.mqtt_scada import MqttScadaSimulator
+
+        simulator = MqttScadaSimulator(seed=7)
+        await simulator.start(mqtt_broker.url)
+        try:
+            yield simulator
+        finally:
+            await simulator.stop()

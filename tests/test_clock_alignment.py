@@ -5,6 +5,7 @@ Shortened here; ``bench/bench_clock.py`` runs the same check for ten minutes.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import numpy as np
@@ -93,3 +94,23 @@ async def test_two_sources_sampled_at_the_same_instants_get_identical_timestamps
     assert len(span) >= 25
     shared = span & set(modbus.tolist()) & set(opcua_times.tolist())
     assert len(shared) >= 0.8 * len(span)
+
+
+async def test_two_agents_started_at_different_times_cut_identical_windows(
+    tmp_path: Path,
+) -> None:
+    async with ModbusPLCSimulator(seed=5) as plc:
+        source = plc.agent_config("100ms", points=POINTS[:2])
+        first = asyncio.create_task(run_agent(agent_toml(tmp_path / "a", source), 3.5))
+        await asyncio.sleep(0.37)  # not a multiple of anything the agents use
+        second = await run_agent(agent_toml(tmp_path / "b", source), 3.0)
+        early = await first
+    windows_a = {b.window_start_ns for b in early.written}
+    windows_b = {b.window_start_ns for b in second.written}
+    assert all(start % 1_000_000_000 == 0 for start in windows_a | windows_b)
+    assert len(windows_a & windows_b) >= 2, "the windows both agents saw are the same windows"
+    for batch in early.written + second.written:
+        times = ns(batch.table["time"])
+        late = (batch.table["quality"].to_numpy() & q.Flag.LATE) != 0
+        assert (times[~late] >= batch.window_start_ns).all()
+        assert (times[~late] < batch.window_end_ns).all()

@@ -103,7 +103,8 @@ async def test_completeness_and_validity_match_an_injected_dropout(
 ) -> None:
     simulator = ModbusPLCSimulator(seed=11, exception_rate=0.2)
     port = await simulator.start("127.0.0.1", 0)
-    extra = 'timeout = "200ms"\nbackoff_initial = "100ms"\nbackoff_max = "100ms"\n'
+    # a generous timeout: a loaded machine must not turn a slow answer into a missing one
+    extra = 'timeout = "2s"\nbackoff_initial = "100ms"\nbackoff_max = "100ms"\n'
     text = agent_toml(tmp_path, simulator.agent_config("100ms", points=POINTS[:1], extra=extra))
     agent = Agent(parse_config(tomllib.loads(text), Path("test.toml")))
     stop = asyncio.Event()

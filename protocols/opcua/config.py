@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Literal
@@ -10,7 +9,7 @@ from typing import Literal
 from asyncua import ua
 from pydantic import Field, field_validator, model_validator
 
-from agent.config import SourceConfig, TagConfig
+from agent.config import SourceConfig, TagConfig, UserCredentials
 from agent.durations import Duration
 
 SecurityPolicy = Literal["None", "Basic256Sha256", "Aes128Sha256RsaOaep", "Aes256Sha256RsaPss"]
@@ -79,7 +78,7 @@ class OpcUaTagConfig(TagConfig):
         return data_filter
 
 
-class OpcUaSourceConfig(SourceConfig):
+class OpcUaSourceConfig(SourceConfig, UserCredentials):
     protocol: Literal["opcua"] = "opcua"
     url: str = Field(description="opc.tcp://host:port[/path]")
     mode: Literal["subscribe", "poll"] = "subscribe"
@@ -103,9 +102,6 @@ class OpcUaSourceConfig(SourceConfig):
     trust_dir: Path | None = Field(
         default=None, description="trusted server certificates; default <data_dir>/pki/trusted"
     )
-    username: str | None = None
-    password_file: Path | None = None
-    password_env: str | None = None
     tags: list[OpcUaTagConfig] = Field(min_length=1)  # type: ignore[assignment]
 
     @field_validator("url")
@@ -128,18 +124,4 @@ class OpcUaSourceConfig(SourceConfig):
             raise ValueError(
                 'correct_clock maps the SourceTimestamp clock: it needs timestamp = "source"'
             )
-        if self.username is None and (self.password_file or self.password_env):
-            raise ValueError("a password needs a username")
-        if self.username is not None and not (self.password_file or self.password_env):
-            raise ValueError("username needs password_file or password_env (never inline)")
         return self
-
-    def password(self) -> str:
-        """The password from its file or environment variable; raises OSError/KeyError."""
-        if self.password_file is not None:
-            return self.password_file.read_text(encoding="utf-8").strip()
-        assert self.password_env is not None
-        try:
-            return os.environ[self.password_env]
-        except KeyError:
-            raise KeyError(f"environment variable {self.password_env} is not set") from None

@@ -1,0 +1,83 @@
+"""MQTT driver: subscribe to the tags' topics, map each message to samples, emit frames.
+
+One ``run`` is one MQTT connection (``session.MqttSession``): connect (TLS and credentials
+as configured), subscribe to every tag filter (as ``$share/<group>/...`` when sharing),
+then decode messages as they arrive until the connection is lost, which ends ``run`` with
+an error so the supervisor reconnects with backoff; the next session subscribes again.
+With ``clean_session = false`` the broker keeps the session meanwhile and delivers the
+QoS 1/2 messages it queued.
+
+The decoder outlives sessions; its error counts are moved to
+``edge_agent_payload_errors`` every second and each reason is logged once, until it has
+been quiet for ``_QUIET_S`` (then "recovered").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from protocols.mqtt.config import MqttSourceConfig
+from protocols.mqtt.mapping import PayloadDecoder
+from protocols.mqtt.session import MqttSession
+from protocols.sdk import Driver, DriverContext
+
+_QUIET_S = 60.0
+_HOUSEKEEPING_S = 1.0
+
+
+class MqttDriver(Driver):
+    config_model = MqttSourceConfig
+    config: MqttSourceConfig
+
+    def __init__(self, config: MqttSourceConfig) -> None:
+        super().__init__(config)
+        self.decoder = PayloadDecoder(config)
+        self._last_error: dict[str, float] = {}  # reason -> monotonic time of last occurrence
+
+    def describe(self) -> str:
+        config = self.config
+        session = "clean" if config.clean_session else "persistent"
+        return (
+            f", {config.url}, MQTT {config.mqtt_version}, QoS {config.qos}, {session} session, "
+            f"{len(self.decoder.filters())} subscriptions"
+        )
+
+    async def run(self, ctx: DriverContext) -> None:
+        session = MqttSession(self.config, self.decoder, ctx)
+        try:
+            await session.open()
+            ctx.set_connected(True)
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(session.emit_forever())
+                tasks.create_task(session.until_lost())
+                tasks.create_task(self._housekeeping(ctx))
+        finally:
+            ctx.set_connected(False)
+            await session.close()
+            self._report_errors(ctx)
+
+    async def _housekeeping(self, ctx: DriverContext) -> None:
+        while True:
+            await asyncio.sleep(_HOUSEKEEPING_S)
+            self._report_errors(ctx)
+
+    def _report_errors(self, ctx: DriverContext) -> None:
+        """Count the decoder's errors; log each reason once, and "recovered" when quiet."""
+        errors, examples = self.decoder.take_errors()
+        now = time.monotonic()
+        for reason, count in errors.items():
+            ctx.metrics.payload_errors.labels(ctx.source, reason).inc(count)
+            self._last_error[reason] = now
+            ctx.problems.fail(f"payload:{reason}", "bad payload", example=examples[reason])
+        for reason, last in list(self._last_error.items()):
+            if now - last > _QUIET_S:
+                del self._last_error[reason]
+                ctx.problems.ok(f"payload:{reason}")
+
+    @classmethod
+    def conformance_peer(cls) -> Any:
+        from simulators.mqtt_scada import conformance_peer
+
+        return conformance_peer()

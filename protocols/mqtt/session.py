@@ -1,0 +1,186 @@
+"""One MQTT session of a source: connect, subscribe, decode bursts into frames, hand them on.
+
+Messages are decoded in paho's callback on the event loop, straight into the decoder's column
+lists; at the end of each network read burst the columns become one Frame, queued for
+:meth:`MqttSession.emit_forever`, which awaits ``ctx.emit``. When the agent applies
+backpressure the queue grows, and past ``_MAX_QUEUED_SAMPLES`` the session stops reading
+the socket, so TCP holds the broker back instead of the gateway's memory growing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ssl
+import time
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from agent.frame import Frame, concat
+from protocols.mqtt.aio import AsyncMqttClient
+from protocols.mqtt.config import MqttSourceConfig
+from protocols.mqtt.mapping import DECODER_BUG, UNMAPPED_TOPIC, PayloadDecoder
+from protocols.sdk import DriverContext
+
+_MAX_QUEUED_SAMPLES = 100_000  # decoded, not yet taken by the agent: then stop reading
+
+
+def tls_context(config: MqttSourceConfig) -> ssl.SSLContext:
+    """Verify the broker against ``ca_file`` (or the system CAs), present the client cert."""
+    context = ssl.create_default_context(
+        cafile=str(config.ca_file) if config.ca_file is not None else None
+    )
+    if config.certificate is not None and config.private_key is not None:
+        context.load_cert_chain(str(config.certificate), str(config.private_key))
+    if config.tls_insecure:
+        context.check_hostname = False
+    return context
+
+
+def make_client(config: MqttSourceConfig) -> mqtt.Client:
+    """A paho client for one session of the source (VERSION2 callbacks, no paho thread)."""
+    v5 = config.mqtt_version == "5"
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=config.session_client_id,
+        clean_session=None if v5 else config.clean_session,
+        protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+    )
+    client.suppress_exceptions = True  # a bug in a callback must not unwind paho's state
+    if config.tls:
+        client.tls_set_context(tls_context(config))
+        client.tls_insecure_set(config.tls_insecure)
+    if config.username is not None:
+        client.username_pw_set(config.username, config.password())
+    return client
+
+
+class MqttSession:
+    """The connection, the frames waiting for the agent, and the subscribe handshake."""
+
+    def __init__(
+        self, config: MqttSourceConfig, decoder: PayloadDecoder, ctx: DriverContext
+    ) -> None:
+        self.config = config
+        self.decoder = decoder
+        self.ctx = ctx
+        self.frames: collections.deque[Frame] = collections.deque()
+        self._ready = asyncio.Event()
+        self._subscribed: asyncio.Future[list[ReasonCode]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self.connection = AsyncMqttClient(make_client(config), on_burst=self._on_burst)
+        self.connection.client.on_message = self._on_message
+        self.connection.client.on_subscribe = self._on_subscribe
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect and subscribe; raises ConnectionError with the reason."""
+        config = self.config
+        await self.connection.connect(
+            config.host,
+            config.port,
+            max(1, round(config.keepalive / 1e9)),
+            config.connect_timeout / 1e9,
+            clean_start=config.clean_session if config.mqtt_version == "5" else None,
+            properties=self._connect_properties(),
+        )
+        await self._subscribe()
+
+    async def until_lost(self) -> None:
+        """Return never; raise ConnectionError when the connection is gone."""
+        raise ConnectionError(await self.connection.lost)
+
+    async def close(self) -> None:
+        """Disconnect; hand on what was decoded unless the agent is stopping (cancel)."""
+        await self.connection.close()
+        self._on_burst()
+        task = asyncio.current_task()
+        if self.frames and task is not None and not task.cancelling():
+            # a lost session: what was decoded before the end is still data (when
+            # cancelled, the agent is stopping and must not wait on its own queue)
+            await self.ctx.emit(concat(list(self.frames)))
+            self.frames.clear()
+
+    async def emit_forever(self) -> None:
+        """Hand queued frames to the agent, joined, and resume reading once they are taken."""
+        while True:
+            await self._ready.wait()
+            self._ready.clear()
+            while self.frames:
+                batch = list(self.frames)
+                self.frames.clear()
+                self.connection.resume_reading()
+                await self.ctx.emit(concat(batch))
+
+    def _connect_properties(self) -> Properties | None:
+        if self.config.mqtt_version != "5":
+            return None
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        if not self.config.clean_session:
+            properties.SessionExpiryInterval = round(self.config.session_expiry / 1e9)
+        return properties
+
+    async def _subscribe(self) -> None:
+        config = self.config
+        prefix = f"$share/{config.shared_group}/" if config.shared_group else ""
+        filters = [prefix + topic for topic in self.decoder.filters()]
+        if config.mqtt_version == "5":
+            # retained messages only for new subscriptions: a resumed session gets none again
+            options = SubscribeOptions(qos=config.qos, retainHandling=1)
+            requests: list[tuple[str, Any]] = [(topic, options) for topic in filters]
+        else:
+            requests = [(topic, config.qos) for topic in filters]
+        self.connection.client.subscribe(requests)
+        try:
+            codes = await asyncio.wait_for(self._subscribed, config.connect_timeout / 1e9)
+        except TimeoutError:
+            raise ConnectionError("the broker did not answer the SUBSCRIBE") from None
+        problems = self.ctx.problems
+        for topic, code in zip(filters, codes, strict=False):
+            if code.is_failure:
+                problems.fail(f"subscribe:{topic}", "subscription refused", reason=str(code))
+            else:
+                problems.ok(f"subscribe:{topic}")
+        if all(code.is_failure for code in codes):
+            raise ConnectionError(f"the broker refused every subscription ({codes[0]})")
+
+    # -- paho callbacks (on the event loop) --------------------------------------------------
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        try:
+            topic = message.topic
+        except UnicodeDecodeError:  # brokers check this; a broken one might not
+            self.decoder.reject(UNMAPPED_TOPIC, "?", "topic is not UTF-8")
+            return
+        try:
+            self.decoder.decode(topic, message.payload, time.time_ns())
+        except Exception as exc:  # a decoder bug: count it, keep the session
+            self.decoder.reject(DECODER_BUG, topic, repr(exc))
+
+    def _on_burst(self) -> None:
+        frame = self.decoder.take_frame(time.time_ns())
+        if frame is None:
+            return
+        self.frames.append(frame)
+        self._ready.set()
+        if sum(map(len, self.frames)) >= _MAX_QUEUED_SAMPLES:
+            self.connection.pause_reading()
+
+    def _on_subscribe(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        codes: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        if not self._subscribed.done():
+            self._subscribed.set_result(codes)

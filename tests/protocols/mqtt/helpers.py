@@ -1,0 +1,90 @@
+"""Running the MQTT driver or a whole agent inside a test, and waiting on conditions."""
+
+from __future__ import annotations
+
+import asyncio
+import tomllib
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.config_load import parse_config
+from agent.frame import Frame, concat
+from agent.runtime import Agent
+from protocols.mqtt.config import MqttSourceConfig
+from protocols.mqtt.driver import MqttDriver
+from protocols.sdk import DriverContext
+
+
+async def wait_for(condition: Callable[[], bool], seconds: float = 10.0) -> None:
+    """Poll ``condition`` until true; fail the test after ``seconds``."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            pytest.fail(f"condition not met within {seconds} s")
+        await asyncio.sleep(0.05)
+
+
+@asynccontextmanager
+async def running_agent(text: str) -> AsyncIterator[Agent]:
+    agent = Agent(parse_config(tomllib.loads(text), Path("test.toml")))
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
+    try:
+        yield agent
+    finally:
+        stop.set()
+        await task
+
+
+def source_up(agent: Agent, source: str) -> bool:
+    return agent.metrics.registry.get_sample_value("edge_agent_source_up", {"source": source}) == 1
+
+
+class Collector:
+    """A DriverContext sink for running the driver alone."""
+
+    def __init__(self, config: MqttSourceConfig) -> None:
+        self.frames: list[Frame] = []
+        self.ctx = DriverContext(config, self.emit)
+        self.connected = False
+        original = self.ctx.set_connected
+
+        def set_connected(connected: bool) -> None:
+            self.connected = connected
+            original(connected)
+
+        self.ctx.set_connected = set_connected  # type: ignore[method-assign]
+
+    async def emit(self, frame: Frame) -> None:
+        self.frames.append(frame)
+
+    @property
+    def frame(self) -> Frame:
+        return concat(self.frames)
+
+    def errors(self) -> dict[str, float]:
+        counts: dict[str, float] = {}
+        for metric in self.ctx.metrics.registry.collect():
+            if metric.name == "edge_agent_payload_errors":
+                for sample in metric.samples:
+                    if sample.name.endswith("_total"):
+                        counts[sample.labels["reason"]] = sample.value
+        return counts
+
+
+@asynccontextmanager
+async def running_driver(source: dict[str, Any]) -> AsyncIterator[tuple[MqttDriver, Collector]]:
+    config = MqttSourceConfig.model_validate({"name": "scada", **source})
+    driver = MqttDriver(config)
+    collector = Collector(config)
+    task = asyncio.create_task(driver.run(collector.ctx))
+    try:
+        await wait_for(lambda: collector.connected or task.done())
+        yield driver, collector
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

@@ -1,0 +1,59 @@
+"""User name and password from the environment; a refused login is logged once and retried."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+import structlog
+
+from simulators.mqtt_broker import MosquittoBroker, mosquitto_binary
+from tests.conftest import agent_toml
+from tests.protocols.mqtt.helpers import running_agent, running_driver, wait_for
+
+
+@pytest_asyncio.fixture
+async def locked_broker(tmp_path: Path) -> AsyncIterator[MosquittoBroker]:
+    if mosquitto_binary() is None:
+        pytest.skip("the mosquitto broker is not installed")
+    async with MosquittoBroker(tmp_path / "mosquitto", users={"gateway": "s3cret"}) as broker:
+        yield broker
+
+
+async def test_password_from_the_environment_logs_in(
+    locked_broker: MosquittoBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MQTT_PASSWORD", "s3cret")
+    source = {
+        "url": locked_broker.url,
+        "username": "gateway",
+        "password_env": "MQTT_PASSWORD",
+        "topic": "plant/x",
+        "tags": [{"name": "x"}],
+    }
+    async with running_driver(source) as (_, collector):
+        assert collector.connected
+
+
+async def test_wrong_password_fails_clearly_once_and_keeps_retrying(
+    tmp_path: Path, locked_broker: MosquittoBroker
+) -> None:
+    secret = tmp_path / "password"
+    secret.write_text("wrong\n")
+    source = (
+        f'[[sources]]\nname = "scada"\nprotocol = "mqtt"\nurl = "{locked_broker.url}"\n'
+        f'username = "gateway"\npassword_file = "{secret}"\n'
+        'backoff_initial = "100ms"\nbackoff_max = "200ms"\ntopic = "plant/x"\n'
+        '[[sources.tags]]\nname = "x"\n'
+    )
+    with structlog.testing.capture_logs() as logs:
+        async with running_agent(agent_toml(tmp_path / "store", source)) as agent:
+            await wait_for(lambda: agent.runners[0].failures >= 3)
+            await asyncio.sleep(0)
+    failures = [entry for entry in logs if entry["event"] == "source failed"]
+    assert len(failures) == 1
+    assert "refused the connection" in failures[0]["error"]
+    assert "wrong" not in str(logs), "the password is never logged"
