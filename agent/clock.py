@@ -173,7 +173,13 @@ class SourceClock:
         """Correct the times (if configured) and flag them if they cannot be trusted."""
         error_ns = estimate.uncertainty_ns if self.correct else abs(estimate.offset_ns)
         if self.correct:
-            frame.time = estimate.to_reference(frame.time)
+            # only rows stamped by the device: others (a missing SourceTimestamp, an MQTT
+            # payload without a time) are already on the gateway's clock
+            stamped = None if frame.source_time is None else frame.source_time > 0
+            if stamped is None or stamped.all():
+                frame.time = estimate.to_reference(frame.time)
+            else:
+                frame.time = np.where(stamped, estimate.to_reference(frame.time), frame.time)
         if self.correct and not self.model.settled:
             frame.quality = frame.quality | _CLOCK_UNCERTAIN  # expected at start: not logged
         elif error_ns > self.threshold_ns:

@@ -225,6 +225,7 @@ class PayloadDecoder:
         self._plans: dict[str, TopicPlan] = {}
         self._tags: list[int] = []
         self._times: list[int] = []
+        self._stamped: list[tuple[int, int, int]] = []  # (first row, end row, payload time)
         self._values: list[float] = []
         self._qualities: list[int] = []
         self.errors: dict[str, int] = {}  # reason -> occurrences since last taken
@@ -279,8 +280,11 @@ class PayloadDecoder:
             return
         for group in plan.groups:
             time_ns, time_quality = self._time(group.timestamp, document, topic, received)
+            first = len(self._times)
             for slot in group.slots:
                 self._values_of(slot, document, topic, time_ns, time_quality)
+            if group.timestamp is not None and time_ns != received and len(self._times) > first:
+                self._stamped.append((first, len(self._times), time_ns))
 
     def _time(self, path: Path | None, document: Any, topic: str, received: int) -> tuple[int, int]:
         """(time, quality flags for it) of a group: payload time, or receive time if unusable."""
@@ -394,6 +398,12 @@ class PayloadDecoder:
             frame.text = np.full(len(frame), None, dtype=object)
             frame.text[list(self._texts)] = list(self._texts.values())
             self._texts = {}
+        if self._stamped:  # payload times are the publisher's clock: the clock model's input
+            frame.source_time = np.zeros(len(frame), np.int64)
+            for first, end, stamp in self._stamped:
+                frame.source_time[first:end] = stamp
+            frame.device_clock = True
+            self._stamped = []
         self._tags, self._times, self._values, self._qualities = [], [], [], []
         return frame
 

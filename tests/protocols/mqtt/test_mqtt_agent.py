@@ -38,7 +38,11 @@ async def test_each_payload_shape_arrives_with_seeded_values_and_payload_times(
     tmp_path: Path, mqtt_broker: MosquittoBroker
 ) -> None:
     simulator = MqttScadaSimulator(seed=11, clock_offset_ns=SKEW_NS)
-    config = agent_toml(tmp_path / "store", simulator.agent_config(url=mqtt_broker.url))
+    # the skewed payload times are what this test checks: not flagged clock-uncertain here
+    extra = 'clock_threshold = "10s"\n'
+    config = agent_toml(
+        tmp_path / "store", simulator.agent_config(url=mqtt_broker.url, extra=extra)
+    )
     async with running_agent(config) as agent:
         await wait_for(lambda: all(source_up(agent, r.config.name) for r in agent.runners))
         await simulator.start(mqtt_broker.url)
@@ -67,6 +71,32 @@ async def test_each_payload_shape_arrives_with_seeded_values_and_payload_times(
         np.testing.assert_array_equal(
             plain["value"].to_numpy(), simulator.truth(tag.name, published)
         )
+
+
+async def test_a_skewed_publisher_clock_is_corrected_onto_the_gateway_clock(
+    tmp_path: Path, mqtt_broker: MosquittoBroker
+) -> None:
+    simulator = MqttScadaSimulator(seed=12, clock_offset_ns=SKEW_NS, shapes=("json",))
+    extra = "correct_clock = true\n"
+    config = agent_toml(
+        tmp_path / "store", simulator.agent_config(url=mqtt_broker.url, extra=extra)
+    )
+    async with running_agent(config) as agent:
+        await wait_for(lambda: all(source_up(agent, r.config.name) for r in agent.runners))
+        await simulator.start(mqtt_broker.url)
+        await wait_for(lambda: len(simulator.ticks) >= 25)
+        await simulator.stop()
+        await asyncio.sleep(0.3)
+    table = read_store(tmp_path / "store")
+    rows = _rows(table, "scada_json", PLANT[0].name)
+    settled = rows.filter(pc.equal(rows["quality"], q.GOOD))
+    assert settled.num_rows >= 10, "all but the first frames are trusted"
+    corrected = settled["time"].cast(pa.int64()).to_numpy()
+    published = np.array(simulator.ticks)
+    # each corrected time lies within a few ms (the least publish delay seen) of its tick
+    nearest = published[np.abs(corrected[:, None] - published[None, :]).argmin(axis=1)]
+    assert np.abs(corrected - nearest).max() < 10_000_000
+    assert agent.metrics.clock_offset.labels("scada_json")._value.get() > 2.9
 
 
 @pytest.mark.parametrize("version", ["3.1.1", "5"])
