@@ -24,6 +24,7 @@ from pydantic import (
 from agent.durations import Duration
 
 NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$"
+ResampleMethod = Literal["linear", "previous", "mean", "min", "max", "last"]
 Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=128)]
 
 
@@ -43,9 +44,17 @@ class TagConfig(Section):
     offset: float = 0.0
     description: str = ""
 
+    resample: ResampleMethod | None = Field(
+        default=None, description="method in the wide output; default: linear, previous for bool"
+    )
+
     def sampling_grid_ns(self) -> int:
         """The grid ``snap`` rounds this tag's device-clock times to: its rate."""
         return self.rate
+
+    def resample_method(self) -> str:
+        """The configured method, or the default for the tag's kind (drivers refine it)."""
+        return self.resample or "linear"
 
 
 class SourceConfig(Section):
@@ -132,6 +141,16 @@ class AgentSection(Section):
         return value
 
 
+class ResampleSection(Section):
+    """The optional wide output: every tag on one grid, beside the long-form dataset."""
+
+    period: Duration
+    max_gap: Duration = Field(
+        default=1_000_000_000, description="longest stretch without samples that is filled"
+    )
+    path: str = "./edge-data-wide"
+
+
 class BatchSection(Section):
     window: Duration = Field(default=1_000_000_000)
     lateness: Duration = Field(default=2_000_000_000)
@@ -158,6 +177,17 @@ class AgentConfig(Section):
     batch: BatchSection = Field(default_factory=BatchSection)
     sources: list[SourceConfig] = Field(min_length=1)
     uplinks: list[UplinkConfig] = Field(default_factory=lambda: [ParquetUplinkConfig()])
+    resample: ResampleSection | None = None
+
+    @model_validator(mode="after")
+    def _resample_grid(self) -> AgentConfig:
+        if self.resample is None:
+            return self
+        if self.batch.window % self.resample.period:
+            raise ValueError("resample.period must divide batch.window (one grid per window)")
+        if self.batch.window + 2 * self.resample.max_gap >= 1 << 40:
+            raise ValueError("batch.window + 2 x resample.max_gap must stay under 18 minutes")
+        return self
 
     @field_validator("sources", "uplinks")
     @classmethod

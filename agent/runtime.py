@@ -20,12 +20,14 @@ import structlog
 
 from agent import systemd
 from agent.batch import Batch, Batcher, TagTable
+from agent.config import ParquetUplinkConfig
 from agent.config_load import LoadedConfig
 from agent.dataquality import QualityTally
 from agent.frame import Frame
 from agent.health import ProblemLog
 from agent.http import StatusServer
 from agent.metrics import Metrics
+from agent.resample import Resampler
 from agent.supervisor import SESSION, SourceRunner, backoff_delay
 from agent.uplinks import Uplink, make_uplink
 from protocols.sdk import DriverContext
@@ -59,10 +61,20 @@ class Agent:
             self._clock_figures,
         )
         self.uplinks: list[Uplink] = [make_uplink(u) for u in config.uplinks]
+        self.resampler: Resampler | None = None
+        self.wide_uplinks: list[Uplink] = []
+        if config.resample is not None:
+            methods = [tag.resample_method() for source in self.sources for tag in source.tags]
+            self.resampler = Resampler(
+                self.tag_table, methods, config.resample.period, config.resample.max_gap
+            )
+            wide = ParquetUplinkConfig(name="resample", path=config.resample.path)
+            self.wide_uplinks = [make_uplink(wide)]
         self._frames: asyncio.Queue[tuple[int, Frame] | None] = asyncio.Queue(
             config.agent.queue_frames
         )
-        self._batches: asyncio.Queue[Batch | None] = asyncio.Queue()
+        # closed batches and the uplinks each goes to; None ends the writer
+        self._batches: asyncio.Queue[tuple[Batch, list[Uplink]] | None] = asyncio.Queue()
         self.runners = [
             SourceRunner(
                 index,
@@ -79,6 +91,7 @@ class Agent:
         self.batches_written = 0
         self.points_written = 0
         self.written: list[Batch] = []  # the most recent batches, for demo and tests
+        self.wide_written: list[Batch] = []  # the same for the resampled output
         self.status_port: int | None = None
 
     def _clock_figures(self) -> dict[int, dict[str, Any]]:
@@ -94,7 +107,10 @@ class Agent:
                 self.metrics.validity.labels(source).set(figures["validity"])
             if "latency_max_ms" in figures:
                 self.metrics.latency.labels(source).set(figures["latency_max_ms"] / 1e3)
-        self._batches.put_nowait(batch)
+        self._batches.put_nowait((batch, self.uplinks))
+        if self.resampler is not None:
+            for wide in self.resampler.feed(batch):
+                self._batches.put_nowait((wide, self.wide_uplinks))
 
     async def _enqueue(self, index: int, frame: Frame) -> None:
         await self._frames.put((index, frame))
@@ -149,6 +165,8 @@ class Agent:
                 await closer
             for batch in self.batcher.flush():
                 self._publish(batch)
+            for wide in self.resampler.flush() if self.resampler is not None else []:
+                self._batches.put_nowait((wide, self.wide_uplinks))
             self._batches.put_nowait(None)
             try:
                 await asyncio.wait_for(writer, _FLUSH_DEADLINE_S)
@@ -196,10 +214,11 @@ class Agent:
     async def _write_batches(self) -> None:
         rng = random.Random()
         while True:
-            batch = await self._batches.get()
-            if batch is None:
+            item = await self._batches.get()
+            if item is None:
                 return
-            for uplink in self.uplinks:
+            batch, uplinks = item
+            for uplink in uplinks:
                 attempt = 0
                 while True:
                     try:
@@ -215,6 +234,9 @@ class Agent:
                 self.uplink_problems.ok(uplink.name)
                 self.metrics.batches.labels(uplink.name).inc()
                 self.metrics.batch_points.labels(uplink.name).inc(batch.points)
-            self.batches_written += 1
-            self.points_written += batch.points
-            self.written = [*self.written[-63:], batch]
+            if uplinks is self.uplinks:  # wide batches are a view of these, not more data
+                self.batches_written += 1
+                self.points_written += batch.points
+                self.written = [*self.written[-63:], batch]
+            else:
+                self.wide_written = [*self.wide_written[-63:], batch]

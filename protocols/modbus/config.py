@@ -94,6 +94,10 @@ class ModbusTagConfig(TagConfig):
     def parsed_address(self) -> Address:
         return parse_address(self.address)
 
+    def resample_method(self) -> str:
+        """Bits are discrete: the wide output holds them rather than interpolating."""
+        return self.resample or ("previous" if self.data_type == "bool" else "linear")
+
     @property
     def data_type(self) -> str:
         if self.type is not None:
