@@ -70,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     mqtt.add_argument("--fault-rate", type=float, default=0.0, help="share of broken messages")
     mqtt.add_argument("--burst", type=int, default=1, help="publish N periods at once")
     mqtt.add_argument("--clock-offset", default="0s", help='publisher clock skew, e.g. "5s"')
+    mqtt.add_argument("--clock-drift-ppm", type=float, default=0.0, help="publisher clock drift")
     mqtt.add_argument("--epoch-unit", default="ms", choices=("s", "ms", "us", "ns"))
 
     browse = commands.add_parser(
@@ -241,6 +242,7 @@ async def _simulate_mqtt(args: argparse.Namespace) -> None:
         period_ns=parse_duration(args.period),
         qos=args.qos,
         clock_offset_ns=parse_duration(args.clock_offset) if args.clock_offset != "0s" else 0,
+        clock_drift_ppm=args.clock_drift_ppm,
         fault_rate=args.fault_rate,
         burst=args.burst,
         epoch_unit=args.epoch_unit,

@@ -9,7 +9,8 @@ scheduler) it publishes, per selected shape:
 - ``json``: ``<prefix>/json/<area>``, ``{"ts": <epoch ms>, "values": {...}, "quality": "good"}``;
 - ``pattern``: ``<prefix>/pattern/<area>/<tag>`` with ``{"v": 71.25, "t": "<ISO 8601, us>"}``.
 
-Payload times are the publisher's clock: tick time + ``clock_offset_ns`` (skew).
+Payload times are the publisher's clock: tick time + ``clock_offset_ns`` (skew), drifting by
+``clock_drift_ppm`` from the simulator's construction.
 ``fault_rate`` replaces that share of messages (seeded) with a broken variant; ``faults``
 counts them by the reason the agent's decoder must report, so a test can compare the two.
 ``burst`` > 1 holds ticks back and publishes them together, as a SCADA that flushes a buffer.
@@ -133,6 +134,7 @@ class MqttScadaSimulator:
         period_ns: int = 100_000_000,
         qos: int = 1,
         clock_offset_ns: int = 0,
+        clock_drift_ppm: float = 0.0,
         fault_rate: float = 0.0,
         burst: int = 1,
         epoch_unit: str = "ms",
@@ -147,6 +149,8 @@ class MqttScadaSimulator:
         self.period_ns = period_ns
         self.qos = qos
         self.clock_offset_ns = clock_offset_ns
+        self.clock_drift_ppm = clock_drift_ppm
+        self.clock_epoch_ns = time.time_ns()
         self.fault_rate = fault_rate
         self.burst = max(1, burst)
         self.epoch_scale = {"s": NS, "ms": 1_000_000, "us": 1000, "ns": 1}[epoch_unit]
@@ -163,7 +167,9 @@ class MqttScadaSimulator:
         return self.signals.value(name, true_ns)
 
     def publisher_time(self, true_ns: int) -> int:
-        return true_ns + self.clock_offset_ns
+        """The publisher's clock at a true instant: skewed, and drifting from construction."""
+        drift = round(self.clock_drift_ppm * 1e-6 * (true_ns - self.clock_epoch_ns))
+        return true_ns + self.clock_offset_ns + drift
 
     def agent_config(self, name: str = "scada", url: str = "", extra: str = "") -> str:
         """``[[sources]]`` TOML for every shape this simulator publishes (one source each)."""

@@ -76,7 +76,9 @@ async def test_each_payload_shape_arrives_with_seeded_values_and_payload_times(
 async def test_a_skewed_publisher_clock_is_corrected_onto_the_gateway_clock(
     tmp_path: Path, mqtt_broker: MosquittoBroker
 ) -> None:
-    simulator = MqttScadaSimulator(seed=12, clock_offset_ns=SKEW_NS, shapes=("json",))
+    simulator = MqttScadaSimulator(
+        seed=12, clock_offset_ns=SKEW_NS, clock_drift_ppm=100.0, shapes=("json",)
+    )
     extra = "correct_clock = true\n"
     config = agent_toml(
         tmp_path / "store", simulator.agent_config(url=mqtt_broker.url, extra=extra)
