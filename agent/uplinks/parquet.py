@@ -12,10 +12,10 @@ import os
 from pathlib import Path
 
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
 from agent.batch import Batch
 from agent.config import ParquetUplinkConfig
+from agent.encoding import encode
 
 
 def batch_path(batch: Batch) -> str:
@@ -42,15 +42,9 @@ class ParquetUplink:
         directory, _, filename = final.rpartition("/")
         temporary = f"{directory}/.{filename}.tmp"
         self.filesystem.create_dir(directory, recursive=True)
-        compression = None if self.config.compression == "none" else self.config.compression
+        data = encode(batch.table, self.config.compression, self.config.compression_level)
         with self.filesystem.open_output_stream(temporary) as stream:
-            pq.write_table(
-                batch.table,
-                stream,
-                compression=compression,
-                compression_level=self.config.compression_level,
-                use_dictionary=["source", "tag"],
-            )
+            stream.write(data)
         if self.local:
             fd = os.open(temporary, os.O_RDONLY)
             try:
