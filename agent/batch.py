@@ -273,6 +273,15 @@ class Batcher:
         batches.append(self._build(final, last_start))
         return batches
 
+    @property
+    def closed_until(self) -> int | None:
+        """The boundary every window before which has been emitted."""
+        return self._closed_until
+
+    def restore(self, closed_until: int | None) -> None:
+        """Resume after a restart: windows before ``closed_until`` were already emitted."""
+        self._closed_until = closed_until
+
     def _advance(self, boundary: int) -> None:
         if self._closed_until is None or boundary > self._closed_until:
             self._closed_until = boundary

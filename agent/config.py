@@ -151,6 +151,20 @@ class ResampleSection(Section):
     path: str = "./edge-data-wide"
 
 
+class SpoolSection(Section):
+    """The durable spool between batches and uplinks (see agent/spool.py)."""
+
+    max_bytes: int = Field(default=1 << 30, ge=1, description="cap on spooled batch bytes")
+    max_age: Duration = Field(default=7 * 86_400_000_000_000, description="cap on batch age")
+    overflow: Literal["drop_oldest", "stop_acquiring"] = Field(
+        default="drop_oldest",
+        description="at a cap: delete the oldest batches (counted as lost) or pause the sources",
+    )
+    replay_rate: float = Field(
+        default=10.0, gt=0, description="backlog batches per second per uplink, beside live ones"
+    )
+
+
 class BatchSection(Section):
     window: Duration = Field(default=1_000_000_000)
     lateness: Duration = Field(default=2_000_000_000)
@@ -178,6 +192,7 @@ class AgentConfig(Section):
     sources: list[SourceConfig] = Field(min_length=1)
     uplinks: list[UplinkConfig] = Field(default_factory=lambda: [ParquetUplinkConfig()])
     resample: ResampleSection | None = None
+    spool: SpoolSection = Field(default_factory=SpoolSection)
 
     @model_validator(mode="after")
     def _resample_grid(self) -> AgentConfig:

@@ -113,6 +113,30 @@ class Metrics:
         self.uplink_errors = Counter(
             "edge_agent_uplink_errors", "Failed batch writes", ["uplink"], registry=r
         )
+        self.spool_batches = Gauge(
+            "edge_agent_spool_batches", "Batches held in the spool", registry=r
+        )
+        self.spool_bytes = Gauge(
+            "edge_agent_spool_bytes", "Bytes of batches held in the spool", registry=r
+        )
+        self.backlog = Gauge(
+            "edge_agent_uplink_backlog",
+            "1 while the uplink has older (backlog) batches to replay",
+            ["uplink"],
+            registry=r,
+        )
+        self.replayed = Counter(
+            "edge_agent_batches_replayed",
+            "Backlog batches sent after an outage, flagged replayed",
+            ["uplink"],
+            registry=r,
+        )
+        self.points_lost = Counter(
+            "edge_agent_points_lost",
+            "Acquired samples that will never reach an uplink, by reason",
+            ["reason"],
+            registry=r,
+        )
         self.late_points = Counter(
             "edge_agent_points_late",
             "Samples that arrived after their window closed (sent in the next batch)",

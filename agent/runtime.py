@@ -23,12 +23,15 @@ from agent.batch import Batch, Batcher, TagTable
 from agent.config import ParquetUplinkConfig
 from agent.config_load import LoadedConfig
 from agent.dataquality import QualityTally
+from agent.encoding import encode
+from agent.forwarder import Forwarder, send_with_retry
 from agent.frame import Frame
 from agent.health import ProblemLog
 from agent.http import StatusServer
 from agent.metrics import Metrics
 from agent.resample import Resampler
-from agent.supervisor import SESSION, SourceRunner, backoff_delay
+from agent.spool import Spool
+from agent.supervisor import SESSION, SourceRunner
 from agent.uplinks import Uplink, make_uplink
 from protocols.sdk import DriverContext
 
@@ -73,8 +76,23 @@ class Agent:
         self._frames: asyncio.Queue[tuple[int, Frame] | None] = asyncio.Queue(
             config.agent.queue_frames
         )
-        # closed batches and the uplinks each goes to; None ends the writer
-        self._batches: asyncio.Queue[tuple[Batch, list[Uplink]] | None] = asyncio.Queue()
+        self.spool = Spool(config.agent.data_dir / "spool.sqlite", [u.name for u in self.uplinks])
+        self.spool_config = config.spool
+        self.uplink_problems = ProblemLog(log)
+        self.forwarder = Forwarder(
+            self.spool,
+            self.uplinks,
+            self.metrics,
+            self.uplink_problems,
+            config.spool.replay_rate,
+            2 * config.batch.window + config.batch.lateness,
+            self._delivered,
+        )
+        self._acquiring = asyncio.Event()
+        self._acquiring.set()
+        self._spool_problems = ProblemLog(log)
+        # resampled (wide) batches for their own uplink; None ends the writer
+        self._wide: asyncio.Queue[Batch | None] = asyncio.Queue()
         self.runners = [
             SourceRunner(
                 index,
@@ -87,7 +105,6 @@ class Agent:
             )
             for index, source in enumerate(self.sources)
         ]
-        self.uplink_problems = ProblemLog(log)
         self.batches_written = 0
         self.points_written = 0
         self.written: list[Batch] = []  # the most recent batches, for demo and tests
@@ -98,27 +115,64 @@ class Agent:
         figures = {runner.index: runner.clock.describe() for runner in self.runners}
         return {index: described for index, described in figures.items() if described}
 
-    def _publish(self, batch: Batch) -> None:
-        """Queue a closed batch for the uplinks; its quality figures go to the metrics."""
-        for source, figures in (batch.quality or {}).get("sources", {}).items():
-            if figures["completeness"] is not None:
-                self.metrics.completeness.labels(source).set(figures["completeness"])
-            if figures["validity"] is not None:
-                self.metrics.validity.labels(source).set(figures["validity"])
-            if "latency_max_ms" in figures:
-                self.metrics.latency.labels(source).set(figures["latency_max_ms"] / 1e3)
-        self._batches.put_nowait((batch, self.uplinks))
+    def _publish(self, batches: list[Batch]) -> None:
+        """Closed batches into the spool (fsync) before anything is sent; their quality
+        figures to the metrics; the caps enforced; the forwarder woken."""
+        if not batches:
+            return
+        for batch in batches:
+            for source, figures in (batch.quality or {}).get("sources", {}).items():
+                if figures["completeness"] is not None:
+                    self.metrics.completeness.labels(source).set(figures["completeness"])
+                if figures["validity"] is not None:
+                    self.metrics.validity.labels(source).set(figures["validity"])
+                if "latency_max_ms" in figures:
+                    self.metrics.latency.labels(source).set(figures["latency_max_ms"] / 1e3)
+        closed_until = self.batcher.closed_until
+        assert closed_until is not None  # set by the close that produced the batches
+        self.spool.commit_batches([(b, encode(b.table)) for b in batches], closed_until)
+        self._enforce_caps()
+        self.forwarder.wake()
         if self.resampler is not None:
-            for wide in self.resampler.feed(batch):
-                self._batches.put_nowait((wide, self.wide_uplinks))
+            for batch in batches:
+                for wide in self.resampler.feed(batch):
+                    self._wide.put_nowait(wide)
+
+    def _enforce_caps(self) -> None:
+        config = self.spool_config
+        count, size, oldest = self.spool.size()
+        now = time.time_ns()
+        full = size > config.max_bytes or (oldest is not None and now - oldest > config.max_age)
+        if full and config.overflow == "drop_oldest":
+            dropped, points = self.spool.drop_oldest(config.max_bytes, config.max_age, now)
+            self.metrics.points_lost.labels("overflow").inc(points)
+            self._spool_problems.fail(
+                "overflow", "spool full: oldest batches dropped", batches=dropped, points=points
+            )
+            count, size, _ = self.spool.size()
+        elif full:
+            self._acquiring.clear()
+            self._spool_problems.fail("overflow", "spool full: acquisition paused", bytes=size)
+        else:
+            self._acquiring.set()
+            self._spool_problems.ok("overflow")
+        self.metrics.spool_batches.set(count)
+        self.metrics.spool_bytes.set(size)
+
+    def _delivered(self, batch: Batch) -> None:
+        """Every uplink has the batch and the spool let it go."""
+        self.batches_written += 1
+        self.points_written += batch.points
+        self.written = [*self.written[-63:], batch]
+        if not self._acquiring.is_set():
+            self._enforce_caps()
 
     async def _enqueue(self, index: int, frame: Frame) -> None:
         await self._frames.put((index, frame))
 
     def health(self) -> dict[str, Any]:
         sources = {
-            runner.config.name: not runner.ctx.problems.is_open(SESSION)
-            for runner in self.runners
+            runner.config.name: not runner.ctx.problems.is_open(SESSION) for runner in self.runners
         }
         uplinks_ok = not self.uplink_problems.open_keys
         return {
@@ -139,13 +193,18 @@ class Agent:
             tags=len(self.tag_table),
             config_hash=self.loaded.config_hash,
         )
+        self._recover()
         sources = [
             asyncio.create_task(runner.run(), name=f"source:{runner.config.name}")
             for runner in self.runners
         ]
         consumer = asyncio.create_task(self._consume(), name="batcher")
         closer = asyncio.create_task(self._close_windows(), name="closer")
-        writer = asyncio.create_task(self._write_batches(), name="writer")
+        forwarders = [
+            asyncio.create_task(self.forwarder.run(uplink), name=f"uplink:{uplink.name}")
+            for uplink in self.uplinks
+        ]
+        writer = asyncio.create_task(self._write_wide(), name="wide-writer")
         watchdog = None
         if (interval := systemd.watchdog_interval_s()) is not None:
             watchdog = asyncio.create_task(systemd.keep_watchdog_fed(interval), name="watchdog")
@@ -163,15 +222,11 @@ class Agent:
             await consumer
             with contextlib.suppress(asyncio.CancelledError):
                 await closer
-            for batch in self.batcher.flush():
-                self._publish(batch)
+            self._publish(self.batcher.flush())
             for wide in self.resampler.flush() if self.resampler is not None else []:
-                self._batches.put_nowait((wide, self.wide_uplinks))
-            self._batches.put_nowait(None)
-            try:
-                await asyncio.wait_for(writer, _FLUSH_DEADLINE_S)
-            except TimeoutError:
-                log.error("uplink flush timed out", unsent_batches=self._batches.qsize())
+                self._wide.put_nowait(wide)
+            self._wide.put_nowait(None)
+            await self._drain(forwarders, writer)
             if status is not None:
                 await status.stop()
             if watchdog is not None:
@@ -195,11 +250,50 @@ class Agent:
             return None
         return server
 
+    def _recover(self) -> None:
+        """Put back what the spool held when the agent last stopped (or was killed)."""
+        recovered = self.spool.recover()
+        self.batcher.restore(recovered.closed_until)
+        for source, frame in recovered.frames:
+            self.batcher.add(source, frame)
+        count, size, _ = self.spool.size()
+        if recovered.frames or count:
+            log.info(
+                "spool recovered",
+                frames=len(recovered.frames),
+                points=self.batcher.pending_points,
+                batches_unsent=count,
+                bytes_unsent=size,
+            )
+        self.metrics.spool_batches.set(count)
+        self.metrics.spool_bytes.set(size)
+
+    async def _drain(
+        self, forwarders: list[asyncio.Task[None]], writer: asyncio.Task[None]
+    ) -> None:
+        """Give the uplinks until the deadline to take what is spooled; the rest stays in
+        the spool for the next start."""
+        deadline = time.monotonic() + _FLUSH_DEADLINE_S
+        await self.forwarder.drain(_FLUSH_DEADLINE_S)
+        for task in forwarders:
+            task.cancel()
+        await asyncio.gather(*forwarders, return_exceptions=True)
+        try:
+            await asyncio.wait_for(writer, max(0.1, deadline - time.monotonic()))
+        except TimeoutError:
+            log.error("resample output flush timed out", unsent_batches=self._wide.qsize())
+        unsent, size, _ = self.spool.size()
+        if unsent:
+            log.warning("batches left in the spool for the next start", batches=unsent, bytes=size)
+        self.spool.close()
+
     async def _consume(self) -> None:
         while True:
             item = await self._frames.get()
             if item is None:
                 return
+            await self._acquiring.wait()  # a full spool with overflow = "stop_acquiring"
+            self.spool.append_frame(*item)
             self.batcher.add(*item)
 
     async def _close_windows(self) -> None:
@@ -207,36 +301,17 @@ class Agent:
         while True:
             await asyncio.sleep(period)
             late_before = self.batcher.late_points
-            for batch in self.batcher.close_due(time.time_ns()):
-                self._publish(batch)
+            self._publish(self.batcher.close_due(time.time_ns()))
             self.metrics.late_points.inc(self.batcher.late_points - late_before)
 
-    async def _write_batches(self) -> None:
+    async def _write_wide(self) -> None:
+        """The resampled output: written with retries, not spooled (it is derived from
+        the spooled long form)."""
         rng = random.Random()
         while True:
-            item = await self._batches.get()
-            if item is None:
+            batch = await self._wide.get()
+            if batch is None:
                 return
-            batch, uplinks = item
-            for uplink in uplinks:
-                attempt = 0
-                while True:
-                    try:
-                        await uplink.send(batch)
-                        break
-                    except Exception as exc:  # an uplink failure must not stop acquisition
-                        self.metrics.uplink_errors.labels(uplink.name).inc()
-                        self.uplink_problems.fail(
-                            uplink.name, "uplink write failed", error=str(exc)
-                        )
-                        await asyncio.sleep(backoff_delay(attempt, 0.5, 30.0, rng))
-                        attempt += 1
-                self.uplink_problems.ok(uplink.name)
-                self.metrics.batches.labels(uplink.name).inc()
-                self.metrics.batch_points.labels(uplink.name).inc(batch.points)
-            if uplinks is self.uplinks:  # wide batches are a view of these, not more data
-                self.batches_written += 1
-                self.points_written += batch.points
-                self.written = [*self.written[-63:], batch]
-            else:
-                self.wide_written = [*self.wide_written[-63:], batch]
+            for uplink in self.wide_uplinks:
+                await send_with_retry(uplink, batch, self.uplink_problems, self.metrics, rng)
+            self.wide_written = [*self.wide_written[-63:], batch]

@@ -15,9 +15,18 @@ from agent.config_load import parse_config
 from agent.runtime import Agent
 
 
-def agent_toml(store: Path, sources: str, window: str = "1s", lateness: str = "300ms") -> str:
+def agent_toml(
+    store: Path,
+    sources: str,
+    window: str = "1s",
+    lateness: str = "300ms",
+    state: Path | None = None,
+) -> str:
+    """An agent config writing to ``store``; its state (spool, certificates) goes to
+    ``state``, by default a folder beside the store, so no two tests share a spool."""
+    state = state or store.with_name(f"{store.name}-state")
     return (
-        f'[agent]\ngateway_id = "test-gw"\nmetrics = ""\n'
+        f'[agent]\ngateway_id = "test-gw"\nmetrics = ""\ndata_dir = "{state}"\n'
         f'[batch]\nwindow = "{window}"\nlateness = "{lateness}"\n'
         f'[[uplinks]]\ntype = "parquet"\npath = "{store}"\n\n{sources}'
     )

@@ -124,8 +124,10 @@ async def test_completeness_and_validity_match_an_injected_dropout(
     good = sum(s["good"] for s in sources)
     expected = sum(s["expected"] for s in sources)
     assert simulator.exceptions >= 3, "the seeded simulator injected exceptions"
-    assert abs(received - simulator.requests) <= 1
-    assert abs(good - (simulator.requests - simulator.exceptions)) <= 1
+    # within one sample per interruption (the dropout, the agent's stop): a request the
+    # simulator counted may be in flight when its connection goes
+    assert abs(received - simulator.requests) <= 2
+    assert abs(good - (simulator.requests - simulator.exceptions)) <= 2
     assert 40 <= expected <= 52, "about 5 s at 10 samples a second"
     assert 6 <= expected - received <= 16, "the 1 s dropout is what is missing"
     stored = json.loads(batches[-1].table.schema.metadata[b"edge_agent.quality"])

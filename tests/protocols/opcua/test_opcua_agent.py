@@ -159,9 +159,10 @@ async def test_secure_session_with_user_and_password(
         'username = "operator"\npassword_env = "OPCUA_PASSWORD"\n'
     )
     text = agent_toml(
-        tmp_path / "store", simulator.agent_config("100ms", nodes=SCALARS[:3], extra=extra)
+        tmp_path / "store",
+        simulator.agent_config("100ms", nodes=SCALARS[:3], extra=extra),
+        state=tmp_path / "state",
     )
-    text = text.replace('metrics = ""', f'metrics = ""\ndata_dir = "{tmp_path / "state"}"')
     try:
         agent = await run_agent(text, 3.0)
     finally:
@@ -198,9 +199,7 @@ async def test_wrong_password_and_untrusted_server_fail_clearly_and_keep_retryin
         nodes=MOVING,
         extra=common + 'password_env = "RIGHT_PASSWORD"\n',
     )
-    text = agent_toml(tmp_path / "store", wrong + untrusted).replace(
-        'metrics = ""', f'metrics = ""\ndata_dir = "{state}"'
-    )
+    text = agent_toml(tmp_path / "store", wrong + untrusted, state=state)
     stop = asyncio.Event()
     agent = Agent(parse_config(tomllib.loads(text), Path("t.toml")))
     with structlog.testing.capture_logs() as logs:

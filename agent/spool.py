@@ -1,0 +1,351 @@
+"""The durable store-and-forward spool: nothing acquired is lost to a crash or an outage.
+
+On-disk format: one SQLite database, ``<data_dir>/spool.sqlite``, in WAL mode.
+
+``frames(id INTEGER PRIMARY KEY, source INTEGER, max_time INTEGER, data BLOB)``
+    Every frame that reaches the batcher, appended as it arrives and committed with
+    ``synchronous=NORMAL``: the write reaches the OS before the batcher sees the frame, so
+    a killed process loses at most the poll in flight (a power cut, the unsynced tail).
+    ``data`` is an Arrow IPC stream of one record batch with the frame's columns (``tag``
+    int32, ``time`` int64 ns, ``value`` float64, ``quality`` uint16, and ``text``,
+    ``source_time``, ``server_time`` when the frame has them).
+``batches(seq INTEGER PRIMARY KEY, batch_id TEXT UNIQUE, window_start INTEGER,
+    points INTEGER, bytes INTEGER, created_ns INTEGER, data BLOB)``
+    Closed batches in :mod:`agent.encoding` form (Parquet, zstd), committed with
+    ``synchronous=FULL`` (fsync) in the same transaction that retires the frames they
+    consumed, before anything is sent.
+``delivered(seq INTEGER, uplink TEXT, PRIMARY KEY (seq, uplink))``
+    Which uplink acknowledged which batch. A batch is deleted once every configured
+    uplink has acknowledged it.
+``state(key TEXT PRIMARY KEY, value INTEGER)``
+    ``closed_until`` (the last batch boundary emitted) and ``last_frame`` (the newest
+    frame id that was pending when it was emitted), which recovery needs.
+``losses(reason TEXT PRIMARY KEY, batches INTEGER, points INTEGER)``
+    Loss counters that survive restarts (e.g. ``overflow``).
+
+Recovery: frames still in the table were not (or not wholly) in a committed batch. Frames
+up to ``last_frame`` were pending at the last emission, so their rows before
+``closed_until`` went out in it and the rest did not; newer frames are replayed whole.
+SQLite's WAL checksums make a torn last write vanish on open; a database that fails
+``quick_check`` (a bad page) is moved aside and every row that can still be read is
+copied into a fresh one, so the agent runs on with the valid part.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import structlog
+
+from agent.batch import Batch
+from agent.frame import Frame
+
+log = structlog.get_logger()
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS frames (
+    id INTEGER PRIMARY KEY, source INTEGER NOT NULL, max_time INTEGER NOT NULL, data BLOB
+);
+CREATE TABLE IF NOT EXISTS batches (
+    seq INTEGER PRIMARY KEY, batch_id TEXT UNIQUE NOT NULL, window_start INTEGER NOT NULL,
+    points INTEGER NOT NULL, bytes INTEGER NOT NULL, created_ns INTEGER NOT NULL, data BLOB
+);
+CREATE TABLE IF NOT EXISTS delivered (
+    seq INTEGER NOT NULL, uplink TEXT NOT NULL, PRIMARY KEY (seq, uplink)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS losses (
+    reason TEXT PRIMARY KEY, batches INTEGER NOT NULL, points INTEGER NOT NULL
+);
+"""
+_OPTIONAL = ("text", "source_time", "server_time")
+
+
+@dataclass(frozen=True, slots=True)
+class SpooledBatch:
+    seq: int
+    batch_id: str
+    points: int
+    created_ns: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Recovered:
+    """What a restart finds: frames to feed the batcher again, and where it had got to."""
+
+    frames: list[tuple[int, Frame]]
+    closed_until: int | None
+
+
+def encode_frame(frame: Frame) -> bytes:
+    columns = {
+        "tag": pa.array(frame.tag),
+        "time": pa.array(frame.time),
+        "value": pa.array(frame.value),
+        "quality": pa.array(frame.quality),
+    }
+    for name in _OPTIONAL:
+        column = getattr(frame, name)
+        if column is not None:
+            columns[name] = pa.array(column, pa.string() if name == "text" else pa.int64())
+    record = pa.record_batch(columns, metadata={"received": str(frame.received)})
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, record.schema) as writer:
+        writer.write_batch(record)
+    return bytes(sink.getvalue())
+
+
+def decode_frame(data: bytes) -> Frame:
+    record = pa.ipc.open_stream(data).read_next_batch()
+    names = record.schema.names
+    frame = Frame(
+        record.column("tag").to_numpy(),
+        record.column("time").to_numpy(),
+        record.column("value").to_numpy(zero_copy_only=False),
+        record.column("quality").to_numpy(),
+        int((record.schema.metadata or {}).get(b"received", b"0")),
+    )
+    for name in _OPTIONAL:
+        if name in names:
+            column = record.column(name)
+            value = column.to_numpy(zero_copy_only=False)
+            setattr(frame, name, value.astype(object) if name == "text" else value)
+    return frame
+
+
+class Spool:
+    """The spool database of one agent; every method is a short synchronous transaction."""
+
+    def __init__(self, path: Path, uplinks: list[str]) -> None:
+        self.path = path
+        self.uplinks = uplinks
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.salvaged = self._open_checked()
+        self._last_frame = 0
+
+    # -- opening and salvage ----------------------------------------------------------------
+
+    def _connect(self, path: Path) -> sqlite3.Connection:
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.executescript(_SCHEMA)
+        return db
+
+    def _open_checked(self) -> int | None:
+        """Open the database; if it is damaged, salvage it. Returns rows lost, or None."""
+        try:
+            db = self._connect(self.path)
+            verdict = db.execute("PRAGMA quick_check").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            verdict = str(exc)
+            db = None
+        if verdict == "ok" and db is not None:
+            self.db = db
+            return None
+        if db is not None:
+            db.close()
+        return self._salvage(verdict)
+
+    def _salvage(self, verdict: str) -> int:
+        damaged = self.path.with_name(f"{self.path.name}.damaged-{time.time_ns()}")
+        self.path.rename(damaged)
+        for suffix in ("-wal", "-shm"):
+            side = self.path.with_name(self.path.name + suffix)
+            if side.exists():
+                side.rename(damaged.with_name(damaged.name + suffix))
+        self.db = self._connect(self.path)
+        kept = lost = 0
+        try:
+            old = sqlite3.connect(f"file:{damaged}?mode=ro", uri=True)
+        except sqlite3.DatabaseError:
+            old = None
+        for table in ("frames", "batches", "delivered", "state", "losses"):
+            for row, ok in _readable_rows(old, table):
+                if not ok:
+                    lost += 1
+                    continue
+                marks = ",".join("?" * len(row))
+                self.db.execute(f"INSERT OR IGNORE INTO {table} VALUES ({marks})", row)
+                kept += 1
+        if old is not None:
+            old.close()
+        log.error(
+            "spool damaged: valid rows kept, the damaged file moved aside",
+            problem=verdict,
+            kept_rows=kept,
+            unreadable_rows=lost,
+            moved_to=str(damaged),
+        )
+        return lost
+
+    # -- frames ------------------------------------------------------------------------------
+
+    def append_frame(self, source: int, frame: Frame) -> None:
+        cursor = self.db.execute(
+            "INSERT INTO frames (source, max_time, data) VALUES (?, ?, ?)",
+            (source, int(frame.time.max()), encode_frame(frame)),
+        )
+        self._last_frame = int(cursor.lastrowid or 0)
+
+    def recover(self) -> Recovered:
+        """The frames a restart must feed the batcher again (see the module docstring)."""
+        state = dict(self.db.execute("SELECT key, value FROM state").fetchall())
+        closed_until = state.get("closed_until")
+        last_frame = state.get("last_frame", 0)
+        frames: list[tuple[int, Frame]] = []
+        for frame_id, source, data in self.db.execute(
+            "SELECT id, source, data FROM frames ORDER BY id"
+        ):
+            frame = decode_frame(data)
+            if closed_until is not None and frame_id <= last_frame:
+                frame = frame.take(frame.time >= closed_until)  # the rest went out already
+            if len(frame):
+                frames.append((source, frame))
+        row = self.db.execute("SELECT max(id) FROM frames").fetchone()
+        self._last_frame = int(row[0] or 0)
+        return Recovered(frames, closed_until)
+
+    # -- batches -----------------------------------------------------------------------------
+
+    def commit_batches(self, batches: list[tuple[Batch, bytes]], closed_until: int) -> None:
+        """Store closed batches and retire the frames wholly inside them, with fsync."""
+        now = time.time_ns()
+        self.db.execute("PRAGMA synchronous=FULL")
+        try:
+            with _transaction(self.db):
+                self.db.executemany(
+                    "INSERT OR IGNORE INTO batches "
+                    "(batch_id, window_start, points, bytes, created_ns, data) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    [
+                        (b.batch_id, b.window_start_ns, b.points, len(data), now, data)
+                        for b, data in batches
+                    ],
+                )
+                self.db.execute(
+                    "DELETE FROM frames WHERE id <= ? AND max_time < ?",
+                    (self._last_frame, closed_until),
+                )
+                self.db.executemany(
+                    "INSERT OR REPLACE INTO state (key, value) VALUES (?, ?)",
+                    [("closed_until", closed_until), ("last_frame", self._last_frame)],
+                )
+        finally:
+            self.db.execute("PRAGMA synchronous=NORMAL")
+
+    def pending(
+        self, uplink: str, created_from: int | None = None, limit: int = 16
+    ) -> list[SpooledBatch]:
+        """Batches the uplink has not acknowledged, oldest first; with ``created_from``,
+        only those closed since then (the live lane)."""
+        rows = self.db.execute(
+            "SELECT seq, batch_id, points, created_ns, data FROM batches b "
+            "WHERE created_ns >= ? AND NOT EXISTS "
+            "(SELECT 1 FROM delivered d WHERE d.seq = b.seq AND d.uplink = ?) "
+            "ORDER BY seq LIMIT ?",
+            (created_from if created_from is not None else 0, uplink, limit),
+        ).fetchall()
+        return [SpooledBatch(*row) for row in rows]
+
+    def acknowledge(self, uplink: str, seq: int) -> bool:
+        """Record an uplink's acknowledgement; drop the batch once every uplink has it
+        (and say so)."""
+        with _transaction(self.db):
+            self.db.execute("INSERT OR IGNORE INTO delivered VALUES (?, ?)", (seq, uplink))
+            acked = self.db.execute(
+                "SELECT count(*) FROM delivered WHERE seq = ? AND uplink IN "
+                f"({','.join('?' * len(self.uplinks))})",
+                (seq, *self.uplinks),
+            ).fetchone()[0]
+            if acked < len(self.uplinks):
+                return False
+            self.db.execute("DELETE FROM batches WHERE seq = ?", (seq,))
+            self.db.execute("DELETE FROM delivered WHERE seq = ?", (seq,))
+        return True
+
+    # -- caps --------------------------------------------------------------------------------
+
+    def size(self) -> tuple[int, int, int | None]:
+        """(batches, bytes, created_ns of the oldest) held."""
+        count, size, oldest = self.db.execute(
+            "SELECT count(*), coalesce(sum(bytes), 0), min(created_ns) FROM batches"
+        ).fetchone()
+        return int(count), int(size), None if oldest is None else int(oldest)
+
+    def drop_oldest(self, max_bytes: int, max_age_ns: int, now_ns: int) -> tuple[int, int]:
+        """Delete the oldest batches until within the caps; returns (batches, points) lost."""
+        dropped_batches = dropped_points = 0
+        with _transaction(self.db):
+            _, size, _ = self.size()
+            for seq, points, nbytes, created in self.db.execute(
+                "SELECT seq, points, bytes, created_ns FROM batches ORDER BY seq"
+            ).fetchall():
+                if size <= max_bytes and now_ns - created <= max_age_ns:
+                    break
+                self.db.execute("DELETE FROM batches WHERE seq = ?", (seq,))
+                self.db.execute("DELETE FROM delivered WHERE seq = ?", (seq,))
+                size -= nbytes
+                dropped_batches += 1
+                dropped_points += points
+            if dropped_batches:
+                self.db.execute(
+                    "INSERT INTO losses VALUES ('overflow', ?, ?) ON CONFLICT(reason) DO UPDATE "
+                    "SET batches = batches + excluded.batches, points = points + excluded.points",
+                    (dropped_batches, dropped_points),
+                )
+        return dropped_batches, dropped_points
+
+    def losses(self) -> dict[str, tuple[int, int]]:
+        rows = self.db.execute("SELECT reason, batches, points FROM losses").fetchall()
+        return {reason: (int(b), int(p)) for reason, b, p in rows}
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class _transaction:
+    """BEGIN ... COMMIT (ROLLBACK on error) on an autocommit connection."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, kind: object, *rest: object) -> None:
+        self.db.execute("COMMIT" if kind is None else "ROLLBACK")
+
+
+def _readable_rows(
+    db: sqlite3.Connection | None, table: str
+) -> Iterator[tuple[tuple[object, ...], bool]]:
+    """Rows of a damaged table one by one by rowid; (row, False) marks an unreadable one."""
+    if db is None:
+        return
+    try:
+        bounds = db.execute(f"SELECT min(rowid), max(rowid) FROM {table}").fetchone()
+    except sqlite3.DatabaseError:
+        bounds = None
+    if bounds is None or bounds[0] is None:
+        # the table's index pages may be gone: try a plain scan, as far as it goes
+        try:
+            for row in db.execute(f"SELECT * FROM {table}"):
+                yield tuple(row), True
+        except sqlite3.DatabaseError:
+            yield (), False
+        return
+    for rowid in range(int(bounds[0]), int(bounds[1]) + 1):
+        try:
+            row = db.execute(f"SELECT * FROM {table} WHERE rowid = ?", (rowid,)).fetchone()
+        except sqlite3.DatabaseError:
+            yield (), False
+            continue
+        if row is not None:
+            yield tuple(row), True
