@@ -22,8 +22,8 @@ import pyarrow as pa
 
 from agent import quality as q
 from agent.config import SourceConfig
-from agent.durations import format_duration
 from agent.frame import Frame
+from agent.pipeline import derived_tags, tag_lineage
 
 META_PREFIX = "edge_agent."
 
@@ -50,17 +50,11 @@ class TagTable:
         self.lineage: list[dict[str, Any]] = []
         for index, source in enumerate(sources):
             self.source_offset.append(len(names))
-            for tag in source.tags:
-                names.append(tag.name)
+            tags = [(tag.name, tag_lineage(tag)) for tag in source.tags]
+            for name, lineage in tags + derived_tags(source.tags, source.name):
+                names.append(name)
                 owners.append(index)
-                self.lineage.append(
-                    {
-                        "unit": tag.unit,
-                        "rate": format_duration(tag.rate),
-                        "scale": tag.scale,
-                        "offset": tag.offset,
-                    }
-                )
+                self.lineage.append(lineage)
         self.tag_names = np.array(names, dtype=object)
         self.tag_source = np.array(owners, dtype=np.int32)
         self.qualified = [f"{self.source_names[o]}/{n}" for o, n in zip(owners, names, strict=True)]

@@ -122,6 +122,8 @@ class Agent:
             await consumer
             with contextlib.suppress(asyncio.CancelledError):
                 await closer
+            for runner in self.runners:  # what deadband/swinging door/features still hold
+                self.batcher.add(runner.index, runner.pipeline.flush())
             for batch in self.batcher.flush():
                 self._batches.put_nowait(batch)
             self._batches.put_nowait(None)

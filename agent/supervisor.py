@@ -57,8 +57,8 @@ class SourceRunner:
         self.index = index
         self.driver = driver
         self.config = driver.config
-        self.pipeline = SourcePipeline(driver.config.tags)
         self.ctx = ctx_factory(self.emit)
+        self.pipeline = SourcePipeline(driver.config.tags, self._dropped)
         self.log = self.ctx.log
         self._sink = sink
         self._rng = rng or random.Random()
@@ -75,6 +75,10 @@ class SourceRunner:
         if self._count(frame) and self.ctx.problems.ok(SESSION):
             self._attempt = 0
         await self._sink(self.index, frame)
+
+    def _dropped(self, reason: str, n: int) -> None:
+        if n:
+            self.ctx.metrics.points_dropped.labels(self.config.name, reason).inc(n)
 
     def _count(self, frame: Frame) -> bool:
         """Update the point counters; True if the frame holds any sample that is not bad."""
