@@ -3,9 +3,10 @@
 The rate test compares a sample with the last sample that passed, so a spike never becomes
 the reference; the allowed change grows with the time since then, so a genuine step is
 accepted once ``max_rate`` could have produced it. The Hampel test compares a sample with
-the median of the tag's previous ``window`` usable samples (spikes included: the median
-does not care) and flags it beyond ``threshold`` robust sigmas (1.4826 * MAD), but never
-for a departure below ``min_deviation``, which keeps quantised signals with a zero MAD
+a robust local line through the tag's previous ``window`` usable samples (medians of the
+window's halves; spikes in the window do not move it, and a trend is not read as a
+spike) and flags it beyond ``threshold`` robust sigmas (1.4826 * MAD of the residuals),
+but never for a departure below ``min_deviation``, which keeps quantised signals with a zero MAD
 from flagging every step. Flagged samples become bad with the SPIKE reason, or are
 dropped and counted.
 """
@@ -70,18 +71,32 @@ class SpikeStage(RoundStage):
         return self.drop(frame, dropped, self.name)
 
     def _hampel(self, tag: np.ndarray, value: np.ndarray) -> np.ndarray:
-        """Outliers against each tag's full window; tags of one window size at a time."""
+        """Outliers against each tag's full window; tags of one window size at a time.
+
+        The window is fitted with a robust line through the medians of its two halves and
+        the sample compared with that line's prediction, so a trend is not read as a
+        spike; sigma comes from the MAD of the window's residuals from the line.
+        """
         outlier = np.zeros(tag.shape[0], bool)
         window = self.window[tag]
         ready = (window > 0) & (self.seen[tag] >= window)
         for w in np.unique(window[ready]).tolist():
             rows = np.flatnonzero(ready & (window == w))
-            past = self.history[tag[rows], :w]
-            median = np.median(past, axis=1)
-            mad = np.median(np.abs(past - median[:, None]), axis=1)
             t = tag[rows]
+            oldest_first = (self.seen[t][:, None] + np.arange(w)[None, :]) % w
+            past = self.history[t[:, None], oldest_first]
+            half = w // 2
+            early = np.median(past[:, :half], axis=1)
+            late = np.median(past[:, w - half :], axis=1)
+            slope = (late - early) / (w - half)
+            level = (early + late) / 2
+            line = level[:, None] + slope[:, None] * (np.arange(w) - (w - 1) / 2)[None, :]
+            residual = past - line
+            centre = np.median(residual, axis=1)
+            mad = np.median(np.abs(residual - centre[:, None]), axis=1)
+            predicted = level + slope * (w - (w - 1) / 2) + centre
             limit = np.maximum(self.threshold[t] * MAD_TO_SIGMA * mad, self.min_deviation[t])
-            outlier[rows] = np.abs(value[rows] - median) > limit
+            outlier[rows] = np.abs(value[rows] - predicted) > limit
         return outlier
 
     def _remember(self, tag: np.ndarray, value: np.ndarray) -> None:
