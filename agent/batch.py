@@ -58,6 +58,11 @@ class TagTable:
         self.tag_names = np.array(names, dtype=object)
         self.tag_source = np.array(owners, dtype=np.int32)
         self.qualified = [f"{self.source_names[o]}/{n}" for o, n in zip(owners, names, strict=True)]
+        # '"source/tag":{...}' per tag, serialised once: batches join the present ones
+        self.lineage_json = [
+            f"{json.dumps(name)}:{json.dumps(lineage, separators=(',', ':'))}"
+            for name, lineage in zip(self.qualified, self.lineage, strict=True)
+        ]
 
     def __len__(self) -> int:
         return len(self.tag_names)
@@ -253,10 +258,7 @@ class Batcher:
             "window_end_ns": str(window_end),
             "config_hash": self.config_hash,
             "points": str(len(rows.gtag)),
-            "tags": json.dumps(
-                {self.tags.qualified[g]: self.tags.lineage[g] for g in present.tolist()},
-                separators=(",", ":"),
-            ),
+            "tags": "{" + ",".join([self.tags.lineage_json[g] for g in present.tolist()]) + "}",
         }
         table = pa.Table.from_arrays(
             [

@@ -205,7 +205,6 @@ def derived_tags(tags: Sequence[TagConfig], source: str) -> list[tuple[str, dict
                 "feature": stat,
                 "window": format_duration(tag.features.window),
                 "stamp": "window start",
-                "source_lineage": tag_lineage(tag),
             }
             derived.append((f"{tag.name}.{stat}", lineage))
     return derived

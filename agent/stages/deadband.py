@@ -2,8 +2,8 @@
 
 A sample is reported when it differs from the last reported value by more than the
 deviation, when ``max_interval`` has passed since the last report (heartbeat), or when it
-is the first usable sample after a gap or a bad sample. With an exception the sample held
-just before it is reported too (PI's ExcDev convention), so a ramp after a long flat
+is the first usable sample after a bad sample. With an exception (not a heartbeat) the
+sample held just before it is reported too (PI's ExcDev convention), so a ramp after a long flat
 stretch is stored as flat-then-ramp instead of one long false slope.
 
 Error bound: every suppressed sample is within ``deviation`` of the last reported value
@@ -50,13 +50,17 @@ class DeadbandStage(RoundStage):
         fresh = time > self.last_time[tag]
         good = usable(frame) & fresh
         self.last_time[tag[fresh]] = time[fresh]
-        report = ~good | ~self.has_ref[tag]
-        report |= np.abs(value - self.ref_value[tag]) > self.deviation[tag]
-        report |= time - self.ref_time[tag] >= self.max_interval[tag]
-        report &= fresh  # an out-of-order sample passes through and leaves the state alone
-        held = report & self.has_held[tag]
+        exception = ~good | ~self.has_ref[tag]
+        exception |= np.abs(value - self.ref_value[tag]) > self.deviation[tag]
+        exception &= fresh  # an out-of-order sample passes through and leaves the state alone
+        heartbeat = good & (time - self.ref_time[tag] >= self.max_interval[tag])
+        report = exception | heartbeat
+        held = exception & self.has_held[tag]
         hold = good & ~report
-        self.count(self.name, int(np.count_nonzero(hold & self.has_held[tag])))
+        # a held sample is dropped when a newer one replaces it or a heartbeat passes it by
+        self.count(
+            self.name, int(np.count_nonzero((hold | heartbeat & ~exception) & self.has_held[tag]))
+        )
         out = frame.take(~hold)
         if held.any():
             t = tag[held]

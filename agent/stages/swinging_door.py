@@ -104,7 +104,7 @@ class SwingingDoorStage(RoundStage):
             self._anchor(t, time[first], frame.value[first])
             self.buf_n[t] = 0
         follow = good & ~first
-        passed = frame.take(~good)  # bad and out-of-order samples are kept as they are
+        passed = frame.take(~good & ~throttled)  # bad and out-of-order ones are kept as is
         if follow.any():
             self._add(frame.take(follow), emitted)
         return concat([emitted.frame(frame.received), frame.take(first), passed])
@@ -117,20 +117,45 @@ class SwingingDoorStage(RoundStage):
         self.hi[tags] = np.inf
 
     def _add(self, frame: Frame, emitted: _Emitted) -> None:
-        """Append one sample to each tag's buffer and settle, grouped by buffer width."""
-        tags = frame.tag
-        n = self.buf_n[tags] + 1
+        """Feed one sample per tag: a vector update where the doors stay open, else settle.
+
+        Where the new sample leaves the slope interval non-empty (most samples of a smooth
+        signal) only the interval and the buffer change, which is a few 1-D operations
+        across all tags; the others go through :meth:`_settle`, grouped by buffer width.
+        """
+        tags, time, value = frame.tag, frame.time, frame.value
+        n = self.buf_n[tags]
+        dt = (time - self.anchor_time[tags]).astype(np.float64)
+        base, dev = self.anchor_value[tags], self.deviation[tags]
+        lo, hi = self.lo[tags], self.hi[tags]
+        slope = (value - base) / dt
+        valid = (slope >= lo) & (slope <= hi)
+        lo = np.maximum(lo, (value - dev - base) / dt)
+        hi = np.minimum(hi, (value + dev - base) / dt)
+        closes = (lo > hi) | (dt > self.max_interval[tags]) | (n >= BUFFER)
+        closes &= n > 0
+        easy = ~closes
+        t, valid, n_easy = tags[easy], valid[easy], n[easy]
+        self.lo[t], self.hi[t] = lo[easy], hi[easy]
+        self.count(self.name, int(n_easy[valid].sum()))  # a new end point retires the buffer
+        col = np.where(valid, 0, n_easy)
+        self.buf_time[t, col], self.buf_value[t, col] = time[easy], value[easy]
+        self.buf_quality[t, col] = frame.quality[easy]
+        self.buf_n[t] = np.where(valid, 1, n_easy + 1)
+        if not closes.any():
+            return
+        rows = np.flatnonzero(closes)
+        n = n[rows] + 1
         width = 1 << np.ceil(np.log2(n)).astype(np.int64)
         for w in np.unique(width).tolist():
-            rows = np.flatnonzero(width == w)
-            t = tags[rows]
-            times = self.buf_time[t, :w].copy()
-            values = self.buf_value[t, :w].copy()
-            quality = self.buf_quality[t, :w].copy()
-            at = np.arange(rows.size), n[rows] - 1
-            times[at], values[at] = frame.time[rows], frame.value[rows]
-            quality[at] = frame.quality[rows]
-            self._settle(t, times, values, quality, n[rows], emitted)
+            group = rows[width == w]
+            m = n[width == w]
+            t = tags[group]
+            times, values = self.buf_time[t, :w], self.buf_value[t, :w]
+            quality = self.buf_quality[t, :w]
+            at = np.arange(group.size), m - 1
+            times[at], values[at], quality[at] = time[group], value[group], frame.quality[group]
+            self._settle(t, times, values, quality, m, emitted)
 
     def _settle(
         self,

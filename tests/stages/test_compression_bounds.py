@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from unittest import mock
+
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agent import quality as q
 from agent.frame import Frame
+from agent.stages import swinging_door
 from agent.stages.deadband import DeadbandStage
 from agent.stages.swinging_door import SwingingDoorStage
-from tests.stages.helpers import T0, by_tag, frame, joined, split
+from tests.stages.helpers import T0, S, by_tag, frame, joined, split
 
 FOREVER = 10**15  # no max_interval
 values = st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False)
@@ -62,6 +66,21 @@ def test_swinging_door_interpolation_stays_within_deviation(
         assert error <= deviations[tag] + tolerance(f.value, deviations[tag])
 
 
+@settings(max_examples=100, deadline=None)
+@given(series(), st.integers(1, 4))
+def test_swinging_door_holds_the_bound_when_its_buffer_overflows(
+    case: tuple[Frame, list[int], list[float]], buffer: int
+) -> None:
+    f, cuts, deviations = case
+    tags = len(deviations)
+    with mock.patch.object(swinging_door, "BUFFER", buffer):
+        stage = SwingingDoorStage(deviations, [FOREVER] * tags, [0] * tags, [True] * tags)
+        kept = joined([*[stage.process(part) for part in split(f, cuts)], stage.flush()])
+    for tag in np.unique(f.tag).tolist():
+        error = interpolation_error(f, kept, tag)
+        assert error <= deviations[tag] + tolerance(f.value, deviations[tag])
+
+
 @settings(max_examples=150, deadline=None)
 @given(series(max_tags=1), st.integers(1, 10**11))
 def test_swinging_door_max_interval_bounds_the_gap_between_kept_points(
@@ -94,3 +113,33 @@ def test_deadband_holds_its_bounds(case: tuple[Frame, list[int], list[float]]) -
         assert interpolation_error(f, kept, tag) <= 2 * deviations[tag] + tol
         held = kv[np.searchsorted(kt, t, side="right") - 1]
         assert np.abs(held - v).max() <= deviations[tag] + tol
+
+
+def test_a_bad_sample_is_kept_and_ends_the_trend() -> None:
+    k = np.arange(30)
+    value = k * 1.0  # a straight line: only its ends are needed
+    quality = np.zeros(30, int)
+    quality[10] = q.make(q.BAD, q.Reason.COMM_ERROR)
+    value[10] = np.nan
+    stage = SwingingDoorStage([0.1], [FOREVER], [0], [True])
+    kept = joined([stage.process(frame([0] * 30, T0 + k * S, value, quality)), stage.flush()])
+    assert sorted(((kept.time - T0) // S).tolist()) == [0, 9, 10, 11, 29]
+    assert kept.quality[kept.time == T0 + 10 * S].tolist() == [quality[10]]
+
+
+def test_swinging_door_min_interval_drops_bursts_before_the_door() -> None:
+    dropped: list[int] = []
+    stage = SwingingDoorStage([0.1], [FOREVER], [S], [True], lambda r, n: dropped.append(n))
+    times = T0 + np.array([0, 300, 600, 1000, 1500, 2000, 2100]) * 1_000_000
+    kept = joined([stage.process(frame([0] * 7, times, [0, 9, 9, 0, 0, 5, 0])), stage.flush()])
+    assert ((kept.time - T0) // 1_000_000).tolist() == [0, 1000, 2000]
+    assert sum(dropped) >= 4  # three inside 1 s of an accepted sample, one by the door
+
+
+def test_deadband_heartbeat_and_previous_value() -> None:
+    times = T0 + np.arange(8) * S
+    values = [0.0, 0.1, 0.2, 0.3, 5.0, 5.0, 5.0, 5.0]
+    stage = DeadbandStage([1.0], [3 * S], [True])
+    kept = stage.process(frame([0] * 8, times, values))
+    # 0 first; 5.0 is an exception, sent with the held 0.3 before it; 7 s is a heartbeat
+    assert sorted(((kept.time - T0) // S).tolist()) == [0, 3, 4, 7]

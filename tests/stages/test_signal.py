@@ -67,8 +67,8 @@ def test_features_match_numpy_per_window_across_frames() -> None:
     values[::97] = np.nan  # unusable samples are left out
     f = frame(tags, times, values)
     window = 500_000_000
-    every = FeaturesConfig(window="500ms")
-    two: FeaturesConfig = FeaturesConfig(window="500ms", stats=["rms", "kurtosis"])
+    every = FeaturesConfig.model_validate({"window": "500ms"})
+    two = FeaturesConfig.model_validate({"window": "500ms", "stats": ["rms", "kurtosis"]})
     stage = FeatureStage([every, every, two], first_derived=3)
     out = joined([*(stage.process(p) for p in split(f, list(range(0, n, 333)))), stage.flush()])
     assert set(out.tag.tolist()) == set(range(3, 3 + 7 + 7 + 2))
