@@ -80,7 +80,7 @@ def _cleaning_stages(tags: Sequence[TagConfig], count: DropCounter) -> list[Stag
     if any(spikes):
         stages.append(
             SpikeStage(
-                [s.max_rate or np.inf if s else np.inf for s in spikes],
+                [(s.max_rate or np.inf) if s else np.inf for s in spikes],
                 [s.window if s else 0 for s in spikes],
                 [s.threshold if s else 1.0 for s in spikes],
                 [s.min_deviation if s else 0.0 for s in spikes],
@@ -130,7 +130,7 @@ class SourcePipeline:
                     for tag, d in zip(tags, doors, strict=True)
                 ],
                 [d.max_interval if d else 0 for d in doors],
-                [d.min_interval or 0 if d else 0 for d in doors],
+                [(d.min_interval or 0) if d else 0 for d in doors],
                 [d is not None for d in doors],
                 count,
             )

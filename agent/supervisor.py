@@ -119,6 +119,7 @@ class SourceRunner:
             SESSION, "source failed", error=error, retry_in_s=round(delay, 2)
         ):
             marker = Frame.uniform(self._all_tags, time.time_ns(), math.nan, _COMM_ERROR)
+            marker = self.pipeline.process(marker)  # ends compressed trends at the gap
             self._count(marker)
             await self._sink(self.index, marker)
         else:

@@ -9,9 +9,11 @@ built from tag configs, alone ("pipeline") and followed by the Batcher cutting 1
 and each batch encoded to zstd Parquet in memory ("+batch+encode"). Points/s counts input
 samples per CPU second of this process (``time.process_time``), median of ``--repeat``.
 
-The second table replays ``--minutes`` of each CncSignals signal at 100 ms through the
-swinging door with deviation = 0.5 % of the signal's span and reports the kept fraction
-and the measured maximum error of linear interpolation between kept points.
+The second table sends block frames (8 tags, ``--block`` samples each, as a waveform
+read) through single stages. The third table replays ``--minutes`` of each CncSignals
+signal at 100 ms through the swinging door with deviation = 0.5 % of the signal's span
+and reports the kept fraction and the measured maximum error of linear interpolation
+between kept points.
 
     python bench/bench_pipeline.py --tags 10000 --frames 200 --repeat 3
 """
@@ -45,18 +47,27 @@ T0 = 1_700_000_000 * S
 
 Columns = tuple[np.ndarray, np.ndarray]  # time, value of one frame
 STAGES: dict[str, dict[str, Any]] = {
-    "none (scale only)": {},
-    "units": {"unit": "in", "convert_to": "mm"},
+    "none (no stage)": {},
+    "units": {"unit": "degC", "convert_to": "K"},
     "range": {"range": [-150.0, 150.0]},
     "spike (rate)": {"spike": {"max_rate": 1000.0}},
-    "spike (Hampel 9)": {"spike": {"window": 9}},
+    "spike (Hampel 9)": {"spike": {"window": 9, "threshold": 6.0}},
     "fill": {"fill": {"max_gap": "1s"}},
     "features 1s": {"features": {"window": "1s"}},
     "deadband 0.5%": {"deadband": 1.0},
     "swinging door 0.5%": {"swinging_door": {"deviation": 1.0}},
     "deadband + swinging door": {"deadband": 0.5, "swinging_door": {"deviation": 1.0}},
 }
-STAGES["all stages"] = {k: v for d in list(STAGES.values()) for k, v in d.items()}
+STAGES["all stages"] = {
+    "unit": "degC",
+    "convert_to": "K",  # affine: the range below is the same +-150 band in kelvin
+    "range": [273.15 - 150, 273.15 + 150],
+    "spike": {"max_rate": 1000.0, "window": 9, "threshold": 6.0},
+    "fill": {"max_gap": "1s"},
+    "features": {"window": "1s"},
+    "deadband": 0.5,
+    "swinging_door": {"deviation": 1.0},
+}
 
 
 def synthetic_frames(tags: int, frames: int, seed: int = 1) -> list[Columns]:
@@ -128,7 +139,50 @@ def throughput(args: argparse.Namespace) -> None:
             runs = [run(args.tags, data, config, batching) for _ in range(args.repeat)]
             rates[batching] = points / statistics.median(cpu for cpu, _ in runs)
             kept = runs[0][1]
-        print(f"{name:<26} {rates[False]:>12,.0f} {rates[True]:>14,.0f} {kept / points:>7.1%}")
+        alone = f"{rates[False]:>12,.0f}" if config else f"{'-':>12}"  # nothing to time
+        print(f"{name:<26} {alone} {rates[True]:>14,.0f} {kept / points:>7.1%}")
+
+
+BLOCK_STAGES: dict[str, dict[str, Any]] = {
+    "denoise": {"denoise": {}},
+    "features 1s": {"features": {"window": "1s"}},
+    "deadband 0.5%": {"deadband": 1.0},
+    "swinging door 0.5%": {"swinging_door": {"deviation": 1.0}},
+}
+
+
+def blocks(args: argparse.Namespace) -> None:
+    """Block frames: a few tags, ``--block`` samples each (a waveform read), 1 frame/s."""
+    tags, block, frames = 8, args.block, 20
+    rng = np.random.default_rng(2)
+    within = np.arange(block, dtype=np.int64) * (S // block)
+    data = []
+    for k in range(frames):
+        seconds = (k * S + within) / S
+        wave = 100 * np.sin(2 * np.pi * 2 * seconds)[None, :] + rng.normal(0, 0.1, (tags, block))
+        data.append((np.tile(T0 + k * S + within, tags), wave.ravel()))
+    points = tags * block * frames
+    print(f"\nBlock frames: {tags} tags x {block} samples per frame, {frames} frames\n")
+    header = f"{'stages':<26} {'pipeline':>12} {'kept':>7}"
+    print(header + "\n" + "-" * len(header))
+    for name, config in BLOCK_STAGES.items():
+        configs = [TagConfig.model_validate({"name": f"t{i}", **config}) for i in range(tags)]
+        runs, kept = [], 0
+        for _ in range(args.repeat):
+            pipeline = SourcePipeline(configs)
+            built = [
+                Frame(
+                    np.repeat(np.arange(tags, dtype=np.int32), block),
+                    t.copy(),
+                    v.copy(),
+                    np.zeros(tags * block, np.uint16),
+                )
+                for t, v in data
+            ]
+            start = time.process_time()
+            kept = sum(len(pipeline.process(f)) for f in built)
+            runs.append(time.process_time() - start)
+        print(f"{name:<26} {points / statistics.median(runs):>12,.0f} {kept / points:>7.1%}")
 
 
 def compression(args: argparse.Namespace) -> None:
@@ -174,13 +228,15 @@ def main() -> int:
     parser.add_argument("--tags", type=int, default=10_000)
     parser.add_argument("--frames", type=int, default=200, help="100 ms frames per run")
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--minutes", type=float, default=10.0, help="signal length, table 2")
+    parser.add_argument("--minutes", type=float, default=10.0, help="signal length, table 3")
+    parser.add_argument("--block", type=int, default=1024, help="samples per block, table 2")
     parser.add_argument("--only", help="run the stage sets whose name contains this")
-    parser.add_argument("--skip", choices=["throughput", "compression"])
+    parser.add_argument("--skip", choices=["throughput", "blocks", "compression"])
     args = parser.parse_args()
     print(f"{os.cpu_count()} CPUs, Python {platform.python_version()}, numpy {np.__version__}")
     sections: dict[str, Callable[[argparse.Namespace], None]] = {
         "throughput": throughput,
+        "blocks": blocks,
         "compression": compression,
     }
     for name, section in sections.items():
