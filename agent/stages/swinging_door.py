@@ -81,6 +81,36 @@ class SwingingDoorStage(RoundStage):
         self.buf_quality = np.zeros((n, BUFFER + 1), np.uint16)
         self.buf_n = np.zeros(n, np.int64)
 
+    def apply(self, frame: Frame) -> Frame:
+        """Blocks of a tag's good samples in time order are fed at once, the rest in rounds.
+
+        A block read holds many samples per tag; feeding them one round at a time would
+        cost a vector step per sample. Tags whose samples here are all usable, newer than
+        their state and not throttled go through :meth:`_settle` as one row of samples.
+        """
+        counts = np.bincount(frame.tag, minlength=self.active.shape[0])
+        if counts.max() <= 1:
+            return self.step(frame)
+        frame = frame.take(np.lexsort((frame.time, frame.tag)))
+        tag = frame.tag
+        start = np.r_[True, tag[1:] != tag[:-1]]
+        previous = np.where(start, self.last_time[tag], np.r_[0, frame.time[:-1]])
+        irregular = ~usable(frame) | (frame.time <= previous)
+        awkward = np.bincount(tag[irregular], minlength=counts.shape[0]) > 0
+        simple = (counts > 1) & ~awkward & (self.min_interval == 0) & self.has_anchor
+        rows = simple[tag]
+        if not rows.any():
+            return super().apply(frame)
+        block = frame.take(rows)
+        tags, first, k = np.unique(block.tag, return_index=True, return_counts=True)
+        emitted = _Emitted()
+        self._feed(tags, k, block, emitted)
+        self.last_time[tags] = block.time[first + k - 1]
+        parts = [emitted.frame(frame.received)]
+        if not rows.all():
+            parts.append(super().apply(frame.take(~rows)))
+        return concat(parts)
+
     # -- the step over one round --------------------------------------------------------
 
     def step(self, frame: Frame) -> Frame:
@@ -142,20 +172,37 @@ class SwingingDoorStage(RoundStage):
         self.buf_time[t, col], self.buf_value[t, col] = time[easy], value[easy]
         self.buf_quality[t, col] = frame.quality[easy]
         self.buf_n[t] = np.where(valid, 1, n_easy + 1)
-        if not closes.any():
-            return
-        rows = np.flatnonzero(closes)
-        n = n[rows] + 1
+        if closes.any():
+            rows = np.flatnonzero(closes)
+            self._feed(tags[rows], np.ones(rows.size, np.int64), frame.take(rows), emitted)
+
+    def _feed(self, tags: np.ndarray, k: np.ndarray, new: Frame, emitted: _Emitted) -> None:
+        """Settle ``k[i]`` new samples of each of ``tags`` behind its buffer.
+
+        ``new`` holds the samples grouped by tag in the order of ``tags``, each group in
+        time order. Rows are grouped by padded width (powers of two) to bound the padding.
+        """
+        n = self.buf_n[tags] + k
         width = 1 << np.ceil(np.log2(n)).astype(np.int64)
+        first = np.cumsum(k) - k
         for w in np.unique(width).tolist():
-            group = rows[width == w]
-            m = n[width == w]
-            t = tags[group]
-            times, values = self.buf_time[t, :w], self.buf_value[t, :w]
-            quality = self.buf_quality[t, :w]
-            at = np.arange(group.size), m - 1
-            times[at], values[at], quality[at] = time[group], value[group], frame.quality[group]
-            self._settle(t, times, values, quality, m, emitted)
+            rows = np.flatnonzero(width == w)
+            t, kk = tags[rows], k[rows]
+            span = min(w, BUFFER + 1)
+            times = np.zeros((rows.size, w), np.int64)
+            values = np.zeros((rows.size, w))
+            quality = np.zeros((rows.size, w), np.uint16)
+            times[:, :span] = self.buf_time[t, :span]
+            values[:, :span] = self.buf_value[t, :span]
+            quality[:, :span] = self.buf_quality[t, :span]
+            row = np.repeat(np.arange(rows.size), kk)
+            rank = np.arange(int(kk.sum())) - np.repeat(np.cumsum(kk) - kk, kk)
+            source = np.repeat(first[rows], kk) + rank
+            col = np.repeat(self.buf_n[t], kk) + rank
+            times[row, col] = new.time[source]
+            values[row, col] = new.value[source]
+            quality[row, col] = new.quality[source]
+            self._settle(t, times, values, quality, n[rows], emitted)
 
     def _settle(
         self,
@@ -171,9 +218,9 @@ class SwingingDoorStage(RoundStage):
         Column 0 is always a valid end point: either the previous one, or the first sample
         after a fresh anchor. ``self.lo``/``self.hi`` of a fresh anchor are unbounded.
         """
-        width = times.shape[1]
-        cols = np.arange(width)
         while tags.size:
+            width = times.shape[1]
+            cols = np.arange(width)
             inside = cols[None, :] < n[:, None]
             dt = np.where(inside, times - self.anchor_time[tags][:, None], 1).astype(np.float64)
             base = self.anchor_value[tags][:, None]
@@ -187,7 +234,8 @@ class SwingingDoorStage(RoundStage):
             valid[:, 0] = True
             valid &= inside
             closes = (lo[:, 1:] > hi[:, 1:]) | (dt > self.max_interval[tags][:, None])
-            closes |= cols[None, :] >= BUFFER
+            latest_valid = np.maximum.accumulate(np.where(valid, cols[None, :], 0), axis=1)
+            closes |= cols[None, :] - latest_valid >= BUFFER  # the buffer would overflow
             closes &= inside
             closes[:, 0] = False
             stop = np.where(closes.any(axis=1), closes.argmax(axis=1), width)
@@ -211,8 +259,8 @@ class SwingingDoorStage(RoundStage):
             t, e = tags[b], end[b]
             emitted.add(t, times[b, e], values[b, e], quality[b, e])
             self._anchor(t, times[b, e], values[b, e])
-            rest = np.minimum(e[:, None] + 1 + cols[None, :], width - 1)
             tags, n = t, n[b] - e - 1
+            rest = np.minimum(e[:, None] + 1 + np.arange(int(n.max()))[None, :], width - 1)
             pick = b[:, None], rest
             times, values, quality = times[pick], values[pick], quality[pick]
 
