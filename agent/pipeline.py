@@ -95,11 +95,10 @@ def _cleaning_stages(tags: Sequence[TagConfig], count: DropCounter) -> list[Stag
                 [tag.rate for tag in tags],
                 [tag.fill.max_gap if tag.fill else 0 for tag in tags],
                 [tag.fill is not None for tag in tags],
-                count,
             )
         )
     if any(tag.denoise for tag in tags):
-        stages.append(DenoiseStage([tag.denoise for tag in tags], count))
+        stages.append(DenoiseStage([tag.denoise for tag in tags]))
     return stages
 
 

@@ -19,7 +19,7 @@ import pywt
 from agent import quality as q
 from agent.config import DenoiseConfig
 from agent.frame import Frame, concat
-from agent.stages.base import DropCounter, TagStage, no_count, usable
+from agent.stages.base import TagStage, usable
 
 MAX_AUTO_LEVEL = 4
 """Automatic levels stop here: deeper levels shrink the signal's own bands (soft bias)."""
@@ -48,12 +48,8 @@ def denoise(values: np.ndarray, config: DenoiseConfig) -> np.ndarray | None:
 class DenoiseStage(TagStage):
     name = "denoise"
 
-    def __init__(
-        self,
-        configs: Sequence[DenoiseConfig | None],
-        count: DropCounter = no_count,
-    ) -> None:
-        super().__init__([c is not None for c in configs], count)
+    def __init__(self, configs: Sequence[DenoiseConfig | None]) -> None:
+        super().__init__([c is not None for c in configs])
         self.configs = configs
 
     def apply(self, frame: Frame) -> Frame:

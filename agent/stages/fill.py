@@ -15,7 +15,7 @@ import numpy as np
 
 from agent import quality as q
 from agent.frame import Frame, concat
-from agent.stages.base import DropCounter, RoundStage, no_count, usable
+from agent.stages.base import RoundStage, usable
 
 INTERPOLATED = q.make(q.UNCERTAIN, q.Reason.INTERPOLATED)
 
@@ -28,9 +28,8 @@ class FillStage(RoundStage):
         rate: Sequence[int],
         max_gap: Sequence[int],
         active: Sequence[bool],
-        count: DropCounter = no_count,
     ) -> None:
-        super().__init__(active, count)
+        super().__init__(active)
         n = self.active.shape[0]
         self.rate = np.asarray(rate, np.int64)
         self.max_gap = np.asarray(max_gap, np.int64)
