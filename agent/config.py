@@ -210,6 +210,14 @@ class SourceConfig(Section):
             if tag.name in seen:
                 raise ValueError(f"tag name {tag.name!r} is used twice in this source")
             seen.add(tag.name)
+        for tag in tags:  # features add derived tags <tag>.<stat> to the source
+            for stat in tag.features.stats if tag.features else []:
+                if f"{tag.name}.{stat}" in seen:
+                    raise ValueError(
+                        f"tag name {tag.name}.{stat!s} is used twice in this source "
+                        f"(features of {tag.name!r} derive it)"
+                    )
+                seen.add(f"{tag.name}.{stat}")
         return tags
 
 

@@ -106,6 +106,12 @@ async def test_agent_pipeline_drops_flags_counts_and_writes_lineage() -> None:
     )
 
 
+def test_a_derived_tag_may_not_shadow_a_configured_one() -> None:
+    tags = '[[sources.tags]]\nname = "v"\nfeatures = {}\n[[sources.tags]]\nname = "v.rms"\n'
+    with pytest.raises(ConfigError, match=r"sources\[0\]\.tags: tag name v\.rms is used twice"):
+        loaded(tags)
+
+
 @pytest.mark.parametrize(
     ("tag", "message"),
     [
