@@ -84,6 +84,8 @@ async def test_agent_pipeline_drops_flags_counts_and_writes_lineage() -> None:
         assert item is not None
         out.append(item[1])
     registry = agent.metrics.registry
+    assert registry.get_sample_value("edge_agent_points_in_total", {"source": "s"}) == 9
+    assert runner.points == 9, "received samples count before the pipeline drops any"
     dropped = "edge_agent_points_dropped_total"
     assert registry.get_sample_value(dropped, {"source": "s", "reason": "out_of_range"}) == 1
     bad = "edge_agent_points_bad_total"
