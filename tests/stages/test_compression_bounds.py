@@ -9,7 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent import quality as q
+from agent.config import TagConfig
 from agent.frame import Frame
+from agent.pipeline import SourcePipeline
 from agent.stages import swinging_door
 from agent.stages.deadband import DeadbandStage
 from agent.stages.swinging_door import SwingingDoorStage
@@ -143,3 +145,24 @@ def test_deadband_heartbeat_and_previous_value() -> None:
     kept = stage.process(frame([0] * 8, times, values))
     # 0 first; 5.0 is an exception, sent with the held 0.3 before it; 7 s is a heartbeat
     assert sorted(((kept.time - T0) // S).tolist()) == [0, 3, 4, 7]
+
+
+@settings(max_examples=150, deadline=None)
+@given(series(), st.floats(0.0, 2.0))
+def test_deadband_then_swinging_door_hold_the_summed_bound(
+    case: tuple[Frame, list[int], list[float]], share: float
+) -> None:
+    """Between two deadband outputs both interpolations are straight and differ by at most
+    the door's deviation at the ends, so the pipeline is within 2 * deadband + deviation."""
+    f, cuts, deviations = case
+    tags = [
+        TagConfig.model_validate(
+            {"name": f"t{i}", "deadband": d * share, "swinging_door": {"deviation": d}}
+        )
+        for i, d in enumerate(deviations)
+    ]
+    pipeline = SourcePipeline(tags)
+    kept = joined([*[pipeline.process(part) for part in split(f, cuts)], pipeline.flush()])
+    for tag in np.unique(f.tag).tolist():
+        bound = 2 * deviations[tag] * share + deviations[tag]
+        assert interpolation_error(f, kept, tag) <= bound + tolerance(f.value, bound)
