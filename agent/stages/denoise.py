@@ -54,6 +54,8 @@ class DenoiseStage(TagStage):
 
     def apply(self, frame: Frame) -> Frame:
         ok = usable(frame)
+        if not ok.any():
+            return frame
         parts = [frame.take(~ok)]
         frame = frame.take(ok)
         order = np.lexsort((frame.time, frame.tag))
