@@ -25,6 +25,15 @@ SPIKE = q.make(q.BAD, q.Reason.SPIKE)
 MAD_TO_SIGMA = 1.4826
 
 
+def row_median(x: np.ndarray) -> np.ndarray:
+    """Median of each row; a partial sort, about 2x cheaper than np.median for short rows."""
+    m = x.shape[1]
+    if m % 2:
+        return np.partition(x, m // 2, axis=1)[:, m // 2]
+    middle = np.partition(x, [m // 2 - 1, m // 2], axis=1)
+    return (middle[:, m // 2 - 1] + middle[:, m // 2]) / 2
+
+
 class SpikeStage(RoundStage):
     name = "spike"
 
@@ -86,14 +95,14 @@ class SpikeStage(RoundStage):
             oldest_first = (self.seen[t][:, None] + np.arange(w)[None, :]) % w
             past = self.history[t[:, None], oldest_first]
             half = w // 2
-            early = np.median(past[:, :half], axis=1)
-            late = np.median(past[:, w - half :], axis=1)
+            early = row_median(past[:, :half])
+            late = row_median(past[:, w - half :])
             slope = (late - early) / (w - half)
             level = (early + late) / 2
             line = level[:, None] + slope[:, None] * (np.arange(w) - (w - 1) / 2)[None, :]
             residual = past - line
-            centre = np.median(residual, axis=1)
-            mad = np.median(np.abs(residual - centre[:, None]), axis=1)
+            centre = row_median(residual)
+            mad = row_median(np.abs(residual - centre[:, None]))
             predicted = level + slope * (w - (w - 1) / 2) + centre
             limit = np.maximum(self.threshold[t] * MAD_TO_SIGMA * mad, self.min_deviation[t])
             outlier[rows] = np.abs(value[rows] - predicted) > limit
