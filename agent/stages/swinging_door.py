@@ -29,6 +29,8 @@ from agent.frame import QUALITY_DTYPE, TAG_DTYPE, Frame, concat
 from agent.stages.base import DropCounter, RoundStage, no_count, usable
 
 BUFFER = 64
+BLOCK = 4
+"""Tags with at least this many samples in a frame are fed as a block, fewer in rounds."""
 """Samples kept per tag after its latest valid end point; a full buffer forces an archive."""
 
 
@@ -89,15 +91,15 @@ class SwingingDoorStage(RoundStage):
         their state and not throttled go through :meth:`_settle` as one row of samples.
         """
         counts = np.bincount(frame.tag, minlength=self.active.shape[0])
-        if counts.max() <= 1:
-            return self.step(frame)
+        if counts.max() < BLOCK:
+            return super().apply(frame)
         frame = frame.take(np.lexsort((frame.time, frame.tag)))
         tag = frame.tag
         start = np.r_[True, tag[1:] != tag[:-1]]
         previous = np.where(start, self.last_time[tag], np.r_[0, frame.time[:-1]])
         irregular = ~usable(frame) | (frame.time <= previous)
         awkward = np.bincount(tag[irregular], minlength=counts.shape[0]) > 0
-        simple = (counts > 1) & ~awkward & (self.min_interval == 0) & self.has_anchor
+        simple = (counts >= BLOCK) & ~awkward & (self.min_interval == 0) & self.has_anchor
         rows = simple[tag]
         if not rows.any():
             return super().apply(frame)
