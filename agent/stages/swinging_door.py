@@ -15,8 +15,10 @@ limit is reached), the most recent valid end point C is archived, becomes the ne
 the samples after C are fed again from it. Only the samples after the latest valid end
 point need to be kept, so the per-tag buffer is short on smooth signals.
 
-State lives in arrays indexed by tag; the samples of all tags in a round form one padded
-matrix, so each step is a handful of vector operations across tags.
+State lives in arrays indexed by tag. With one sample per tag (a poll) the common case,
+doors still open, is a few 1-D operations across all tags; the tags whose doors close, and
+blocks of many samples per tag, form one padded matrix (a row per tag) that is settled
+with one vector pass per archived point.
 """
 
 from __future__ import annotations
@@ -29,9 +31,10 @@ from agent.frame import QUALITY_DTYPE, TAG_DTYPE, Frame, concat
 from agent.stages.base import DropCounter, RoundStage, no_count, usable
 
 BUFFER = 64
+"""Samples kept per tag after its latest valid end point; a full buffer forces an archive."""
+
 BLOCK = 4
 """Tags with at least this many samples in a frame are fed as a block, fewer in rounds."""
-"""Samples kept per tag after its latest valid end point; a full buffer forces an archive."""
 
 
 class _Emitted:
