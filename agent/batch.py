@@ -25,8 +25,9 @@ import pyarrow as pa
 from agent import quality as q
 from agent.config import SourceConfig
 from agent.dataquality import QualityTally
-from agent.durations import format_duration
+from agent.durations import parse_duration
 from agent.frame import Frame, join_optional
+from agent.pipeline import derived_tags, tag_lineage
 
 META_PREFIX = "edge_agent."
 _TIMESTAMP = pa.timestamp("ns", tz="UTC")
@@ -59,22 +60,22 @@ class TagTable:
         self.lineage: list[dict[str, Any]] = []
         for index, source in enumerate(sources):
             self.source_offset.append(len(names))
-            for tag in source.tags:
-                names.append(tag.name)
+            tags = [(tag.name, tag_lineage(tag)) for tag in source.tags]
+            for name, lineage in tags + derived_tags(source.tags, source.name):
+                names.append(name)
                 owners.append(index)
-                rates.append(tag.rate)
-                self.lineage.append(
-                    {
-                        "unit": tag.unit,
-                        "rate": format_duration(tag.rate),
-                        "scale": tag.scale,
-                        "offset": tag.offset,
-                    }
-                )
+                # derived (feature) tags are not acquired: no rate, nothing expected
+                rates.append(parse_duration(lineage["rate"]) if "rate" in lineage else 0)
+                self.lineage.append(lineage)
         self.tag_names = np.array(names, dtype=object)
         self.tag_source = np.array(owners, dtype=np.int32)
         self.rate_ns = np.array(rates, dtype=np.int64)
         self.qualified = [f"{self.source_names[o]}/{n}" for o, n in zip(owners, names, strict=True)]
+        # '"source/tag":{...}' per tag, serialised once: batches join the present ones
+        self.lineage_json = [
+            f"{json.dumps(name)}:{json.dumps(lineage, separators=(',', ':'))}"
+            for name, lineage in zip(self.qualified, self.lineage, strict=True)
+        ]
 
     def __len__(self) -> int:
         return len(self.tag_names)
@@ -221,7 +222,7 @@ class Batcher:
         boundary = (now_ns - self.lateness_ns) // self.window_ns * self.window_ns
         if self._closed_until is not None and boundary <= self._closed_until:
             return []  # no new window is due: late rows wait for the next one anyway
-        return self._close(boundary)
+        return self._close_windows(boundary)
 
     def flush(self) -> list[Batch]:
         """Close every window that has data, e.g. on shutdown."""
@@ -231,7 +232,26 @@ class Batcher:
         boundary = latest // self.window_ns * self.window_ns + self.window_ns
         if self._closed_until is not None:  # late rows still waiting close the next window
             boundary = max(boundary, self._closed_until + self.window_ns)
-        return self._close(boundary)
+        return self._close_windows(boundary)
+
+    def _close_windows(self, boundary: int) -> list[Batch]:
+        """The batches of every window closing now. With data-quality figures on, a window
+        that got no sample at all still gets an (empty) batch: its figures say 0 % complete,
+        which is how a dataset learns of an outage that spans whole windows."""
+        previous = self._closed_until
+        batches = self._close(boundary)
+        if self.tally is None:
+            return batches
+        first = previous if previous is not None else self.tally.started_ns
+        first = first // self.window_ns * self.window_ns
+        done = {batch.window_start_ns for batch in batches}
+        empty = _Rows(
+            np.empty(0, np.int32), np.empty(0, np.int64), np.empty(0), np.empty(0, np.uint16)
+        )
+        for start in range(first, boundary, self.window_ns):
+            if start not in done and (previous is None or start >= previous):
+                batches.append(self._build(empty, start))
+        return sorted(batches, key=lambda batch: batch.window_start_ns)
 
     def _close(self, boundary: int) -> list[Batch]:
         # Only chunks with rows before the boundary take part; with a 1 s window and 2 s
@@ -291,11 +311,10 @@ class Batcher:
         window after window, so both are kept for the last set and reused."""
         key = present.tobytes()
         if key != self._present_key:
-            lineage = {self.tags.qualified[g]: self.tags.lineage[g] for g in present.tolist()}
             self._present_key = key
             self._present = (
                 pa.array(self.tags.tag_names[present], pa.string()),
-                json.dumps(lineage, separators=(",", ":")),
+                "{" + ",".join([self.tags.lineage_json[g] for g in present.tolist()]) + "}",
             )
         return self._present
 

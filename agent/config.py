@@ -14,6 +14,7 @@ from typing import Annotated, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationInfo,
@@ -22,6 +23,7 @@ from pydantic import (
 )
 
 from agent.durations import Duration
+from agent.stages.units import UnitError, conversion
 
 NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$"
 ResampleMethod = Literal["linear", "previous", "mean", "min", "max", "last"]
@@ -34,8 +36,107 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _percent_or_number(value: object) -> object:
+    """Accept ``2.0`` (absolute) or ``"0.5%"`` (of the tag's range span)."""
+    if isinstance(value, str):
+        text = value.strip()
+        if not text.endswith("%"):
+            raise ValueError(f'expected a number or a percentage such as "0.5%", got {value!r}')
+        try:
+            percent = float(text[:-1])
+        except ValueError:
+            raise ValueError(f'expected a percentage such as "0.5%", got {value!r}') from None
+        if percent < 0:
+            raise ValueError(f"expected a non-negative percentage, got {value!r}")
+        return f"{percent:g}%"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f'expected a number or a percentage such as "0.5%", got {value!r}')
+    if value < 0:
+        raise ValueError(f"expected a non-negative deviation, got {value!r}")
+    return float(value)
+
+
+Deviation = Annotated[float | str, BeforeValidator(_percent_or_number)]
+"""An absolute deviation in the tag's unit, or a percentage of its ``range`` span."""
+
+Action = Literal["flag", "drop"]
+
+
+class SpikeConfig(Section):
+    """Rate-of-change limit and/or a causal Hampel test (median/MAD of the last samples)."""
+
+    max_rate: float | None = Field(default=None, gt=0, description="units per second")
+    window: int = Field(default=0, ge=0, description="Hampel window in samples; 0 = off")
+    threshold: float = Field(default=3.0, gt=0, description="Hampel limit in robust sigmas")
+    min_deviation: float = Field(default=0.0, ge=0, description="ignore smaller departures")
+    action: Action = "flag"
+
+    @model_validator(mode="after")
+    def _some_test(self) -> SpikeConfig:
+        if self.max_rate is None and self.window < 3:
+            raise ValueError("spike needs max_rate and/or a Hampel window of at least 3")
+        return self
+
+
+class FillConfig(Section):
+    max_gap: Duration = Field(description="longest gap that is interpolated")
+
+
+class DenoiseConfig(Section):
+    wavelet: str = "db4"
+    level: int = Field(default=0, ge=0, description="decomposition levels; 0 = automatic")
+    rule: Literal["universal", "minimax"] = "universal"
+    mode: Literal["soft", "hard"] = "soft"
+
+    @field_validator("wavelet")
+    @classmethod
+    def _known_wavelet(cls, name: str) -> str:
+        import pywt  # deferred: only configs that denoise pay for the import
+
+        if name not in pywt.wavelist(kind="discrete"):
+            raise ValueError(f"unknown discrete wavelet {name!r} (e.g. db4, sym8, haar)")
+        return name
+
+
+class DeadbandConfig(Section):
+    deviation: Deviation
+    max_interval: Duration = Field(default=600_000_000_000, description="heartbeat")
+
+
+class SwingingDoorConfig(Section):
+    deviation: Deviation
+    min_interval: Duration | None = None
+    max_interval: Duration = Field(default=600_000_000_000)
+
+
+Feature = Literal["mean", "variance", "rms", "peak", "peak_to_peak", "crest_factor", "kurtosis"]
+FEATURES: tuple[Feature, ...] = (
+    "mean",
+    "variance",
+    "rms",
+    "peak",
+    "peak_to_peak",
+    "crest_factor",
+    "kurtosis",
+)
+
+
+class FeaturesConfig(Section):
+    window: Duration = Field(default=1_000_000_000)
+    stats: list[Feature] = Field(default_factory=lambda: list(FEATURES), min_length=1)
+
+
+def _deadband_shorthand(value: object) -> object:
+    """``deadband = 5.0`` or ``"0.5%"`` is short for ``{ deviation = ... }``."""
+    return {"deviation": value} if isinstance(value, int | float | str) else value
+
+
 class TagConfig(Section):
-    """Keys every tag has, whatever its protocol; drivers subclass it to add addressing."""
+    """Keys every tag has, whatever its protocol; drivers subclass it to add addressing.
+
+    The processing keys (``convert_to`` ... ``features``) configure the pipeline stages,
+    which run in a fixed order; each is off unless set.
+    """
 
     name: Name
     rate: Duration = Field(default=1_000_000_000, description="sampling period")
@@ -43,6 +144,54 @@ class TagConfig(Section):
     scale: float = 1.0
     offset: float = 0.0
     description: str = ""
+    convert_to: str | None = None
+    range: tuple[float, float] | None = None
+    range_action: Action = "flag"
+    spike: SpikeConfig | None = None
+    fill: FillConfig | None = None
+    denoise: DenoiseConfig | None = None
+    deadband: Annotated[DeadbandConfig | None, BeforeValidator(_deadband_shorthand)] = None
+    swinging_door: SwingingDoorConfig | None = None
+    features: FeaturesConfig | None = None
+
+    @field_validator("convert_to")
+    @classmethod
+    def _convertible(cls, target: str | None, info: ValidationInfo) -> str | None:
+        if target is None:
+            return None
+        source = info.data.get("unit")
+        if source is None:
+            raise ValueError('convert_to needs the tag\'s unit (e.g. unit = "in")')
+        try:
+            conversion(source, target)
+        except UnitError as exc:
+            raise ValueError(str(exc)) from None
+        return target
+
+    @field_validator("range")
+    @classmethod
+    def _ordered(cls, bounds: tuple[float, float] | None) -> tuple[float, float] | None:
+        if bounds is not None and not bounds[0] < bounds[1]:
+            raise ValueError(f"expected [min, max] with min < max, got {list(bounds)}")
+        return bounds
+
+    @model_validator(mode="after")
+    def _percent_needs_range(self) -> TagConfig:
+        for key in ("deadband", "swinging_door"):
+            section = getattr(self, key)
+            if section is not None and isinstance(section.deviation, str) and not self.range:
+                raise ValueError(
+                    f"{key}.deviation {section.deviation!r} is a percentage of the range span:"
+                    " set range = [min, max]"
+                )
+        return self
+
+    def absolute(self, deviation: float | str) -> float:
+        """A deviation in the tag's unit: percentages are of the ``range`` span."""
+        if isinstance(deviation, str):
+            assert self.range is not None  # checked by _percent_needs_range
+            return float(deviation[:-1]) / 100 * (self.range[1] - self.range[0])
+        return deviation
 
     resample: ResampleMethod | None = Field(
         default=None, description="method in the wide output; default: linear, previous for bool"
@@ -87,6 +236,14 @@ class SourceConfig(Section):
             if tag.name in seen:
                 raise ValueError(f"tag name {tag.name!r} is used twice in this source")
             seen.add(tag.name)
+        for tag in tags:  # features add derived tags <tag>.<stat> to the source
+            for stat in tag.features.stats if tag.features else []:
+                if f"{tag.name}.{stat}" in seen:
+                    raise ValueError(
+                        f"tag name {tag.name}.{stat!s} is used twice in this source "
+                        f"(features of {tag.name!r} derive it)"
+                    )
+                seen.add(f"{tag.name}.{stat}")
         return tags
 
 

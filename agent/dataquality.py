@@ -44,7 +44,8 @@ class QualityTally:
     ) -> None:
         self.source_offset = source_offset
         self.tag_source = tag_source
-        self.rate_ns = rate_ns.astype(np.float64)
+        # a rate of 0 marks a tag nobody acquires (a derived feature): nothing expected
+        self.rate_ns = np.where(rate_ns > 0, rate_ns, np.inf).astype(np.float64)
         self.window_ns = window_ns
         self.clock = clock
         self.started_ns = clock()
@@ -131,6 +132,8 @@ def tag_figures(quality: dict[str, Any], lineage: dict[str, Any]) -> dict[str, l
     span = quality["span_ns"]
     figures: dict[str, list[float]] = {}
     for tag, described in lineage.items():
+        if "rate" not in described:
+            continue  # a derived (feature) tag: not acquired, not expected
         expected = span / parse_duration(described["rate"])
         figures[tag] = [float(round(expected)), expected, float(round(expected))]
     for tag, listed in quality["tags"].items():

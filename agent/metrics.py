@@ -56,6 +56,12 @@ class Metrics:
             ["source", "reason"],
             registry=r,
         )
+        self.points_dropped = Counter(
+            "edge_agent_points_dropped",
+            "Samples removed by the pipeline (filters and compression), by reason",
+            ["source", "reason"],
+            registry=r,
+        )
         self.source_up = Gauge(
             "edge_agent_source_up", "1 while the source is connected", ["source"], registry=r
         )

@@ -38,6 +38,7 @@ class Reason(IntEnum):
     SPIKE = 6
     INTERPOLATED = 7
     SOURCE_STATUS = 8  # the source itself reported non-good status
+    DENOISED = 9  # value replaced by the wavelet denoiser's estimate
     NO_DATA = 10  # no sample to fill this cell of the resampled grid from: a gap
 
 

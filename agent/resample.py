@@ -153,6 +153,8 @@ class Resampler:
         values: np.ndarray,
         qualities: np.ndarray,
     ) -> None:
+        if not merged.tag.shape[0]:
+            return  # nothing anywhere near: every cell stays a gap
         keys = (merged.tag << _TIME_BITS) | (merged.time - margin)
         cell_tag = np.repeat(tags, grid.shape[0])
         cell_time = np.tile(grid, tags.shape[0])

@@ -222,6 +222,8 @@ class Agent:
             await consumer
             with contextlib.suppress(asyncio.CancelledError):
                 await closer
+            for runner in self.runners:  # what deadband/swinging door/features still hold
+                self.batcher.add(runner.index, runner.pipeline.flush())
             self._publish(self.batcher.flush())
             for wide in self.resampler.flush() if self.resampler is not None else []:
                 self._wide.put_nowait(wide)

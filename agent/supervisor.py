@@ -59,9 +59,9 @@ class SourceRunner:
         self.index = index
         self.driver = driver
         self.config = driver.config
-        self.pipeline = SourcePipeline(driver.config.tags)
         self.ctx = ctx_factory(self.emit)
         self.clock = SourceClock(self.config, self.ctx.metrics, self.ctx.problems)
+        self.pipeline = SourcePipeline(driver.config.tags, self._dropped)
         self.log = self.ctx.log
         self._sink = sink
         self._acquired = acquired
@@ -74,28 +74,41 @@ class SourceRunner:
         self.failures = 0
 
     async def emit(self, frame: Frame) -> None:
-        """The driver's sink: clock, data-quality tally, pipeline, counters, then the
-        agent's queue (backpressure)."""
+        """The driver's sink: clock, counters and data-quality tally, pipeline, then the
+        agent's queue (backpressure).
+
+        Received samples and recovery are judged on what the driver delivered, bad samples
+        on what the pipeline passes on (it flags some, and drops or compresses others).
+        """
         frame = self.clock.process(frame)
+        delivered = self._count_in(frame)
         if self._acquired is not None:
             self._acquired(self.index, frame)
         frame = self.pipeline.process(frame)
-        if self._count(frame) and self.ctx.problems.ok(SESSION):
+        self._count_bad(frame)
+        if delivered and self.ctx.problems.ok(SESSION):
             self._attempt = 0
         await self._sink(self.index, frame)
 
-    def _count(self, frame: Frame) -> bool:
-        """Update the point counters; True if the frame holds any sample that is not bad."""
+    def _dropped(self, reason: str, n: int) -> None:
+        if n:
+            self.ctx.metrics.points_dropped.labels(self.config.name, reason).inc(n)
+
+    def _count_in(self, frame: Frame) -> bool:
+        """Count the samples received; True if the frame holds any sample that is not bad."""
         n = len(frame)
         self.points += n
         self._points_in.inc(n)
+        return n > 0 and bool((frame.quality < q.BAD).any())
+
+    def _count_bad(self, frame: Frame) -> None:
+        """Count bad samples by reason."""
         bad = frame.quality >= q.BAD
         if not bad.any():
-            return n > 0
+            return
         reasons, counts = np.unique(frame.quality[bad] & q.REASON_MASK, return_counts=True)
         for reason, count in zip(reasons.tolist(), counts.tolist(), strict=True):
             self.ctx.metrics.points_bad.labels(self.config.name, q.reason_name(reason)).inc(count)
-        return not bool(bad.all())
 
     async def run(self) -> None:
         """Run sessions until cancelled; never raises anything but CancelledError."""
@@ -123,7 +136,9 @@ class SourceRunner:
             SESSION, "source failed", error=error, retry_in_s=round(delay, 2)
         ):
             marker = Frame.uniform(self._all_tags, time.time_ns(), math.nan, _COMM_ERROR)
-            self._count(marker)
+            self._count_in(marker)
+            marker = self.pipeline.process(marker)  # ends compressed trends at the gap
+            self._count_bad(marker)
             await self._sink(self.index, marker)
         else:
             self.log.debug("source still failing", error=error, retry_in_s=round(delay, 2))

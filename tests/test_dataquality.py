@@ -11,12 +11,14 @@ import numpy as np
 import pytest
 
 from agent import quality as q
+from agent.batch import Batcher, TagTable
 from agent.cli import main
 from agent.config_load import parse_config
 from agent.dataquality import QualityTally, tag_figures
 from agent.frame import Frame
 from agent.report import summarise
 from agent.runtime import Agent
+from protocols._template.driver import TemplateSourceConfig
 from simulators.modbus_plc import POINTS, ModbusPLCSimulator
 from tests.conftest import agent_toml
 
@@ -96,6 +98,23 @@ def test_a_window_the_agent_ran_only_part_of_expects_only_that_part() -> None:
     assert figures["span_ns"] == 400 * MS
     assert figures["sources"]["s1"]["expected"] == 4.0
     assert figures["tags"]["s1/c"] == [0, 4.0, 0], "a tag that sent nothing is listed"
+
+
+def test_windows_without_a_single_sample_still_report_what_they_missed() -> None:
+    table = TagTable([TemplateSourceConfig(name="dev", tags=[{"name": "a", "rate": "100ms"}])])
+    counts = QualityTally(
+        table.source_offset, table.tag_source, table.rate_ns, S, clock=lambda: T0 + 3 * S
+    )
+    counts.started_ns = T0
+    batcher = Batcher(table, S, 0, "gw", "cfg", counts)
+    sample = frame([0], T0 + 2 * S + 5 * MS, [q.GOOD])  # one sample, in the last window
+    counts.add(0, sample)
+    batcher.add(0, sample)
+    batches = batcher.close_due(T0 + 3 * S)
+    assert [b.window_start_ns - T0 for b in batches] == [0, S, 2 * S]
+    assert [b.points for b in batches] == [0, 0, 1]
+    assert [b.quality["sources"]["dev"]["received"] for b in batches if b.quality] == [0, 0, 1]
+    assert [b.quality["sources"]["dev"]["expected"] for b in batches if b.quality] == [10.0] * 3
 
 
 async def test_completeness_and_validity_match_an_injected_dropout(

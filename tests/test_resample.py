@@ -14,6 +14,7 @@ import pytest
 from agent import quality as q
 from agent.batch import Batch, Batcher, TagTable
 from agent.config_load import ConfigError, parse_config
+from agent.dataquality import QualityTally
 from agent.frame import Frame
 from agent.resample import Resampler
 from agent.runtime import Agent
@@ -35,7 +36,12 @@ def table() -> TagTable:
 
 def windows(samples: dict[int, tuple[np.ndarray, np.ndarray]], count: int) -> list[Batch]:
     """Closed 1 s batches of ``samples`` (tag -> times, values), in window order."""
-    batcher = Batcher(table(), S, 0, "gw", "cfg")
+    tags = table()
+    tally = QualityTally(
+        tags.source_offset, tags.tag_source, tags.rate_ns, S, clock=lambda: T0 + count * S
+    )
+    tally.started_ns = T0  # so that a window without samples still gets its (empty) batch
+    batcher = Batcher(tags, S, 0, "gw", "cfg", tally)
     for tag, (times, values) in samples.items():
         frame = Frame(
             np.full(times.shape[0], tag, np.int32),
@@ -103,6 +109,17 @@ def test_previous_holds_and_aggregates_downsample() -> None:
     np.testing.assert_array_equal(column(tables, "dev/hi"), per_cell.max(axis=1))
     assert (column(tables, "dev/avg:quality") == q.GOOD).all()
     assert (column(tables, "dev/lin:quality") == NO_DATA).all(), "a tag with no data"
+
+
+def test_an_empty_window_is_all_gap_and_does_not_bridge_its_neighbours() -> None:
+    times = T0 + np.array([0, 900, 2100, 2900]) * MS  # nothing in the window T0+1s..T0+2s
+    tables = resample(windows({0: (times, np.array([1.0, 2.0, 3.0, 4.0]))}, 3), gap=2 * S)
+    middle = tables[1]
+    assert middle.num_rows == 10, "the empty window still has its grid"
+    assert middle["time"].cast(pa.int64())[0].as_py() == T0 + S
+    assert middle["dev/lin"].null_count == 0, "within max_gap (2 s) it is interpolated"
+    tables = resample(windows({0: (times, np.array([1.0, 2.0, 3.0, 4.0]))}, 3), gap=S)
+    assert (column(tables[1:2], "dev/lin:quality") == NO_DATA).all(), "beyond it: a gap"
 
 
 def test_a_grid_that_does_not_divide_the_window_is_a_config_error(tmp_path: Path) -> None:
