@@ -94,7 +94,7 @@ async def _demo(duration: float, out: Path, rate: str, seed: int) -> int:
     print(f"\nWrote {agent.batches_written} batches, {agent.points_written} points under {out}/")
     print("Read them back:")
     print(
-        "  python -c \"import pyarrow.dataset as ds; "
+        '  python -c "import pyarrow.dataset as ds; '
         f"t = ds.dataset('{out}', partitioning='hive').to_table(); "
         "print(t.group_by(['source', 'tag']).aggregate([('value', 'count'), ('value', 'mean')]))\""
     )

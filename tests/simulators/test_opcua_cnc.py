@@ -190,7 +190,7 @@ async def test_vibration_array_is_the_block_starting_at_its_stamp() -> None:
 
 
 async def test_subscription_delivers_every_tick_with_its_truth() -> None:
-    simulator = OpcUaCncSimulator(seed=2, update_ns=20_000_000)
+    simulator = OpcUaCncSimulator(seed=2, update_ns=50_000_000)
     received: list[tuple[str, ua.DataValue]] = []
     names = {NODES_BY_NAME[name].node_id: name for name in ("axis_x", "axis_y", "vibration")}
 
@@ -199,9 +199,9 @@ async def test_subscription_delivers_every_tick_with_its_truth() -> None:
             received.append((names[node.nodeid.to_string()], data.monitored_item.Value))
 
     async with running(simulator), Client(simulator.url) as client:
-        subscription = await client.create_subscription(20, Handler())
+        subscription = await client.create_subscription(50, Handler())
         await subscription.subscribe_data_change([client.get_node(n) for n in names])
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(1.0)
         await subscription.delete()
     ticks: dict[str, list[int]] = {name: [] for name in names.values()}
     for name, value in received:
@@ -209,7 +209,9 @@ async def test_subscription_delivers_every_tick_with_its_truth() -> None:
     for name, seen in ticks.items():
         assert len(seen) >= 15, name
         assert seen == sorted(set(seen)), "one notification per tick, in order"
-        assert max(np.diff(seen)) <= 2 * simulator.update_ns, f"{name}: no tick missed"
+        # a tick the simulator itself skipped (an overrun on a loaded machine) is no miss
+        allowed = (2 + simulator.skipped_ticks) * simulator.update_ns
+        assert max(np.diff(seen)) <= allowed, f"{name}: no tick missed"
 
 
 # -- clock -----------------------------------------------------------------------------------
