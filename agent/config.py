@@ -320,6 +320,9 @@ class SpoolSection(Section):
     replay_rate: float = Field(
         default=10.0, gt=0, description="backlog batches per second per uplink, beside live ones"
     )
+    drain_timeout: Duration = Field(
+        default=10_000_000_000, description="on stop, how long uplinks get to take the spool"
+    )
 
 
 class BatchSection(Section):

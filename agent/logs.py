@@ -9,6 +9,14 @@ from typing import Literal
 import structlog
 
 
+class _StderrLoggerFactory:
+    """A PrintLogger on whatever ``sys.stderr`` is at the time of the call: a stream
+    captured when logging was configured may be closed since (pytest swaps it per test)."""
+
+    def __call__(self, *args: object) -> structlog.PrintLogger:
+        return structlog.PrintLogger(sys.stderr)
+
+
 def configure(level: str = "info", fmt: Literal["auto", "console", "json"] = "auto") -> None:
     use_console = sys.stderr.isatty() if fmt == "auto" else fmt == "console"
     renderer: structlog.typing.Processor = (
@@ -25,7 +33,7 @@ def configure(level: str = "info", fmt: Literal["auto", "console", "json"] = "au
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=_StderrLoggerFactory(),
         cache_logger_on_first_use=False,
     )
     # pymodbus and asyncio log through stdlib logging; keep their noise out of the journal

@@ -38,7 +38,6 @@ from protocols.sdk import DriverContext
 log = structlog.get_logger()
 
 _STOP_SOURCES_S = 1.0
-_FLUSH_DEADLINE_S = 30.0
 
 
 class Agent:
@@ -168,6 +167,7 @@ class Agent:
             self._enforce_caps()
 
     async def _enqueue(self, index: int, frame: Frame) -> None:
+        await self._acquiring.wait()  # a full spool with overflow = "stop_acquiring"
         await self._frames.put((index, frame))
 
     def health(self) -> dict[str, Any]:
@@ -214,6 +214,7 @@ class Agent:
         finally:
             log.info("agent stopping")
             systemd.notify("STOPPING=1")
+            self._acquiring.set()  # a frame held back by a full spool is kept, not lost
             for task in sources:
                 task.cancel()
             await asyncio.wait(sources, timeout=_STOP_SOURCES_S)
@@ -275,8 +276,9 @@ class Agent:
     ) -> None:
         """Give the uplinks until the deadline to take what is spooled; the rest stays in
         the spool for the next start."""
-        deadline = time.monotonic() + _FLUSH_DEADLINE_S
-        await self.forwarder.drain(_FLUSH_DEADLINE_S)
+        timeout_s = self.spool_config.drain_timeout / 1e9
+        deadline = time.monotonic() + timeout_s
+        await self.forwarder.drain(timeout_s)
         for task in forwarders:
             task.cancel()
         await asyncio.gather(*forwarders, return_exceptions=True)
@@ -294,7 +296,6 @@ class Agent:
             item = await self._frames.get()
             if item is None:
                 return
-            await self._acquiring.wait()  # a full spool with overflow = "stop_acquiring"
             self.spool.append_frame(*item)
             self.batcher.add(*item)
 

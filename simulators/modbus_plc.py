@@ -29,6 +29,7 @@ from simulators.signals import CncSignals
 TABLE_SIZE = {"hr": 64, "ir": 8, "coil": 16, "di": 16}
 ALARM_AREA = 200  # hr 200-207: mapped, but far from the main map
 BULK_BASE = 1000  # hr 1000+: extra float32 tags for load tests
+SEQUENCE_AREA = 400  # hr 400-401: uint32, the number of this request (1, 2, 3 ...)
 
 
 @dataclass(frozen=True)
@@ -175,6 +176,7 @@ class ModbusPLCSimulator:
         self._disconnector: asyncio.Task[None] | None = None
         self.requests = 0
         self.exceptions = 0  # requests answered with an injected exception
+        self.served_sequence: list[int] = []  # numbers served from SEQUENCE_AREA
         self.write_attempts = 0
         self.port = 0
 
@@ -234,6 +236,11 @@ class ModbusPLCSimulator:
         value = float(self.signals.functions[point.signal](np.array([scan], np.int64))[0])
         return encode_words(point, value) + [0] * 7
 
+    def _sequence_image(self, scan: int) -> list[int]:
+        """Every read gets a fresh number: a store can be checked sample by sample
+        (nothing twice, nothing missing) against ``served_sequence``."""
+        return [self.requests >> 16, self.requests & 0xFFFF]
+
     def _bulk_image(self, scan: int) -> list[int]:
         cached = self._images.get("bulk")
         if cached is not None and cached[0] == scan:
@@ -269,6 +276,7 @@ class ModbusPLCSimulator:
         ]
         if table == "hr":
             areas.append((ALARM_AREA, self._alarm_image))
+            areas.append((SEQUENCE_AREA, self._sequence_image))
             if self.bulk_tags:
                 areas.append((BULK_BASE, self._bulk_image))
         if table in ("coil", "di"):  # bit tables are packed 16 to a register
@@ -280,6 +288,8 @@ class ModbusPLCSimulator:
                 registers[low - start_address : high - start_address] = image[
                     low - base : high - base
                 ]
+                if base == SEQUENCE_AREA:
+                    self.served_sequence.append(self.requests)
         return None
 
     def _device(self) -> SimDevice:
