@@ -169,7 +169,7 @@ def _check(loaded: LoadedConfig) -> int:
             f"({rate_text}){driver.describe()}"
         )
     for uplink in config.uplinks:
-        print(f"uplink {uplink.name} ({uplink.type}) -> {uplink.path}")
+        print(f"uplink {uplink.name} ({uplink.type}) -> {uplink.target}")
     return 0
 
 

@@ -120,7 +120,7 @@ def parse_config(data: Mapping[str, Any], path: Path) -> LoadedConfig:
     try:
         config = AgentConfig.model_validate({**rest, "sources": sources})
     except ValidationError as exc:
-        own = _problems(exc, "", {"parquet"})
+        own = _problems(exc, "", {"parquet", "mqtt", "postgres"})
         if problems:  # an empty or short source list is the consequence of those problems
             own = [p for p in own if p[0] != "sources"]
         problems.extend(own)
