@@ -321,9 +321,7 @@ class PostgresUplinkConfig(UserCredentials):
 UplinkConfig = Annotated[
     ParquetUplinkConfig | MqttUplinkConfig | PostgresUplinkConfig, Field(discriminator="type")
 ]
-StoreConfig = Annotated[
-    ParquetUplinkConfig | PostgresUplinkConfig, Field(discriminator="type")
-]
+StoreConfig = Annotated[ParquetUplinkConfig | PostgresUplinkConfig, Field(discriminator="type")]
 
 
 class CollectBrokerConfig(MqttConnection):
