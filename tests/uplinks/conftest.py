@@ -76,13 +76,14 @@ class S3Server:
 
 @pytest.fixture
 def s3_server() -> Iterator[S3Server]:
-    """moto's S3 on 127.0.0.1 and a free port, with an empty bucket."""
+    """moto's S3 on 127.0.0.1 and a free port, with an empty bucket (moto keeps its state
+    per process, not per server: the bucket name is what keeps tests apart)."""
     moto_server = pytest.importorskip("moto.server")
     port = free_port()
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     try:
-        s3 = S3Server(f"http://127.0.0.1:{port}", "central")
+        s3 = S3Server(f"http://127.0.0.1:{port}", f"central-{uuid.uuid4().hex[:12]}")
         s3.filesystem().create_dir(s3.bucket)
         yield s3
     finally:
