@@ -7,7 +7,9 @@ misspelt ``deadbnad`` that silently does nothing is worse than a refusal to star
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import re
 import socket
 from pathlib import Path
 from typing import Annotated, Literal, TypeVar
@@ -313,9 +315,19 @@ class PostgresUplinkConfig(UserCredentials):
     )
     connect_timeout: Duration = Field(default=10_000_000_000)
 
+    @model_validator(mode="after")
+    def _psycopg_installed(self) -> PostgresUplinkConfig:
+        # checked with the config, so a missing extra is a config error, not a traceback
+        if importlib.util.find_spec("psycopg") is None:
+            raise ValueError("needs psycopg: pip install 'edge-agent[postgres]'")
+        return self
+
     @property
     def target(self) -> str:
-        return f"{self.dsn} schema {self.db_schema}"
+        """The dsn without a password someone wrote into it, for ``check`` and logs."""
+        dsn = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", self.dsn)
+        dsn = re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1***", dsn)
+        return f"{dsn} schema {self.db_schema}"
 
 
 UplinkConfig = Annotated[

@@ -18,8 +18,9 @@ the commit. The COPY payload is CSV written by Arrow's C++ CSV writer from the b
 columns, so no Python code runs per sample. Timestamps are stored to the microsecond,
 PostgreSQL's resolution.
 
-psycopg 3 is an optional dependency (the ``postgres`` extra), imported when the uplink is
-made, with an error that says how to install it. Its async API keeps the event loop free.
+psycopg 3 is an optional dependency (the ``postgres`` extra), imported when first used; the
+config model refuses a postgres uplink without it, saying how to install it. Its async API
+keeps the event loop free.
 """
 
 from __future__ import annotations
@@ -44,15 +45,6 @@ log = structlog.get_logger("edge_agent.uplinks.postgres")
 
 _COLUMNS = ("time", "gateway", "source", "tag", "value", "quality", "text")
 _SETUP_LOCK = 0x6564_6765  # advisory lock key: two writers creating the tables at once
-
-
-def _import_psycopg() -> None:
-    try:
-        import psycopg  # noqa: F401
-    except ImportError:
-        raise RuntimeError(
-            "the postgres uplink needs psycopg: pip install 'edge-agent[postgres]'"
-        ) from None
 
 
 def copy_csv(batch: Batch) -> bytes:
@@ -88,7 +80,6 @@ def _utc(ns: int) -> dt.datetime:
 
 class PostgresUplink:
     def __init__(self, config: PostgresUplinkConfig) -> None:
-        _import_psycopg()
         self.name = config.name
         self.config = config
         self.duplicates = 0  # batches found already written (resends), for logs and tests

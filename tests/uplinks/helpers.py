@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pytest
 
 from agent.batch import Batch, Batcher, TagTable
@@ -84,6 +86,11 @@ def canonical(table: pa.Table) -> pa.Table:
         columns.append(column)
     plain = pa.Table.from_arrays(columns, names=COLUMNS)
     return plain.sort_by([("source", "ascending"), ("tag", "ascending"), ("time", "ascending")])
+
+
+def stored(store: Path) -> ds.Dataset:
+    """A local Parquet store as the central side reads it."""
+    return ds.dataset(store, format="parquet", partitioning="hive")
 
 
 def samples_of(batches: Sequence[Batch]) -> pa.Table:

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
-import pyarrow.dataset as ds
 import pytest
 
 from agent.batch import Batch
@@ -25,6 +24,7 @@ from tests.uplinks.helpers import (
     make_batches,
     running,
     samples_of,
+    stored,
     wait_for,
 )
 
@@ -34,10 +34,6 @@ def uplink(broker: MosquittoBroker, **extra: object) -> MqttUplink:
     made = make_uplink(config)
     assert isinstance(made, MqttUplink)
     return made
-
-
-def stored(store: Path) -> ds.Dataset:
-    return ds.dataset(store, format="parquet", partitioning="hive")
 
 
 async def test_every_sample_arrives_once_and_a_resent_batch_is_stored_once(
