@@ -17,8 +17,17 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+import structlog
 
 from simulators.mqtt_broker import free_port
+
+
+@pytest.fixture(autouse=True)
+def _logs_to_this_tests_streams() -> None:
+    """An earlier in-process ``edge-agent`` command may have pointed structlog at a
+    captured stream pytest has closed since; a collector's warning must not hit it."""
+    structlog.reset_defaults()
+
 
 POSTGRES_DSN = os.environ.get(
     "EDGE_AGENT_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test"
