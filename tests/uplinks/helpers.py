@@ -53,7 +53,8 @@ def make_batches(windows: int = 6, gateway: str = "gw1", per_tag: int = 50) -> l
         start = T0 + window * S
         for source, n_tags in ((0, 2), (1, 2)):
             tags = np.repeat(np.arange(n_tags, dtype=np.int32), per_tag)
-            times = start + np.tile(np.arange(per_tag, dtype=np.int64) * 10 * MS, n_tags)
+            step = S // per_tag // 1000 * 1000  # whole microseconds, as PostgreSQL keeps
+            times = start + np.tile(np.arange(per_tag, dtype=np.int64) * step, n_tags)
             values = np.arange(sequence, sequence + len(tags), dtype=np.float64)
             sequence += len(tags)
             quality = np.zeros(len(tags), np.uint16)
