@@ -33,15 +33,14 @@ class ParquetUplink:
     def __init__(self, config: ParquetUplinkConfig) -> None:
         self.name = config.name
         self.config = config
-        self.s3 = config.is_s3
-        if self.s3:
-            self.filesystem: pafs.FileSystem = s3_filesystem(config)
+        self._s3: pafs.FileSystem | None = None  # made at the first write (see _put)
+        if config.is_s3:
             self.root = config.path.removeprefix("s3://").strip("/")
-        else:
-            location = config.path
-            if "://" not in location:
-                location = Path(location).expanduser().resolve().as_uri()
-            self.filesystem, self.root = pafs.FileSystem.from_uri(location)
+            return
+        location = config.path
+        if "://" not in location:
+            location = Path(location).expanduser().resolve().as_uri()
+        self.filesystem, self.root = pafs.FileSystem.from_uri(location)
         self.local = isinstance(self.filesystem, pafs.LocalFileSystem)
 
     async def send(self, batch: Batch) -> None:
@@ -51,9 +50,8 @@ class ParquetUplink:
         relative = batch_path(batch)
         final = f"{self.root}/{relative}"
         data = encode(batch.table, self.config.compression, self.config.compression_level)
-        if self.s3:
-            with self.filesystem.open_output_stream(final) as stream:
-                stream.write(data)
+        if self.config.is_s3:
+            self._put(final, data)
             return
         directory, _, filename = final.rpartition("/")
         temporary = f"{directory}/.{filename}.tmp"
@@ -67,6 +65,14 @@ class ParquetUplink:
             finally:
                 os.close(fd)
         self.filesystem.move(temporary, final)
+
+    def _put(self, key: str, data: bytes) -> None:
+        """One PUT of the whole object. The keys are read at the first write, not at start:
+        a missing secret is then a failed send, logged and retried, not a crashed agent."""
+        if self._s3 is None:
+            self._s3 = s3_filesystem(self.config)
+        with self._s3.open_output_stream(key) as stream:
+            stream.write(data)
 
 
 def s3_filesystem(config: ParquetUplinkConfig) -> pafs.S3FileSystem:

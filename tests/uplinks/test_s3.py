@@ -79,6 +79,19 @@ async def test_a_refused_write_raises_and_writes_nothing(
     assert len(stored(s3_server).files) == 1
 
 
+async def test_a_missing_secret_fails_the_send_not_the_start(
+    s3_server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("EDGE_TEST_S3_SECRET", raising=False)
+    uplink = make_uplink(ParquetUplinkConfig.model_validate(s3_store(s3_server, tmp_path)))
+    batch = make_batches(windows=1)[0]
+    with pytest.raises(KeyError, match="EDGE_TEST_S3_SECRET"):
+        await uplink.send(batch)
+    monkeypatch.setenv("EDGE_TEST_S3_SECRET", s3_server.secret_key)
+    await uplink.send(batch)  # the retry, once the secret is there
+    assert canonical(stored(s3_server).to_table()).equals(samples_of([batch]))
+
+
 async def test_collect_writes_mqtt_batches_to_s3(
     mqtt_broker: MosquittoBroker,
     s3_server: S3Server,
