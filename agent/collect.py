@@ -85,10 +85,12 @@ class Collector:
         self.store = store if store is not None else make_uplink(config.store)
         broker = config.broker
         self.client_id = broker.client_id or f"edge-agent-collect-{socket.gethostname()}"
-        self.topic = f"$share/{broker.shared_group}/{broker.topic_prefix}/+/batches"
+        share = f"$share/{broker.shared_group}/" if broker.shared_group else ""
+        self.topic = f"{share}{broker.topic_prefix}/+/batches"
         self.batches = 0  # written (a redelivered batch counts again: the store dedups)
         self.points = 0
         self.malformed = 0
+        self.sessions = 0  # broker sessions subscribed so far: more than one = reconnects
         self.subscribed = asyncio.Event()  # set while a session is subscribed
         self.problems = ProblemLog(log)
 
@@ -105,7 +107,11 @@ class Collector:
                     await asyncio.wait_for(stop.wait(), backoff)
                 backoff = min(backoff * 2, _BACKOFF_MAX_S)
         log.info(
-            "collector stopped", batches=self.batches, points=self.points, malformed=self.malformed
+            "collector stopped",
+            batches=self.batches,
+            points=self.points,
+            malformed=self.malformed,
+            sessions=self.sessions,
         )
 
     async def _session(self, stop: asyncio.Event) -> None:
@@ -142,6 +148,7 @@ class Collector:
             if codes[0].is_failure:
                 raise ConnectionError(f"the broker refused {self.topic}: {codes[0]}")
             self.problems.ok("broker")
+            self.sessions += 1
             self.subscribed.set()
             log.info("collecting", topic=self.topic, client_id=self.client_id)
             async with asyncio.TaskGroup() as tasks:
@@ -168,7 +175,9 @@ class Collector:
         while True:
             message = await messages.get()
             try:
-                batch = parse_message(message.topic, message.payload, message.properties)
+                batch = await asyncio.to_thread(
+                    parse_message, message.topic, message.payload, message.properties
+                )
             except (MalformedBatch, UnicodeDecodeError) as exc:
                 self.malformed += 1
                 self.problems.fail("malformed", "malformed message dropped", error=str(exc))

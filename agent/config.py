@@ -341,7 +341,9 @@ class CollectBrokerConfig(MqttConnection):
 
     topic_prefix: str = Field(default="edge-agent", description="as the gateways' mqtt uplink")
     shared_group: str = Field(
-        default="edge-agent-collect", pattern=r"^[^/+#]+$", description="collectors sharing work"
+        default="edge-agent-collect",
+        pattern=r"^[^/+#]*$",
+        description='collectors sharing the work; "" subscribes unshared (see README)',
     )
     session_expiry: Duration = Field(
         default=86_400_000_000_000,

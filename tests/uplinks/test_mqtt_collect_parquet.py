@@ -102,6 +102,35 @@ async def test_send_raises_while_the_broker_is_down_and_reconnects_after(
     assert canonical(stored(store).to_table()).equals(samples_of(batches[1:]))
 
 
+@pytest.mark.parametrize("group", ["", "g"])
+async def test_collector_reconnects_after_a_broker_restart(
+    group: str, mqtt_broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    """Unshared (``""``), the collector's persistent session also keeps what was published
+    while it was away. In a share group, mosquitto drops what is published while no member
+    is connected (the README says so), so there the batches after its return are checked."""
+    batches = make_batches(windows=4)
+    store = tmp_path / "central"
+    config = collect_config(mqtt_broker.url, {"type": "parquet", "path": str(store)}, "c1")
+    config = config.model_copy(
+        update={"broker": config.broker.model_copy(update={"shared_group": group})}
+    )
+    async with running(config) as collector:
+        sender = uplink(mqtt_broker)
+        await sender.send(batches[0])
+        await wait_for(lambda: collector.batches == 1)
+        await mqtt_broker.restart()  # the collector's session survives (broker persistence)
+        if group:
+            await wait_for(lambda: collector.sessions == 2)
+        await sender.send(batches[1])  # the uplink reconnects by itself on this send
+        await sender.send(batches[2])
+        await wait_for(lambda: collector.sessions == 2)
+        await sender.send(batches[3])
+        await wait_for(lambda: collector.batches == 4)
+        await sender.close()
+    assert canonical(stored(store).to_table()).equals(samples_of(batches))
+
+
 async def test_two_collectors_sharing_the_subscription_split_the_load(
     mqtt_broker: MosquittoBroker, tmp_path: Path
 ) -> None:
