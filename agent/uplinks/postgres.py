@@ -87,11 +87,10 @@ class PostgresUplink:
         self._lock = asyncio.Lock()
 
     async def send(self, batch: Batch) -> None:
-        data = await asyncio.to_thread(copy_csv, batch)
         async with self._lock:
             connection = await self._connected()
             try:
-                await self._write(connection, batch, data)
+                await self._write(connection, batch)
             except BaseException:
                 if connection.closed or connection.broken:
                     self._connection = None
@@ -103,7 +102,7 @@ class PostgresUplink:
             await connection.close()
 
     async def _write(
-        self, connection: psycopg.AsyncConnection[tuple[object, ...]], batch: Batch, data: bytes
+        self, connection: psycopg.AsyncConnection[tuple[object, ...]], batch: Batch
     ) -> None:
         from psycopg import sql
 
@@ -127,6 +126,7 @@ class PostgresUplink:
                 self.duplicates += 1
                 log.debug("batch already stored", batch_id=batch.batch_id)
                 return
+            data = await asyncio.to_thread(copy_csv, batch)  # only now: a resend costs no CSV
             copy = sql.SQL("COPY {}.samples ({}) FROM STDIN (FORMAT csv)").format(
                 schema, sql.SQL(", ").join(map(sql.Identifier, _COLUMNS))
             )
