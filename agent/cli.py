@@ -1,4 +1,4 @@
-"""The ``edge-agent`` command: run, check, simulate, demo.
+"""The ``edge-agent`` command: run, check, simulate, demo, collect.
 
 Config problems print one line each (file, key path, expectation) and exit with status 2;
 no traceback reaches plant IT for a mistake in a file.
@@ -32,6 +32,11 @@ def _parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run the agent until stopped (SIGTERM/SIGINT)")
     run.add_argument("-c", "--config", required=True, type=Path, help="TOML config file")
+
+    collect = commands.add_parser(
+        "collect", help="central side: gateways' MQTT batches into a parquet or postgres store"
+    )
+    collect.add_argument("-c", "--config", required=True, type=Path, help="collector TOML file")
 
     check = commands.add_parser("check", help="validate a config file and summarise it")
     check.add_argument("-c", "--config", required=True, type=Path, help="TOML config file")
@@ -110,6 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             configure(loaded.config.agent.log_level, loaded.config.agent.log_format)
             asyncio.run(_run(loaded))
             return 0
+        if args.command == "collect":
+            return _collect(args.config)
         if args.command == "simulate":
             configure("info")
             simulators = {
@@ -169,7 +176,7 @@ def _check(loaded: LoadedConfig) -> int:
             f"({rate_text}){driver.describe()}"
         )
     for uplink in config.uplinks:
-        print(f"uplink {uplink.name} ({uplink.type}) -> {uplink.path}")
+        print(f"uplink {uplink.name} ({uplink.type}) -> {uplink.target}")
     return 0
 
 
@@ -185,6 +192,21 @@ async def _run(loaded: LoadedConfig) -> None:
     stop = asyncio.Event()
     install_stop_signals(stop)
     await Agent(loaded).run(stop)
+
+
+def _collect(path: Path) -> int:
+    from agent.collect import Collector, load_collect_config
+
+    config = load_collect_config(path)
+    configure(config.log_level, config.log_format)
+
+    async def collect() -> None:
+        stop = asyncio.Event()
+        install_stop_signals(stop)
+        await Collector(config).run(stop)
+
+    asyncio.run(collect())
+    return 0
 
 
 async def _simulate_modbus(args: argparse.Namespace) -> None:

@@ -56,7 +56,9 @@ def key_path(loc: Iterable[int | str], prefix: str = "") -> str:
     return text
 
 
-def _problems(error: ValidationError, prefix: str, skip: set[str]) -> list[tuple[str, str]]:
+def validation_problems(
+    error: ValidationError, prefix: str, skip: set[str]
+) -> list[tuple[str, str]]:
     problems = []
     for item in error.errors(include_url=False):
         loc = [part for part in item["loc"] if part not in skip]
@@ -88,7 +90,7 @@ def _validate_source(index: int, raw: Any) -> tuple[SourceConfig, type[Driver]]:
     try:
         return driver.config_model.model_validate(dict(raw)), driver
     except ValidationError as exc:
-        raise _Problems(_problems(exc, prefix, set())) from None
+        raise _Problems(validation_problems(exc, prefix, set())) from None
 
 
 class _Problems(Exception):
@@ -120,7 +122,7 @@ def parse_config(data: Mapping[str, Any], path: Path) -> LoadedConfig:
     try:
         config = AgentConfig.model_validate({**rest, "sources": sources})
     except ValidationError as exc:
-        own = _problems(exc, "", {"parquet"})
+        own = validation_problems(exc, "", {"parquet", "mqtt", "postgres"})
         if problems:  # an empty or short source list is the consequence of those problems
             own = [p for p in own if p[0] != "sources"]
         problems.extend(own)
@@ -137,15 +139,19 @@ def config_hash(config: AgentConfig) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def load_config(path: str | Path) -> LoadedConfig:
-    """Read and validate a TOML config file; raises ConfigError."""
-    path = Path(path)
+def read_toml(path: Path) -> dict[str, Any]:
+    """A TOML file's document; raises ConfigError when it is missing or not TOML."""
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(str(path), [("", "file not found")]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(str(path), [("", f"cannot read: {exc}")]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(path), [("", f"invalid TOML: {exc}")]) from None
-    return parse_config(data, path)
+
+
+def load_config(path: str | Path) -> LoadedConfig:
+    """Read and validate a TOML config file; raises ConfigError."""
+    path = Path(path)
+    return parse_config(read_toml(path), path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from agent.batch import Batch
-from agent.config import ParquetUplinkConfig, UplinkConfig
+from agent.config import MqttUplinkConfig, ParquetUplinkConfig, PostgresUplinkConfig, UplinkConfig
 
 
 class Uplink(Protocol):
@@ -16,8 +16,17 @@ class Uplink(Protocol):
 
 
 def make_uplink(config: UplinkConfig) -> Uplink:
-    from agent.uplinks.parquet import ParquetUplink
-
+    """The uplink of a config; each module is imported only when used (psycopg is optional)."""
     if isinstance(config, ParquetUplinkConfig):
+        from agent.uplinks.parquet import ParquetUplink
+
         return ParquetUplink(config)
+    if isinstance(config, MqttUplinkConfig):
+        from agent.uplinks.mqtt import MqttUplink
+
+        return MqttUplink(config)
+    if isinstance(config, PostgresUplinkConfig):
+        from agent.uplinks.postgres import PostgresUplink
+
+        return PostgresUplink(config)
     raise ValueError(f"unsupported uplink type {config.type!r}")

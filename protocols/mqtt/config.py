@@ -13,19 +13,15 @@ stands for each tag's name, so a hundred values of one JSON message need one lin
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
-from agent.config import SourceConfig, TagConfig, UserCredentials
+from agent.config import MqttConnection, SourceConfig, TagConfig
 from agent.durations import Duration
 from protocols.mqtt.jsonpath import compile_path
 from protocols.mqtt.timestamps import TimestampFormat
 from protocols.mqtt.topics import TopicSpec
-
-_SCHEMES = {"mqtt": 1883, "tcp": 1883, "mqtts": 8883, "ssl": 8883}
 
 
 def _check_path(value: str | None) -> str | None:
@@ -55,12 +51,11 @@ class MqttTagConfig(TagConfig):
     _paths = field_validator("value", "timestamp", "quality")(_check_path)
 
 
-class MqttSourceConfig(SourceConfig, UserCredentials):
+class MqttSourceConfig(SourceConfig, MqttConnection):
+    """Connection keys (url, TLS, credentials) come from :class:`MqttConnection`; the
+    client id defaults to ``edge-agent-<source name>``."""
+
     protocol: Literal["mqtt"] = "mqtt"
-    url: str = Field(description="mqtt://host[:1883] or mqtts://host[:8883] (TLS)")
-    client_id: str | None = Field(
-        default=None, description="default: edge-agent-<source name>; fixed for sessions"
-    )
     mqtt_version: Literal["3.1.1", "5"] = "5"
     clean_session: bool = Field(
         default=True, description="false: persistent session, QoS 1/2 queued while away"
@@ -72,8 +67,6 @@ class MqttSourceConfig(SourceConfig, UserCredentials):
     shared_group: str | None = Field(
         default=None, description="subscribe as $share/<group>/<filter> (load sharing)"
     )
-    keepalive: Duration = Field(default=30_000_000_000)
-    connect_timeout: Duration = Field(default=10_000_000_000)
     # defaults for tags that leave them unset; "{tag}" in a path is the tag's name
     topic: str | None = None
     value: str | None = None
@@ -87,30 +80,10 @@ class MqttSourceConfig(SourceConfig, UserCredentials):
         description="a payload time further than this from receive time is absurd",
     )
     max_payload: int = Field(default=256 * 1024, ge=1, description="bytes; larger is dropped")
-    ca_file: Path | None = Field(default=None, description="CA bundle (PEM); default: system")
-    certificate: Path | None = Field(default=None, description="client certificate (PEM)")
-    private_key: Path | None = None
-    tls_insecure: bool = Field(
-        default=False, description="skip the server host name check (the chain is still checked)"
-    )
     tags: list[MqttTagConfig] = Field(min_length=1)  # type: ignore[assignment]
 
     _topic = field_validator("topic")(_check_topic)
     _paths = field_validator("value", "timestamp", "quality")(_check_path)
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in _SCHEMES or not parts.hostname:
-            raise ValueError(
-                f'expected "mqtt://host[:port]" or "mqtts://host[:port]", got {value!r}'
-            )
-        try:
-            parts.port  # noqa: B018  (raises on a port that is not a number)
-        except ValueError:
-            raise ValueError(f"bad port in {value!r}") from None
-        return value
 
     @field_validator("shared_group")
     @classmethod
@@ -121,28 +94,10 @@ class MqttSourceConfig(SourceConfig, UserCredentials):
 
     @model_validator(mode="after")
     def _consistent(self) -> MqttSourceConfig:
-        if (self.certificate is None) != (self.private_key is None):
-            raise ValueError("certificate and private_key go together")
-        has_tls_keys = self.ca_file or self.certificate or self.tls_insecure
-        if has_tls_keys and not self.tls:
-            raise ValueError("ca_file, certificate and tls_insecure need an mqtts:// url")
         for tag in self.tags:
             if (tag.topic or self.topic) is None:
                 raise ValueError(f"tag {tag.name!r} has no topic (set it on the tag or source)")
         return self
-
-    @property
-    def tls(self) -> bool:
-        return urlsplit(self.url).scheme in ("mqtts", "ssl")
-
-    @property
-    def host(self) -> str:
-        return urlsplit(self.url).hostname or ""
-
-    @property
-    def port(self) -> int:
-        parts = urlsplit(self.url)
-        return parts.port or _SCHEMES[parts.scheme]
 
     @property
     def session_client_id(self) -> str:

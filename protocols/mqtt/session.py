@@ -22,6 +22,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from agent.config import MqttConnection
 from agent.frame import Frame, concat
 from protocols.mqtt.aio import AsyncMqttClient
 from protocols.mqtt.config import MqttSourceConfig
@@ -31,7 +32,7 @@ from protocols.sdk import DriverContext
 _MAX_QUEUED_SAMPLES = 100_000  # decoded, not yet taken by the agent: then stop reading
 
 
-def tls_context(config: MqttSourceConfig) -> ssl.SSLContext:
+def tls_context(config: MqttConnection) -> ssl.SSLContext:
     """Verify the broker against ``ca_file`` (or the system CAs), present the client cert."""
     context = ssl.create_default_context(
         cafile=str(config.ca_file) if config.ca_file is not None else None
@@ -43,14 +44,23 @@ def tls_context(config: MqttSourceConfig) -> ssl.SSLContext:
     return context
 
 
-def make_client(config: MqttSourceConfig) -> mqtt.Client:
-    """A paho client for one session of the source (VERSION2 callbacks, no paho thread)."""
-    v5 = config.mqtt_version == "5"
+def make_client(
+    config: MqttConnection,
+    client_id: str,
+    *,
+    v5: bool = True,
+    clean_session: bool = True,
+    manual_ack: bool = False,
+) -> mqtt.Client:
+    """A paho client for one connection (VERSION2 callbacks, no paho thread), with the TLS
+    and credentials of ``config``; shared by the source, the mqtt uplink and the collector.
+    ``manual_ack``: PUBACK only when the owner calls ``client.ack`` (after a durable write)."""
     client = mqtt.Client(
         CallbackAPIVersion.VERSION2,
-        client_id=config.session_client_id,
-        clean_session=None if v5 else config.clean_session,
+        client_id=client_id,
+        clean_session=None if v5 else clean_session,
         protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+        manual_ack=manual_ack,
     )
     client.suppress_exceptions = True  # a bug in a callback must not unwind paho's state
     if config.tls:
@@ -75,7 +85,13 @@ class MqttSession:
         self._subscribed: asyncio.Future[list[ReasonCode]] = (
             asyncio.get_running_loop().create_future()
         )
-        self.connection = AsyncMqttClient(make_client(config), on_burst=self._on_burst)
+        client = make_client(
+            config,
+            config.session_client_id,
+            v5=config.mqtt_version == "5",
+            clean_session=config.clean_session,
+        )
+        self.connection = AsyncMqttClient(client, on_burst=self._on_burst)
         self.connection.client.on_message = self._on_message
         self.connection.client.on_subscribe = self._on_subscribe
 

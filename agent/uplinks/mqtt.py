@@ -1,0 +1,137 @@
+"""The ``mqtt`` uplink: each batch published to a central broker, acknowledged by PUBACK.
+
+The payload is the batch's :func:`agent.encoding.encode` bytes (the same Parquet the spool
+and the ``parquet`` uplink hold), published with QoS 1 to
+``<topic_prefix>/<gateway_id>/batches``; MQTT 5 properties carry the content type and, as
+user properties, the batch id, gateway, schema and encoding, so a broker-side rule can route
+without decoding. ``send`` returns only once the broker's PUBACK came back with a success
+code; a lost connection or a missing PUBACK raises, the caller retries with its backoff, and
+the next ``send`` connects again. A resend after a lost PUBACK may reach the broker twice:
+``edge-agent collect`` writes by batch id, so the store holds it once.
+
+The connection is the MQTT source's own asyncio adapter and client factory (TLS, user name
+and password as in a ``[[sources]]`` table); no paho thread runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from paho.mqtt.enums import MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from agent.batch import Batch
+from agent.config import MqttUplinkConfig
+from agent.encoding import MEDIA_TYPE, encode
+from protocols.mqtt.aio import AsyncMqttClient
+from protocols.mqtt.session import make_client
+
+BATCH_SCHEMA = "edge-agent.batch/1"  # the SCHEMA of agent.batch; bump when it changes
+BATCH_ENCODING = "parquet+zstd"
+
+
+def batch_topic(topic_prefix: str, gateway_id: str) -> str:
+    return f"{topic_prefix}/{gateway_id}/batches"
+
+
+def publish_properties(batch: Batch) -> Properties:
+    properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    properties.ContentType = MEDIA_TYPE
+    properties.UserProperty = [
+        ("batch_id", batch.batch_id),
+        ("gateway_id", batch.gateway_id),
+        ("schema", BATCH_SCHEMA),
+        ("encoding", BATCH_ENCODING),
+    ]
+    return properties
+
+
+class MqttUplink:
+    def __init__(self, config: MqttUplinkConfig) -> None:
+        self.name = config.name
+        self.config = config
+        self._connection: AsyncMqttClient | None = None
+        self._acks: dict[int, asyncio.Future[ReasonCode]] = {}
+        self._lock = asyncio.Lock()
+
+    async def send(self, batch: Batch) -> None:
+        async with self._lock:  # one batch in flight: PUBACKs then come back in order
+            connection = await self._connected()
+            try:
+                await self._publish(connection, batch)
+            except BaseException:
+                await self.close()  # no PUBACK state worth keeping: the next send reconnects
+                raise
+
+    async def close(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            await connection.close()
+        for future in self._acks.values():
+            future.cancel()
+        self._acks.clear()
+
+    async def _publish(self, connection: AsyncMqttClient, batch: Batch) -> None:
+        payload = await asyncio.to_thread(encode, batch.table)
+        topic = batch_topic(self.config.topic_prefix, batch.gateway_id)
+        info = connection.client.publish(
+            topic, payload, qos=1, properties=publish_properties(batch)
+        )
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            raise ConnectionError(f"publish to {topic} failed: {info.rc.name}")
+        acked = asyncio.get_running_loop().create_future()
+        self._acks[info.mid] = acked
+        timeout = self.config.publish_timeout / 1e9
+        try:
+            done, _ = await asyncio.wait(
+                (acked, connection.lost), timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            self._acks.pop(info.mid, None)
+        if acked in done:
+            reason = acked.result()
+            if reason.is_failure:
+                raise ConnectionError(f"the broker refused batch {batch.batch_id}: {reason}")
+            return
+        if connection.lost in done:
+            raise ConnectionError(
+                f"no PUBACK for batch {batch.batch_id}: {connection.lost.result()}"
+            )
+        raise TimeoutError(f"no PUBACK for batch {batch.batch_id} within {timeout:g} s")
+
+    async def _connected(self) -> AsyncMqttClient:
+        if self._connection is not None and not self._connection.lost.done():
+            return self._connection
+        await self.close()
+        config = self.config
+        # no session to resume: a batch without PUBACK is the caller's to send again
+        client = make_client(config, config.client_id or "")
+        client.on_publish = self._on_publish
+        connection = AsyncMqttClient(client)
+        try:
+            await connection.connect(
+                config.host,
+                config.port,
+                max(1, round(config.keepalive / 1e9)),
+                config.connect_timeout / 1e9,
+                clean_start=True,
+            )
+        except BaseException:
+            await connection.close()
+            raise
+        self._connection = connection
+        return connection
+
+    def _on_publish(
+        self,
+        client: object,
+        userdata: object,
+        mid: int,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        acked = self._acks.get(mid)
+        if acked is not None and not acked.done():
+            acked.set_result(reason)
