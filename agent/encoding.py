@@ -36,12 +36,18 @@ def encode(table: pa.Table, compression: str = "zstd", level: int | None = None)
     return bytes(sink.getvalue())
 
 
+def encoded(batch: Batch) -> bytes:
+    """The batch's bytes in the default encoding: those it carries, or freshly made."""
+    return batch.data if batch.data is not None else encode(batch.table)
+
+
 def decode(data: bytes) -> pa.Table:
     return pq.read_table(pa.BufferReader(data))
 
 
-def batch_of(table: pa.Table) -> Batch:
-    """The Batch a decoded table stands for, from its ``edge_agent.*`` metadata."""
+def batch_of(table: pa.Table, data: bytes | None = None) -> Batch:
+    """The Batch a decoded table stands for, from its ``edge_agent.*`` metadata; ``data``
+    are the bytes it was decoded from, kept so that no uplink encodes it again."""
     raw = table.schema.metadata or {}
     meta = {k.decode(): v.decode() for k, v in raw.items() if k.startswith(META_PREFIX.encode())}
 
@@ -59,4 +65,5 @@ def batch_of(table: pa.Table) -> Batch:
         int(field("window_end_ns")),
         table,
         json.loads(quality) if quality is not None else None,
+        data,
     )

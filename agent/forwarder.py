@@ -120,7 +120,7 @@ class Forwarder:
             await self._forward(uplink, backlog[0], replay=True)
 
     async def _forward(self, uplink: Uplink, item: SpooledBatch, replay: bool) -> None:
-        batch = batch_of(decode(item.data))
+        batch = batch_of(decode(item.data), item.data)
         if replay:
             batch = replayed(batch)
             self.metrics.replayed.labels(uplink.name).inc()

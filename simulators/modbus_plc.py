@@ -296,6 +296,7 @@ class ModbusPLCSimulator:
         holding = [
             SimData(0, count=TABLE_SIZE["hr"], values=0, datatype=DataType.REGISTERS),
             SimData(ALARM_AREA, count=8, values=0, datatype=DataType.REGISTERS),
+            SimData(SEQUENCE_AREA, count=2, values=0, datatype=DataType.REGISTERS),
         ]
         if self.bulk_tags:
             holding.append(

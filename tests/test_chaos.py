@@ -25,8 +25,9 @@ from simulators.modbus_plc import SEQUENCE_AREA, ModbusPLCSimulator
 from simulators.mqtt_broker import MosquittoBroker
 from tests.uplinks.helpers import collect_config, running, stored
 
-KILLS = 3
-BROKER_RESTARTS = 2
+# bench/bench_chaos.py runs this test with more of both
+KILLS = int(os.environ.get("EDGE_AGENT_CHAOS_KILLS", "3"))
+BROKER_RESTARTS = int(os.environ.get("EDGE_AGENT_CHAOS_BROKER_RESTARTS", "2"))
 
 
 def agent_config(tmp_path: Path, plc: ModbusPLCSimulator, broker: MosquittoBroker) -> Path:
@@ -87,9 +88,10 @@ async def test_sigkills_and_broker_restarts_lose_only_polls_in_flight_and_store_
     rows = table.filter(pc.equal(table["tag"].cast(pa.string()), "seq"))
     good = rows.filter(pc.equal(rows["quality"], q.GOOD))
     numbers = good["value"].to_numpy().astype(np.int64)
-    assert len(served) >= 60
+    assert len(served) >= 20 * KILLS
     assert len(numbers) == len(np.unique(numbers)), "no sample stored twice"
     assert set(numbers.tolist()) <= set(served.tolist()), "nothing invented"
     missing = sorted(set(served.tolist()) - set(numbers.tolist()))
+    print(f"chaos: {len(served)} served, {len(numbers)} stored once, missing {missing}")
     # each kill may lose the poll in flight (the request served, its frame not yet spooled)
     assert len(missing) <= 2 * KILLS, f"lost {missing}"

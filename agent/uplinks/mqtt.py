@@ -74,7 +74,9 @@ class MqttUplink:
         self._acks.clear()
 
     async def _publish(self, connection: AsyncMqttClient, batch: Batch) -> None:
-        payload = await asyncio.to_thread(encode, batch.table)
+        payload = (
+            batch.data if batch.data is not None else await asyncio.to_thread(encode, batch.table)
+        )
         topic = batch_topic(self.config.topic_prefix, batch.gateway_id)
         info = connection.client.publish(
             topic, payload, qos=1, properties=publish_properties(batch)

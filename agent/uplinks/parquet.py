@@ -21,7 +21,7 @@ import pyarrow.fs as pafs
 
 from agent.batch import Batch
 from agent.config import ParquetUplinkConfig
-from agent.encoding import encode
+from agent.encoding import encode, encoded
 
 
 def batch_path(batch: Batch) -> str:
@@ -49,7 +49,10 @@ class ParquetUplink:
     def _write(self, batch: Batch) -> None:
         relative = batch_path(batch)
         final = f"{self.root}/{relative}"
-        data = encode(batch.table, self.config.compression, self.config.compression_level)
+        if self.config.compression == "zstd" and self.config.compression_level is None:
+            data = encoded(batch)  # the spool's bytes, when the batch came from there
+        else:
+            data = encode(batch.table, self.config.compression, self.config.compression_level)
         if self.config.is_s3:
             self._put(final, data)
             return
