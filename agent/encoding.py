@@ -22,17 +22,27 @@ _DELTA = {"time": "DELTA_BINARY_PACKED"}
 
 
 def encode(table: pa.Table, compression: str = "zstd", level: int | None = None) -> bytes:
+    """Parquet bytes of a table. The schema metadata goes into the file's key-value
+    metadata once: pyarrow's default would also embed it in a serialised Arrow schema,
+    doubling the lineage in every footer (a third of a 10 s batch's bytes)."""
     sink = pa.BufferOutputStream()
     delta = {name: kind for name, kind in _DELTA.items() if name in table.column_names}
-    pq.write_table(
-        table,
+    metadata = table.schema.metadata or {}
+    plain = table.replace_schema_metadata(None)
+    writer = pq.ParquetWriter(
         sink,
+        plain.schema,
+        store_schema=False,
         compression=None if compression == "none" else compression,
         compression_level=level,
         use_dictionary=[name for name in _DICTIONARY if name in table.column_names],
         column_encoding=delta or None,
         write_statistics=["time"] if "time" in table.column_names else False,
     )
+    writer.write_table(plain)
+    if metadata:
+        writer.add_key_value_metadata({k.decode(): v.decode() for k, v in metadata.items()})
+    writer.close()
     return bytes(sink.getvalue())
 
 
@@ -42,7 +52,9 @@ def encoded(batch: Batch) -> bytes:
 
 
 def decode(data: bytes) -> pa.Table:
-    return pq.read_table(pa.BufferReader(data))
+    """The table of :func:`encode` bytes, ``source`` and ``tag`` dictionary-typed again as
+    the batch had them (the file keeps their dictionary encoding, not the Arrow type)."""
+    return pq.read_table(pa.BufferReader(data), read_dictionary=["source", "tag"])
 
 
 def batch_of(table: pa.Table, data: bytes | None = None) -> Batch:
