@@ -8,7 +8,7 @@ the value arrives, next to the device) and otherwise the gateway's receive time.
 NTP clock-filter idea: delays only ever add, so the minimum-delay observation is the one
 nearest to the true offset.
 
-Observations fall into buckets of ``bucket_ns``; each bucket keeps its minimum-delay one,
+Observations fall into buckets of ``bucket_ns`` (1 s); each bucket keeps its minimum-delay one,
 and a least-squares line through the buckets of the last ``window_ns`` gives the offset
 and its drift. Uncertainty is the largest distance of a bucket from that line. Above the
 source's ``clock_threshold`` (of the uncertainty when correcting, of the offset itself when
@@ -37,6 +37,7 @@ _CLOCK_UNCERTAIN = np.uint16(q.Flag.CLOCK_UNCERTAIN)
 _PROBLEM = "clock"
 _MIN_TOLERANCE_NS = 1_000_000.0  # delay jitter below this is never called an outlier
 _SETTLING_OBSERVATIONS = 10
+_FIT_BUCKETS = 10  # drift is fitted once the buckets span ten seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +61,7 @@ class ClockEstimate:
 class ClockModel:
     """Minimum-delay offset and drift estimator over a sliding window of buckets."""
 
-    def __init__(self, window_ns: int = 60_000_000_000, bucket_ns: int = 2_000_000_000) -> None:
+    def __init__(self, window_ns: int = 60_000_000_000, bucket_ns: int = 1_000_000_000) -> None:
         self.window_ns = window_ns
         self.bucket_ns = bucket_ns
         # bucket index -> (reference ns, offset ns) of its minimum-delay observation; a
@@ -72,9 +73,10 @@ class ClockModel:
 
     @property
     def settled(self) -> bool:
-        """Whether enough frames were seen for the minimum-delay filter to mean anything
-        (a subscription's first notification carries the last-change times of values)."""
-        return self.observations >= _SETTLING_OBSERVATIONS
+        """Whether the minimum-delay filter has seen enough to mean anything: ten frames
+        (a subscription's first notification carries the last-change times of values) over
+        at least two buckets (one busy second can delay every frame in it)."""
+        return self.observations >= _SETTLING_OBSERVATIONS and len(self._buckets) >= 2
 
     def observe(self, reference_ns: int, offset_ns: int) -> None:
         self.observations += 1
@@ -95,7 +97,7 @@ class ClockModel:
         offsets = np.array([kept[1] for kept in self._buckets.values()], np.float64)
         at = int(refs.max())
         x = (refs - at).astype(np.float64)
-        if len(refs) < 3:  # too few points for a slope: the best bucket's offset, no drift
+        if len(refs) < _FIT_BUCKETS:  # a slope from a few seconds is noise: best offset only
             best = float(offsets.max())
             spread = float(offsets.max() - offsets.min())
             return ClockEstimate(best, 0.0, at, spread)

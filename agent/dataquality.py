@@ -55,26 +55,36 @@ class QualityTally:
         if not len(frame):
             return
         gtag = frame.tag + self.source_offset[source_index]
+        windows = frame.time // self.window_ns * self.window_ns
+        first = int(windows[0])
+        if not frame.quality.any() and (windows == first).all():
+            # the usual case, one poll of good samples in one window: a single count
+            counts = np.bincount(gtag, minlength=self.tag_source.shape[0])
+            self._add_counts(first, counts, counts)
+            return
         reason = frame.quality & q.REASON_MASK
         bad = frame.quality >= q.BAD
         received = ~(bad & np.isin(reason, _NOT_RECEIVED))
         good = received & (frame.quality & q.SEVERITY_MASK == q.GOOD)
-        windows = frame.time // self.window_ns * self.window_ns
-        first = int(windows[0])
-        if (windows == first).all():  # the usual case: one poll, one window
-            self._count(first, gtag, received, good)
-            return
         for start in np.unique(windows).tolist():
             rows = windows == start
             self._count(start, gtag[rows], received[rows], good[rows])
 
     def _count(self, window: int, gtag: np.ndarray, received: np.ndarray, good: np.ndarray) -> None:
+        size = self.tag_source.shape[0]
+        self._add_counts(
+            window,
+            np.bincount(gtag[received], minlength=size),
+            np.bincount(gtag[good], minlength=size),
+        )
+
+    def _add_counts(self, window: int, received: np.ndarray, good: np.ndarray) -> None:
         counts = self._windows.get(window)
         if counts is None:
             size = self.tag_source.shape[0]
             counts = self._windows[window] = (np.zeros(size, np.int64), np.zeros(size, np.int64))
-        counts[0][:] += np.bincount(gtag[received], minlength=counts[0].shape[0])
-        counts[1][:] += np.bincount(gtag[good], minlength=counts[1].shape[0])
+        counts[0][:] += received
+        counts[1][:] += good
 
     def figures(
         self,

@@ -28,6 +28,8 @@ from agent.spool import Spool, SpooledBatch
 from agent.supervisor import backoff_delay
 from agent.uplinks import Uplink
 
+_RECENT = 256  # batches kept decoded for the live lane
+
 
 class _TokenBucket:
     """``rate`` tokens a second, at most one second's worth saved up."""
@@ -88,6 +90,14 @@ class Forwarder:
         self._new = {uplink.name: asyncio.Event() for uplink in uplinks}
         self._rng = random.Random()
         self._progress = asyncio.Event()
+        # batches just committed, by id: the live lane sends them without decoding the
+        # spooled bytes again (a restart or an evicted entry falls back to decoding)
+        self._recent: dict[str, Batch] = {}
+
+    def remember(self, batch: Batch) -> None:
+        self._recent[batch.batch_id] = batch
+        while len(self._recent) > _RECENT:
+            del self._recent[next(iter(self._recent))]
 
     def wake(self) -> None:
         """New batches are in the spool."""
@@ -120,7 +130,7 @@ class Forwarder:
             await self._forward(uplink, backlog[0], replay=True)
 
     async def _forward(self, uplink: Uplink, item: SpooledBatch, replay: bool) -> None:
-        batch = batch_of(decode(item.data), item.data)
+        batch = self._recent.get(item.batch_id) or batch_of(decode(item.data), item.data)
         if replay:
             batch = replayed(batch)
             self.metrics.replayed.labels(uplink.name).inc()
@@ -128,6 +138,7 @@ class Forwarder:
         self.metrics.batches.labels(uplink.name).inc()
         self.metrics.batch_points.labels(uplink.name).inc(batch.points)
         if self.spool.acknowledge(uplink.name, item.seq):
+            self._recent.pop(item.batch_id, None)
             self.delivered(batch)
         self._progress.set()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import random
 import time
 from functools import partial
@@ -129,7 +130,10 @@ class Agent:
                     self.metrics.latency.labels(source).set(figures["latency_max_ms"] / 1e3)
         closed_until = self.batcher.closed_until
         assert closed_until is not None  # set by the close that produced the batches
-        self.spool.commit_batches([(b, encode(b.table)) for b in batches], closed_until)
+        encoded = [dataclasses.replace(b, data=encode(b.table)) for b in batches]
+        self.spool.commit_batches([(b, b.data or b"") for b in encoded], closed_until)
+        for batch in encoded:
+            self.forwarder.remember(batch)
         self._enforce_caps()
         self.forwarder.wake()
         if self.resampler is not None:

@@ -48,7 +48,7 @@ async def test_a_skewed_drifting_source_clock_is_corrected_to_within_2_ms(
             agent_toml(
                 tmp_path, simulator.agent_config(nodes=SCALARS, extra="correct_clock = true\n")
             ),
-            4.0,
+            5.0,
         )
     table = read_store(tmp_path)
     good = table.filter(pc.equal(table["quality"], q.GOOD))
