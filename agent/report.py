@@ -74,8 +74,9 @@ def _add_source(totals: SourceSummary, figures: dict[str, Any]) -> None:
         totals.latency_p50_ms.append(figures["latency_p50_ms"])
         totals.latency_max_ms = max(totals.latency_max_ms, figures["latency_max_ms"])
     clock = figures.get("clock")
-    if clock:
-        totals.clock_offset_ms.append(clock["offset_ms"])
+    if clock:  # a clock model's estimate, or (no timestamps) the request midpoint's RTT/2
+        if "offset_ms" in clock:
+            totals.clock_offset_ms.append(clock["offset_ms"])
         totals.clock_uncertainty_ms = max(totals.clock_uncertainty_ms, clock["uncertainty_ms"])
 
 
@@ -105,9 +106,8 @@ def format_summary(dataset: Path, summary: DatasetSummary) -> str:
             parts.append(f"batch latency p50 {median:.1f} ms, max {source.latency_max_ms:.1f} ms")
         if source.clock_offset_ms:
             low, high = min(source.clock_offset_ms), max(source.clock_offset_ms)
-            parts.append(
-                f"clock offset {low:+.3f}..{high:+.3f} ms, "
-                f"uncertainty up to {source.clock_uncertainty_ms:.3f} ms"
-            )
+            parts.append(f"clock offset {low:+.3f}..{high:+.3f} ms")
+        if source.clock_uncertainty_ms:
+            parts.append(f"time uncertainty up to {source.clock_uncertainty_ms:.3f} ms")
         lines.append(" ".join(parts[:1]) + " " + "; ".join(parts[1:]))
     return "\n".join(lines)

@@ -112,8 +112,20 @@ class Agent:
         self.status_port: int | None = None
 
     def _clock_figures(self) -> dict[int, dict[str, Any]]:
-        figures = {runner.index: runner.clock.describe() for runner in self.runners}
-        return {index: described for index, described in figures.items() if described}
+        """Per source: its clock model's estimate or, for a source without timestamps
+        (Modbus), the uncertainty of stamping at the request midpoint: half the RTT."""
+        figures: dict[int, dict[str, Any]] = {}
+        for runner in self.runners:
+            described = runner.clock.describe()
+            if described is not None:
+                figures[runner.index] = described
+                continue
+            rtts = [
+                stats.rtt_s.percentile(50, last=256) for stats in runner.ctx.all_poll_stats.values()
+            ]
+            if any(rtts):
+                figures[runner.index] = {"uncertainty_ms": round(max(rtts) / 2 * 1e3, 3)}
+        return figures
 
     def _publish(self, batches: list[Batch]) -> None:
         """Closed batches into the spool (fsync) before anything is sent; their quality

@@ -160,3 +160,5 @@ async def test_completeness_and_validity_match_an_injected_dropout(
     totals = summarise(tmp_path).tags[tag]
     assert totals.completeness == pytest.approx(received / expected, rel=1e-4)
     assert "source plc1: batch latency p50" in out
+    assert "time uncertainty up to" in out, "Modbus: stamped at the midpoint, +/- RTT/2"
+    assert stored["sources"]["plc1"]["clock"]["uncertainty_ms"] > 0
