@@ -22,7 +22,7 @@ from agent.runtime import Agent
 from agent.spool import Spool, decode_frame, encode_frame
 from protocols._template.driver import TemplateSourceConfig
 from simulators.modbus_plc import POINTS, ModbusPLCSimulator
-from tests.conftest import read_store
+from tests.conftest import read_store, run_agent
 
 S = 1_000_000_000
 MS = 1_000_000
@@ -171,16 +171,6 @@ def agent_text(tmp_path: Path, sources: str, spool: str) -> str:
     )
 
 
-async def run(text: str, seconds: float) -> Agent:
-    agent = Agent(parse_config(tomllib.loads(text), Path("t.toml")))
-    stop = asyncio.Event()
-    task = asyncio.create_task(agent.run(stop))
-    await asyncio.sleep(seconds)
-    stop.set()
-    await task
-    return agent
-
-
 @pytest.mark.parametrize("policy", ["drop_oldest", "stop_acquiring"])
 async def test_a_full_spool_with_a_dead_uplink_applies_its_policy(
     tmp_path: Path, policy: str
@@ -189,7 +179,7 @@ async def test_a_full_spool_with_a_dead_uplink_applies_its_policy(
     async with ModbusPLCSimulator(seed=1) as plc:
         sources = plc.agent_config("100ms", points=POINTS[:4])
         spool = f'max_bytes = 5000\noverflow = "{policy}"\ndrain_timeout = "200ms"\n'
-        agent = await run(agent_text(tmp_path, sources, spool), 4.0)
+        agent = await run_agent(agent_text(tmp_path, sources, spool), 4.0)
     acquired = agent.runners[0].points
     lost = agent.metrics.points_lost.labels("overflow")._value.get()
     left = Spool(tmp_path / "state" / "spool.sqlite", ["parquet"])

@@ -16,6 +16,7 @@ import pytest
 
 from agent import quality as q
 from agent.frame import Frame, concat
+from agent.runtime import Agent
 from protocols.mqtt import session as mqtt_session
 from protocols.mqtt.config import MqttSourceConfig
 from protocols.mqtt.driver import MqttDriver
@@ -29,6 +30,25 @@ NS = 1_000_000_000
 SKEW_NS = 3 * NS  # the publisher's clock runs 3 s ahead
 
 
+async def publish_through_agent(
+    simulator: MqttScadaSimulator,
+    broker: MosquittoBroker,
+    tmp_path: Path,
+    extra: str,
+    ticks: int,
+) -> Agent:
+    """An agent subscribed to every shape of the simulator, which publishes ``ticks``
+    ticks once the agent is up; the store is ``tmp_path / "store"``."""
+    config = agent_toml(tmp_path / "store", simulator.agent_config(url=broker.url, extra=extra))
+    async with running_agent(config) as agent:
+        await wait_for(lambda: all(source_up(agent, r.config.name) for r in agent.runners))
+        await simulator.start(broker.url)
+        await wait_for(lambda: len(simulator.ticks) >= ticks)
+        await simulator.stop()
+        await asyncio.sleep(0.3)
+    return agent
+
+
 def _rows(table: pa.Table, source: str, tag: str) -> pa.Table:
     rows = table.filter(pc.equal(table["source"].cast(pa.string()), source))
     return rows.filter(pc.equal(rows["tag"].cast(pa.string()), tag))
@@ -39,16 +59,9 @@ async def test_each_payload_shape_arrives_with_seeded_values_and_payload_times(
 ) -> None:
     simulator = MqttScadaSimulator(seed=11, clock_offset_ns=SKEW_NS)
     # the skewed payload times are what this test checks: not flagged clock-uncertain here
-    extra = 'clock_threshold = "10s"\n'
-    config = agent_toml(
-        tmp_path / "store", simulator.agent_config(url=mqtt_broker.url, extra=extra)
+    agent = await publish_through_agent(
+        simulator, mqtt_broker, tmp_path, 'clock_threshold = "10s"\n', ticks=15
     )
-    async with running_agent(config) as agent:
-        await wait_for(lambda: all(source_up(agent, r.config.name) for r in agent.runners))
-        await simulator.start(mqtt_broker.url)
-        await wait_for(lambda: len(simulator.ticks) >= 15)
-        await simulator.stop()
-        await asyncio.sleep(0.3)
     table = read_store(tmp_path / "store")
     assert [runner.failures for runner in agent.runners] == [0, 0, 0]
     published = np.array(simulator.ticks)
@@ -79,16 +92,9 @@ async def test_a_skewed_publisher_clock_is_corrected_onto_the_gateway_clock(
     simulator = MqttScadaSimulator(
         seed=12, clock_offset_ns=SKEW_NS, clock_drift_ppm=100.0, shapes=("json",)
     )
-    extra = "correct_clock = true\n"
-    config = agent_toml(
-        tmp_path / "store", simulator.agent_config(url=mqtt_broker.url, extra=extra)
+    agent = await publish_through_agent(
+        simulator, mqtt_broker, tmp_path, "correct_clock = true\n", ticks=25
     )
-    async with running_agent(config) as agent:
-        await wait_for(lambda: all(source_up(agent, r.config.name) for r in agent.runners))
-        await simulator.start(mqtt_broker.url)
-        await wait_for(lambda: len(simulator.ticks) >= 25)
-        await simulator.stop()
-        await asyncio.sleep(0.3)
     table = read_store(tmp_path / "store")
     rows = _rows(table, "scada_json", PLANT[0].name)
     settled = rows.filter(pc.equal(rows["quality"], q.GOOD))
