@@ -302,6 +302,8 @@ class Agent:
             await asyncio.wait_for(writer, max(0.1, deadline - time.monotonic()))
         except TimeoutError:
             log.error("resample output flush timed out", unsent_batches=self._wide.qsize())
+        for uplink in [*self.uplinks, *self.wide_uplinks]:
+            await uplink.close()
         unsent, size, _ = self.spool.size()
         if unsent:
             log.warning("batches left in the spool for the next start", batches=unsent, bytes=size)

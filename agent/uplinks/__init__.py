@@ -14,6 +14,9 @@ class Uplink(Protocol):
     async def send(self, batch: Batch) -> None:
         """Deliver the batch durably; return only once it is acknowledged, else raise."""
 
+    async def close(self) -> None:
+        """Release connections on stop; must not raise."""
+
 
 def make_uplink(config: UplinkConfig) -> Uplink:
     """The uplink of a config; each module is imported only when used (psycopg is optional)."""

@@ -46,6 +46,9 @@ class ParquetUplink:
     async def send(self, batch: Batch) -> None:
         await asyncio.to_thread(self._write, batch)
 
+    async def close(self) -> None:
+        """Nothing held open between writes."""
+
     def _write(self, batch: Batch) -> None:
         relative = batch_path(batch)
         final = f"{self.root}/{relative}"
