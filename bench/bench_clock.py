@@ -40,8 +40,9 @@ SCALARS = tuple(NODES_BY_NAME[name] for name in ("axis_x", "axis_y", "axis_z", "
 def config(store: Path, sources: str) -> str:
     return (
         f'[agent]\ngateway_id = "bench"\nmetrics = ""\nlog_level = "warning"\n'
+        f'data_dir = "{store / "state"}"\n'  # its own spool: no other run's backlog
         f'[batch]\nwindow = "10s"\nlateness = "2s"\n'
-        f'[[uplinks]]\ntype = "parquet"\npath = "{store}"\n\n{sources}'
+        f'[[uplinks]]\ntype = "parquet"\npath = "{store / "data"}"\n\n{sources}'
     )
 
 
@@ -69,7 +70,7 @@ async def clock_accuracy(minutes: float) -> None:
             sources = fast.agent_config(source="fast", nodes=SCALARS, extra=extra)
             sources += slow.agent_config(source="slow", nodes=SCALARS, extra=extra)
             await run(config(store, sources), minutes * 60)
-        table = ds.dataset(store, partitioning="hive").to_table()
+        table = ds.dataset(store / "data", partitioning="hive").to_table()
     print(f"clock: {minutes:g} min, two sources at +5 s/+100 ppm and -5 s/-100 ppm")
     print(
         f"  {'source':<6} {'samples':>8} {'settling':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}"
@@ -110,7 +111,7 @@ async def snap_savings(seconds: float) -> None:
             async with ModbusPLCSimulator(seed=3) as plc:
                 extra = f"snap = {str(snap).lower()}\n"
                 await run(config(Path(tmp), plc.agent_config("100ms", extra=extra)), seconds)
-            size, rows = time_column_bytes(Path(tmp))
+            size, rows = time_column_bytes(Path(tmp) / "data")
         print(
             f"  snap = {str(snap).lower():<5}  {rows:>7} points  {size:>8} bytes  "
             f"{size / rows:.3f} bytes/point"
