@@ -12,6 +12,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 from agent import __version__
 from agent.config import AgentSection
@@ -220,14 +221,8 @@ async def _simulate_modbus(args: argparse.Namespace) -> None:
         timeout_rate=args.timeout_rate,
         disconnect_every_s=args.disconnect_every,
     )
-    stop = asyncio.Event()
-    install_stop_signals(stop)
     port = await simulator.start(args.host, args.port)
-    print(f"modbus simulator listening on {args.host}:{port} (seed {args.seed})", flush=True)
-    try:
-        await stop.wait()
-    finally:
-        await simulator.stop()
+    await _serve(simulator, f"modbus simulator listening on {args.host}:{port} (seed {args.seed})")
 
 
 async def _simulate_opcua(args: argparse.Namespace) -> None:
@@ -244,14 +239,8 @@ async def _simulate_opcua(args: argparse.Namespace) -> None:
         bulk_tags=args.bulk_tags,
         update_ns=parse_duration(args.update),
     )
-    stop = asyncio.Event()
-    install_stop_signals(stop)
     await simulator.start(args.host, args.port)
-    print(f"opcua simulator listening on {simulator.url} (seed {args.seed})", flush=True)
-    try:
-        await stop.wait()
-    finally:
-        await simulator.stop()
+    await _serve(simulator, f"opcua simulator listening on {simulator.url} (seed {args.seed})")
 
 
 async def _simulate_mqtt(args: argparse.Namespace) -> None:
@@ -269,10 +258,20 @@ async def _simulate_mqtt(args: argparse.Namespace) -> None:
         burst=args.burst,
         epoch_unit=args.epoch_unit,
     )
+    await simulator.start(args.broker)
+    await _serve(simulator, f"mqtt simulator publishing to {args.broker} (seed {args.seed})")
+
+
+class _Stoppable(Protocol):
+    async def stop(self) -> None: ...
+
+
+async def _serve(simulator: _Stoppable, started: str) -> None:
+    """Say where a started simulator is (tests and benches parse the line), run it until
+    SIGINT/SIGTERM, then stop it."""
     stop = asyncio.Event()
     install_stop_signals(stop)
-    await simulator.start(args.broker)
-    print(f"mqtt simulator publishing to {args.broker} (seed {args.seed})", flush=True)
+    print(started, flush=True)
     try:
         await stop.wait()
     finally:
