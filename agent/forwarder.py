@@ -130,7 +130,10 @@ class Forwarder:
             await self._forward(uplink, backlog[0], replay=True)
 
     async def _forward(self, uplink: Uplink, item: SpooledBatch, replay: bool) -> None:
-        batch = self._recent.get(item.batch_id) or batch_of(decode(item.data), item.data)
+        batch = self._recent.get(item.batch_id)
+        if batch is None:  # after a restart, or evicted: decode the spooled bytes
+            data = self.spool.data(item.seq)
+            batch = batch_of(decode(data), data)
         if replay:
             batch = replayed(batch)
             self.metrics.replayed.labels(uplink.name).inc()

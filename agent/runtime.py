@@ -143,7 +143,7 @@ class Agent:
         closed_until = self.batcher.closed_until
         assert closed_until is not None  # set by the close that produced the batches
         encoded = [dataclasses.replace(b, data=encode(b.table)) for b in batches]
-        self.spool.commit_batches([(b, b.data or b"") for b in encoded], closed_until)
+        self.spool.commit_batches(encoded, closed_until)
         for batch in encoded:
             self.forwarder.remember(batch)
         self._enforce_caps()

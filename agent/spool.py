@@ -45,6 +45,7 @@ import numpy as np
 import structlog
 
 from agent.batch import Batch
+from agent.encoding import encoded
 from agent.frame import Frame
 
 log = structlog.get_logger()
@@ -73,7 +74,6 @@ class SpooledBatch:
     batch_id: str
     points: int
     created_ns: int
-    data: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,8 +219,9 @@ class Spool:
 
     # -- batches -----------------------------------------------------------------------------
 
-    def commit_batches(self, batches: list[tuple[Batch, bytes]], closed_until: int) -> None:
-        """Store closed batches and retire the frames wholly inside them, with fsync."""
+    def commit_batches(self, batches: list[Batch], closed_until: int) -> None:
+        """Store closed batches (their encoded bytes) and retire the frames wholly inside
+        them, with fsync."""
         now = time.time_ns()
         self.db.execute("PRAGMA synchronous=FULL")
         try:
@@ -231,7 +232,7 @@ class Spool:
                     "VALUES (?, ?, ?, ?, ?, ?)",
                     [
                         (b.batch_id, b.window_start_ns, b.points, len(data), now, data)
-                        for b, data in batches
+                        for b, data in ((b, encoded(b)) for b in batches)
                     ],
                 )
                 self.db.execute(
@@ -249,15 +250,22 @@ class Spool:
         self, uplink: str, created_from: int | None = None, limit: int = 16
     ) -> list[SpooledBatch]:
         """Batches the uplink has not acknowledged, oldest first; with ``created_from``,
-        only those closed since then (the live lane)."""
+        only those closed since then (the live lane). Without their bytes: see ``data``."""
         rows = self.db.execute(
-            "SELECT seq, batch_id, points, created_ns, data FROM batches b "
+            "SELECT seq, batch_id, points, created_ns FROM batches b "
             "WHERE created_ns >= ? AND NOT EXISTS "
             "(SELECT 1 FROM delivered d WHERE d.seq = b.seq AND d.uplink = ?) "
             "ORDER BY seq LIMIT ?",
             (created_from if created_from is not None else 0, uplink, limit),
         ).fetchall()
         return [SpooledBatch(*row) for row in rows]
+
+    def data(self, seq: int) -> bytes:
+        """A spooled batch's encoded bytes (read only when the batch is not at hand)."""
+        row = self.db.execute("SELECT data FROM batches WHERE seq = ?", (seq,)).fetchone()
+        if row is None:
+            raise KeyError(f"batch {seq} is no longer in the spool")
+        return bytes(row[0])
 
     def acknowledge(self, uplink: str, seq: int) -> bool:
         """Record an uplink's acknowledgement; drop the batch once every uplink has it

@@ -17,6 +17,7 @@ samples a second) is left out: raw waveforms are no trend data, and would domina
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import tempfile
 import time
@@ -143,10 +144,10 @@ def spool_throughput(minutes: float) -> None:
             f"({frames * tags.shape[0] / elapsed:,.0f} points/s at {tags.shape[0]} tags/frame)"
         )
         batches = mix_batches(minutes, 10)
-        encoded = [(b, encode(b.table)) for b in batches]
+        encoded = [dataclasses.replace(b, data=encode(b.table)) for b in batches]
         start = time.perf_counter()
-        for batch, data in encoded:
-            spool.commit_batches([(batch, data)], batch.window_end_ns)
+        for batch in encoded:
+            spool.commit_batches([batch], batch.window_end_ns)
         elapsed = time.perf_counter() - start
         points = sum(b.points for b in batches)
         print(
@@ -162,13 +163,14 @@ def replay(outage_minutes: float) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         spool = Spool(Path(tmp) / "spool.sqlite", ["parquet"])
         for batch in batches:
-            spool.commit_batches([(batch, encode(batch.table))], batch.window_end_ns)
+            spool.commit_batches([batch], batch.window_end_ns)
         uplink = ParquetUplink(ParquetUplinkConfig(path=str(Path(tmp) / "store")))
         start = time.perf_counter()
         sent = 0
         while pending := spool.pending("parquet", limit=32):
             for item in pending:
-                uplink._write(batch_of(decode(item.data)))  # the uplink's own write path
+                data = spool.data(item.seq)
+                uplink._write(batch_of(decode(data), data))  # the uplink's own write path
                 spool.acknowledge("parquet", item.seq)
                 sent += 1
         elapsed = time.perf_counter() - start

@@ -16,7 +16,6 @@ import pytest
 from agent import quality as q
 from agent.batch import Batcher, TagTable
 from agent.config_load import parse_config
-from agent.encoding import encode
 from agent.frame import Frame
 from agent.runtime import Agent
 from agent.spool import Spool, decode_frame, encode_frame
@@ -49,7 +48,7 @@ def close(spool: Spool, batcher: Batcher, now: int) -> list[str]:
     batches = batcher.close_due(now)
     if batches:
         assert batcher.closed_until is not None
-        spool.commit_batches([(b, encode(b.table)) for b in batches], batcher.closed_until)
+        spool.commit_batches(batches, batcher.closed_until)
     return [b.batch_id for b in batches]
 
 

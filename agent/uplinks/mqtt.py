@@ -24,7 +24,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.batch import Batch
 from agent.config import MqttUplinkConfig
-from agent.encoding import MEDIA_TYPE, encode
+from agent.encoding import MEDIA_TYPE, encoded
 from protocols.mqtt.aio import AsyncMqttClient
 from protocols.mqtt.session import make_client
 
@@ -74,9 +74,7 @@ class MqttUplink:
         self._acks.clear()
 
     async def _publish(self, connection: AsyncMqttClient, batch: Batch) -> None:
-        payload = (
-            batch.data if batch.data is not None else await asyncio.to_thread(encode, batch.table)
-        )
+        payload = await asyncio.to_thread(encoded, batch)
         topic = batch_topic(self.config.topic_prefix, batch.gateway_id)
         info = connection.client.publish(
             topic, payload, qos=1, properties=publish_properties(batch)
