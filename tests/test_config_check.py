@@ -348,6 +348,43 @@ BROKEN = {
         "agent.metrics",
         ["host:port"],
     ),
+    "spool_overflow": (
+        _modbus(GOOD_TAG, top='[spool]\noverflow = "discard"\n'),
+        "spool.overflow",
+        ["'drop_oldest' or 'stop_acquiring'", "'discard'"],
+    ),
+    "spool_cap": (
+        _modbus(GOOD_TAG, top="[spool]\nmax_bytes = 0\n"),
+        "spool.max_bytes",
+        ["greater than or equal to 1"],
+    ),
+    "resample_method": (
+        _modbus('[[sources.tags]]\nname = "a"\naddress = "hr:0"\nresample = "cubic"\n'),
+        "sources[0].tags[0].resample",
+        ["'linear'", "'cubic'"],
+    ),
+    "resample_period": (
+        _modbus(GOOD_TAG, top='[resample]\nperiod = "fast"\n'),
+        "resample.period",
+        ["'fast'"],
+    ),
+    "snap_not_bool": (
+        _modbus(GOOD_TAG, source_extra='snap = "maybe"'),
+        "sources[0].snap",
+        ["boolean", "'maybe'"],
+    ),
+    "clock_threshold": (
+        _modbus(GOOD_TAG, source_extra='clock_threshold = "soon"'),
+        "sources[0].clock_threshold",
+        ["'soon'"],
+    ),
+    "correct_clock_needs_source_time": (
+        '[[sources]]\nname = "cnc"\nprotocol = "opcua"\nurl = "opc.tcp://h:4840"\n'
+        'timestamp = "server"\ncorrect_clock = true\n'
+        '[[sources.tags]]\nname = "t"\nnode = "ns=2;s=T"\n',
+        "sources[0]",
+        ['timestamp = "source"'],
+    ),
     "bad_compression": (
         _modbus(GOOD_TAG, top='[[uplinks]]\ntype = "parquet"\ncompression = "rar"\n'),
         "uplinks[0].compression",
