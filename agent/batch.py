@@ -243,8 +243,9 @@ class Batcher:
         batches = self._close(boundary)
         if self.tally is None:
             return batches
-        first = previous if previous is not None else self.tally.started_ns
-        first = first // self.window_ns * self.window_ns
+        # not before this start: windows while the agent was not running expect nothing
+        started = self.tally.started_ns // self.window_ns * self.window_ns
+        first = max(previous, started) if previous is not None else started
         done = {batch.window_start_ns for batch in batches}
         empty = _Rows(
             np.empty(0, np.int32), np.empty(0, np.int64), np.empty(0), np.empty(0, np.uint16)

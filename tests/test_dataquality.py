@@ -117,6 +117,19 @@ def test_windows_without_a_single_sample_still_report_what_they_missed() -> None
     assert [b.quality["sources"]["dev"]["expected"] for b in batches if b.quality] == [10.0] * 3
 
 
+def test_a_restart_after_a_long_stop_does_not_emit_the_windows_it_slept_through() -> None:
+    table = TagTable([TemplateSourceConfig(name="dev", tags=[{"name": "a", "rate": "100ms"}])])
+    now = T0 + 86_400 * S  # restarted a day after the last window it had closed
+    counts = QualityTally(
+        table.source_offset, table.tag_source, table.rate_ns, S, clock=lambda: now + 2 * S
+    )
+    counts.started_ns = now
+    batcher = Batcher(table, S, 0, "gw", "cfg", counts)
+    batcher.restore(T0 + S)  # what the spool remembered
+    batches = batcher.close_due(now + 2 * S)
+    assert [b.window_start_ns - now for b in batches] == [0, S]
+
+
 async def test_completeness_and_validity_match_an_injected_dropout(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
