@@ -165,13 +165,18 @@ class SourcePipeline:
 
 
 def tag_lineage(tag: TagConfig) -> dict[str, Any]:
-    """What a batch says of one tag: its unit, rate and every processing parameter."""
-    lineage: dict[str, Any] = {
-        "unit": tag.convert_to or tag.unit,
-        "rate": format_duration(tag.rate),
-        "scale": tag.scale,
-        "offset": tag.offset,
-    }
+    """What a batch says of one tag: its rate, unit and every processing parameter.
+
+    Defaults are left out (no ``unit``: none; no ``scale``/``offset``: 1 and 0): the
+    lineage is repeated in every batch's footer, and at 1,000 tags in 1 s windows the
+    spelled-out defaults were half of a batch's bytes."""
+    lineage: dict[str, Any] = {"rate": format_duration(tag.rate)}
+    if tag.convert_to or tag.unit:
+        lineage["unit"] = tag.convert_to or tag.unit
+    if tag.scale != 1.0:
+        lineage["scale"] = tag.scale
+    if tag.offset != 0.0:
+        lineage["offset"] = tag.offset
     if tag.convert_to:
         lineage["source_unit"] = tag.unit
     processing = tag.model_dump(mode="json", include=set(STAGE_KEYS), exclude_none=True)
@@ -199,11 +204,12 @@ def derived_tags(tags: Sequence[TagConfig], source: str) -> list[tuple[str, dict
                 "kurtosis": None,
             }.get(stat, unit)
             lineage = {
-                "unit": stat_unit,
                 "derived_from": f"{source}/{tag.name}",
                 "feature": stat,
                 "window": format_duration(tag.features.window),
                 "stamp": "window start",
             }
+            if stat_unit is not None:
+                lineage["unit"] = stat_unit
             derived.append((f"{tag.name}.{stat}", lineage))
     return derived

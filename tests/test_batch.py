@@ -101,8 +101,8 @@ def test_tag_table_indexes_all_sources() -> None:
     assert table.tag_names.tolist() == ["a", "b", "a", "label", "c"]
     assert table.tag_source.tolist() == [0, 0, 1, 1, 1]
     assert table.qualified == ["wave1/a", "wave1/b", "plc/a", "plc/label", "plc/c"]
-    assert table.lineage[0] == {"unit": "V", "rate": "100ms", "scale": 1.0, "offset": 0.0}
-    assert table.lineage[1] == {"unit": None, "rate": "1s", "scale": 2.0, "offset": -1.0}
+    assert table.lineage[0] == {"rate": "100ms", "unit": "V"}
+    assert table.lineage[1] == {"rate": "1s", "scale": 2.0, "offset": -1.0}
     assert table.lineage[4]["rate"] == "250ms"
 
 
@@ -354,9 +354,9 @@ def test_metadata_lineage() -> None:
     assert m["edge_agent.points"] == "3"
     tags = json.loads(m["edge_agent.tags"])
     assert tags == {  # only the tags present in this batch
-        "wave1/a": {"unit": "V", "rate": "100ms", "scale": 1.0, "offset": 0.0},
-        "plc/a": {"unit": "rpm", "rate": "1s", "scale": 1.0, "offset": 0.0},
-        "plc/c": {"unit": "bar", "rate": "250ms", "scale": 1.0, "offset": 0.0},
+        "wave1/a": {"rate": "100ms", "unit": "V"},
+        "plc/a": {"rate": "1s", "unit": "rpm"},
+        "plc/c": {"rate": "250ms", "unit": "bar"},
     }
     assert batch.gateway_id == "press-line-4"
     assert batch.date == "2023-11-14"
