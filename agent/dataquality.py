@@ -27,6 +27,7 @@ import numpy as np
 from agent import quality as q
 from agent.durations import parse_duration
 from agent.frame import Frame
+from agent.metrics import percentile
 
 _NOT_RECEIVED = (int(q.Reason.COMM_ERROR), int(q.Reason.TIMEOUT))
 
@@ -123,7 +124,7 @@ class QualityTally:
             }
             latency = latency_ns.get(index)
             if latency is not None and latency.size:
-                figures["latency_p50_ms"] = round(float(np.percentile(latency, 50)) / 1e6, 3)
+                figures["latency_p50_ms"] = round(percentile(latency, 50) / 1e6, 3)
                 figures["latency_max_ms"] = round(float(latency.max()) / 1e6, 3)
             if index in clocks:
                 figures["clock"] = clocks[index]

@@ -7,8 +7,16 @@ p50/p99 lateness for ``demo`` output and acceptance checks without scraping.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from typing import cast
+
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
+
+_go_float = cast(Callable[[float], str], floatToGoString)  # the 'le' label's spelling
 
 _LATENESS_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
 _RTT_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0, 5.0)
@@ -34,12 +42,12 @@ class Metrics:
             buckets=_LATENESS_BUCKETS,
             registry=r,
         )
-        self.rtt = Histogram(
+        self.rtt = BulkHistogram(
             "edge_agent_request_rtt_seconds",
             "Round-trip time of one device request",
             ["source"],
-            buckets=_RTT_BUCKETS,
-            registry=r,
+            _RTT_BUCKETS,
+            r,
         )
         self.points_in = Counter(
             "edge_agent_points_in", "Samples received from sources", ["source"], registry=r
@@ -150,6 +158,79 @@ class Metrics:
         )
 
 
+def percentile(values: np.ndarray, pct: float) -> float:
+    """``np.percentile`` (linear), from a two-element partition: the same figure at a
+    tenth of the cost on the few hundred values of a window's figures, where
+    ``np.percentile``'s general machinery dominated."""
+    last = values.shape[0] - 1
+    rank = last * pct / 100.0
+    low = int(rank)
+    high = min(low + 1, last)
+    ranked = np.partition(values, (low, high))
+    return float(ranked[low] + (ranked[high] - ranked[low]) * (rank - low))
+
+
+class BulkHistogram:
+    """A labelled Prometheus histogram fed a poll's observations at once.
+
+    Why: a Modbus poll of 1,000 tags makes 17 requests, and ``Histogram.observe`` per
+    request (a lock and a bucket search in Python each) was a visible share of the agent's
+    CPU; one ``searchsorted`` per poll does the same. Registered as a custom collector, so
+    a scrape shows the same ``_bucket``/``_count``/``_sum`` series a ``Histogram`` would."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str],
+        buckets: Sequence[float],
+        registry: CollectorRegistry,
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = list(labelnames)
+        self.bounds = np.array([*buckets, np.inf], np.float64)
+        self._le = [_go_float(float(bound)) for bound in self.bounds]
+        self._children: dict[tuple[str, ...], BulkHistogramChild] = {}
+        self._lock = threading.Lock()  # scrapes run on the metrics server's thread
+        registry.register(self)
+
+    def labels(self, *values: str) -> BulkHistogramChild:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = BulkHistogramChild(self)
+        return child
+
+    def describe(self) -> list[Metric]:
+        return [HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)]
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        with self._lock:
+            snapshot = [(v, c.counts.cumsum(), c.total) for v, c in self._children.items()]
+        for values, cumulative, total in snapshot:
+            buckets = list(zip(self._le, cumulative.tolist(), strict=True))
+            family.add_metric(list(values), buckets, total)
+        yield family
+
+
+class BulkHistogramChild:
+    """The counts of one label set of a :class:`BulkHistogram`."""
+
+    def __init__(self, parent: BulkHistogram) -> None:
+        self._parent = parent
+        self.counts = np.zeros(parent.bounds.shape[0], np.int64)
+        self.total = 0.0
+
+    def observe_many(self, values: np.ndarray) -> None:
+        # a bucket counts values <= its bound, as Prometheus's "le" says
+        slots = np.searchsorted(self._parent.bounds, values, side="left")
+        counts = np.bincount(slots, minlength=self.counts.shape[0])
+        with self._parent._lock:
+            self.counts += counts
+            self.total += float(values.sum())
+
+
 class Ring:
     """Fixed-size ring of recent float samples for exact percentiles."""
 
@@ -161,6 +242,12 @@ class Ring:
         self._data[self._count % self._data.shape[0]] = value
         self._count += 1
 
+    def add_many(self, values: np.ndarray) -> None:
+        size = self._data.shape[0]
+        kept = values[-size:]
+        self._data[(self._count + len(values) - len(kept) + np.arange(len(kept))) % size] = kept
+        self._count += len(values)
+
     def values(self, last: int | None = None) -> np.ndarray:
         """Stored samples, or only the ``last`` n of them, oldest first."""
         size = self._data.shape[0]
@@ -169,7 +256,7 @@ class Ring:
 
     def percentile(self, pct: float, last: int | None = None) -> float:
         values = self.values(last)
-        return float(np.percentile(values, pct)) if values.size else 0.0
+        return percentile(values, pct) if values.size else 0.0
 
 
 class PollStats:
@@ -186,6 +273,7 @@ class PollStats:
         self._overruns = metrics.overruns.labels(source, group)
         self._lateness = metrics.lateness.labels(source, group)
         self._rtt = metrics.rtt.labels(source)
+        self._rtt_ns: list[int] = []
 
     def poll_started(self, lateness_ns: int, skipped: int) -> None:
         self.polls += 1
@@ -198,6 +286,14 @@ class PollStats:
             self._overruns.inc(skipped)
 
     def request_done(self, rtt_ns: int) -> None:
-        seconds = rtt_ns / 1e9
-        self.rtt_s.add(seconds)
-        self._rtt.observe(seconds)
+        """One device request's round trip; counted when the poll is done."""
+        self._rtt_ns.append(rtt_ns)
+
+    def poll_done(self) -> None:
+        """Hand the poll's request round trips to the ring and the histogram at once."""
+        if not self._rtt_ns:
+            return
+        seconds = np.array(self._rtt_ns, np.float64) / 1e9
+        self._rtt_ns.clear()
+        self.rtt_s.add_many(seconds)
+        self._rtt.observe_many(seconds)
