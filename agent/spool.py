@@ -1,20 +1,25 @@
 """The durable store-and-forward spool: nothing acquired is lost to a crash or an outage.
 
-On-disk format: one SQLite database, ``<data_dir>/spool.sqlite``, in WAL mode.
+On-disk format: a frame log and one SQLite database, ``<data_dir>/spool.sqlite``, in WAL
+mode.
 
-``frames(id INTEGER PRIMARY KEY, source INTEGER, max_time INTEGER, data BLOB)``
-    Every frame that reaches the batcher, appended as it arrives and committed with
-    ``synchronous=NORMAL``: the write reaches the OS before the batcher sees the frame, so
-    a killed process loses at most the poll in flight (a power cut, the unsynced tail).
-    ``data`` is a 4-byte little-endian header length, a JSON header (``rows``,
-    ``received``, the optional timestamp columns present, the text column or null), then
-    the raw little-endian columns: ``tag`` int32, ``time`` int64 ns, ``value`` float64,
-    ``quality`` uint16, then ``source_time``/``server_time`` int64 if listed.
+Frames: every frame that reaches the batcher goes first to the frame log beside the
+database (``spool.frames/``, :mod:`agent.framelog`), with one ``write()``: it reaches the
+OS before the batcher sees the frame, so a killed process loses at most the poll in
+flight (a power cut, the unsynced tail). A frame is a 4-byte little-endian header length,
+a JSON header (``rows``, ``received``, the optional timestamp columns present, the text
+column or null), then the raw little-endian columns: ``tag`` int32, ``time`` int64 ns,
+``value`` float64, ``quality`` uint16, then ``source_time``/``server_time`` int64 if
+listed.
+
+The database's tables:
+
 ``batches(seq INTEGER PRIMARY KEY, batch_id TEXT UNIQUE, window_start INTEGER,
     points INTEGER, bytes INTEGER, created_ns INTEGER, data BLOB)``
     Closed batches in :mod:`agent.encoding` form (Parquet, zstd), committed with
-    ``synchronous=FULL`` (fsync) in the same transaction that retires the frames they
-    consumed, before anything is sent.
+    ``synchronous=FULL`` (fsync) together with the ``state`` that says which frames they
+    consumed, before anything is sent; the frame log's segments they retired are deleted
+    after that commit.
 ``delivered(seq INTEGER, uplink TEXT, PRIMARY KEY (seq, uplink))``
     Which uplink acknowledged which batch. A batch is deleted once every configured
     uplink has acknowledged it.
@@ -24,10 +29,11 @@ On-disk format: one SQLite database, ``<data_dir>/spool.sqlite``, in WAL mode.
 ``losses(reason TEXT PRIMARY KEY, batches INTEGER, points INTEGER)``
     Loss counters that survive restarts (e.g. ``overflow``).
 
-Recovery: frames still in the table were not (or not wholly) in a committed batch. Frames
+Recovery: frames still in the log were not (or not wholly) in a committed batch. Frames
 up to ``last_frame`` were pending at the last emission, so their rows before
 ``closed_until`` went out in it and the rest did not; newer frames are replayed whole.
-SQLite's WAL checksums make a torn last write vanish on open; a database that fails
+A torn record at the end of the frame log is cut off on open (its CRC fails), and
+SQLite's WAL checksums make a torn last commit vanish; a database that fails
 ``quick_check`` (a bad page) is moved aside and every row that can still be read is
 copied into a fresh one, so the agent runs on with the valid part.
 """
@@ -47,13 +53,11 @@ import structlog
 from agent.batch import Batch
 from agent.encoding import encoded
 from agent.frame import Frame
+from agent.framelog import FrameLog
 
 log = structlog.get_logger()
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS frames (
-    id INTEGER PRIMARY KEY, source INTEGER NOT NULL, max_time INTEGER NOT NULL, data BLOB
-);
 CREATE TABLE IF NOT EXISTS batches (
     seq INTEGER PRIMARY KEY, batch_id TEXT UNIQUE NOT NULL, window_start INTEGER NOT NULL,
     points INTEGER NOT NULL, bytes INTEGER NOT NULL, created_ns INTEGER NOT NULL, data BLOB
@@ -132,6 +136,9 @@ class Spool:
         self.uplinks = uplinks
         path.parent.mkdir(parents=True, exist_ok=True)
         self.salvaged = self._open_checked()
+        self.frame_log = FrameLog(path.with_name(f"{path.stem}.frames"))
+        row = self.db.execute("SELECT value FROM state WHERE key = 'last_frame'").fetchone()
+        self.frame_log.start_after(int(row[0]) if row else 0)
         self._last_frame = 0
 
     # -- opening and salvage ----------------------------------------------------------------
@@ -171,7 +178,7 @@ class Spool:
             old = sqlite3.connect(f"file:{damaged}?mode=ro", uri=True)
         except sqlite3.DatabaseError:
             old = None
-        for table in ("frames", "batches", "delivered", "state", "losses"):
+        for table in ("batches", "delivered", "state", "losses"):
             for row, ok in _readable_rows(old, table):
                 if not ok:
                     lost += 1
@@ -193,11 +200,7 @@ class Spool:
     # -- frames ------------------------------------------------------------------------------
 
     def append_frame(self, source: int, frame: Frame) -> None:
-        cursor = self.db.execute(
-            "INSERT INTO frames (source, max_time, data) VALUES (?, ?, ?)",
-            (source, int(frame.time.max()), encode_frame(frame)),
-        )
-        self._last_frame = int(cursor.lastrowid or 0)
+        self._last_frame = self.frame_log.append(source, int(frame.time.max()), encode_frame(frame))
 
     def recover(self) -> Recovered:
         """The frames a restart must feed the batcher again (see the module docstring)."""
@@ -205,23 +208,20 @@ class Spool:
         closed_until = state.get("closed_until")
         last_frame = state.get("last_frame", 0)
         frames: list[tuple[int, Frame]] = []
-        for frame_id, source, data in self.db.execute(
-            "SELECT id, source, data FROM frames ORDER BY id"
-        ):
-            frame = decode_frame(data)
-            if closed_until is not None and frame_id <= last_frame:
+        for logged in self.frame_log.frames():
+            frame = decode_frame(logged.payload)
+            if closed_until is not None and logged.frame_id <= last_frame:
                 frame = frame.take(frame.time >= closed_until)  # the rest went out already
             if len(frame):
-                frames.append((source, frame))
-        row = self.db.execute("SELECT max(id) FROM frames").fetchone()
-        self._last_frame = int(row[0] or 0)
+                frames.append((logged.source, frame))
+            self._last_frame = logged.frame_id
         return Recovered(frames, closed_until)
 
     # -- batches -----------------------------------------------------------------------------
 
     def commit_batches(self, batches: list[Batch], closed_until: int) -> None:
-        """Store closed batches (their encoded bytes) and retire the frames wholly inside
-        them, with fsync."""
+        """Store closed batches (their encoded bytes) with fsync, then retire the frame
+        log's segments they hold entirely."""
         now = time.time_ns()
         self.db.execute("PRAGMA synchronous=FULL")
         try:
@@ -235,16 +235,14 @@ class Spool:
                         for b, data in ((b, encoded(b)) for b in batches)
                     ],
                 )
-                self.db.execute(
-                    "DELETE FROM frames WHERE id <= ? AND max_time < ?",
-                    (self._last_frame, closed_until),
-                )
                 self.db.executemany(
                     "INSERT OR REPLACE INTO state (key, value) VALUES (?, ?)",
                     [("closed_until", closed_until), ("last_frame", self._last_frame)],
                 )
         finally:
             self.db.execute("PRAGMA synchronous=NORMAL")
+        self.frame_log.rotate()
+        self.frame_log.retire(self._last_frame, closed_until)
 
     def pending(
         self, uplink: str, created_from: int | None = None, limit: int = 16
@@ -320,6 +318,7 @@ class Spool:
         return {reason: (int(b), int(p)) for reason, b, p in rows}
 
     def close(self) -> None:
+        self.frame_log.close()
         self.db.close()
 
 

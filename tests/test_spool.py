@@ -79,6 +79,7 @@ def test_a_killed_agent_gets_back_exactly_what_no_batch_holds(tmp_path: Path) ->
     # "kill": copy the files as they are, without closing (closing would checkpoint)
     for suffix in ("", "-wal"):
         shutil.copy(f"{path}{suffix}", f"{tmp_path / 'copy.sqlite'}{suffix}")
+    shutil.copytree(tmp_path / "spool.frames", tmp_path / "copy.frames")
     recovered = Spool(tmp_path / "copy.sqlite", ["u"]).recover()
     assert recovered.closed_until == T0 + S
     times = np.concatenate([f.time for _, f in recovered.frames])
@@ -86,6 +87,68 @@ def test_a_killed_agent_gets_back_exactly_what_no_batch_holds(tmp_path: Path) ->
     np.testing.assert_array_equal(np.sort(times), expected)  # nothing before 1 s, all after
     pending = Spool(tmp_path / "copy.sqlite", ["u"]).pending("u")
     assert [p.batch_id for p in pending] == emitted
+
+
+def test_the_frame_log_keeps_only_segments_a_batch_does_not_hold_whole(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool.sqlite", ["u"])
+    batcher = Batcher(tags(), S, 0, "gw", "cfg")
+    for start in range(0, 3000, 400):
+        spool.append_frame(0, frame(start))
+        batcher.add(0, frame(start))
+        close(spool, batcher, T0 + (start + 400) * MS)  # a commit (and new segment) per second
+    log_dir = tmp_path / "spool.frames"
+    # windows up to 3 s are committed: left is the segment of the frame reaching past 3 s
+    assert len(list(log_dir.glob("*.log"))) == spool.frame_log.segment_count == 1
+    recovered = Spool(tmp_path / "spool.sqlite", ["u"]).recover()
+    times = np.concatenate([f.time for _, f in recovered.frames])
+    np.testing.assert_array_equal(times, T0 + np.array([3000, 3100]) * MS)
+
+
+def test_frame_ids_never_repeat_after_every_segment_was_retired(tmp_path: Path) -> None:
+    path = tmp_path / "spool.sqlite"
+    spool = Spool(path, ["u"])
+    batcher = Batcher(tags(), S, 0, "gw", "cfg")
+    for start in (0, 400):
+        spool.append_frame(0, frame(start))
+        batcher.add(0, frame(start))
+    close(spool, batcher, T0 + 2 * S)
+    assert spool.frame_log.segment_count == 0
+    spool.close()
+    again = Spool(path, ["u"])
+    assert again.recover().frames == []
+    again.append_frame(0, frame(2000))  # id 3, not 1: ids 1 and 2 are named "emitted"
+    recovered = Spool(path, ["u"]).recover()
+    assert [len(f) for _, f in recovered.frames] == [4], "the new frame is not taken as sent"
+
+
+def test_a_torn_frame_record_is_cut_off_and_the_log_runs_on(tmp_path: Path) -> None:
+    path = tmp_path / "spool.sqlite"
+    spool = Spool(path, ["u"])
+    for start in (0, 400, 800):
+        spool.append_frame(0, frame(start))
+    spool.close()
+    (segment,) = (tmp_path / "spool.frames").glob("*.log")
+    data = segment.read_bytes()
+    segment.write_bytes(data[:-10])  # a kill in the middle of the last write()
+    reopened = Spool(path, ["u"])
+    assert reopened.frame_log.torn_records == 1
+    reopened.append_frame(0, frame(1200))
+    starts = [int(f.time[0]) for _, f in Spool(path, ["u"]).recover().frames]
+    assert starts == [T0, T0 + 400 * MS, T0 + 1200 * MS], "the torn frame alone is lost"
+
+
+def test_a_corrupted_frame_record_ends_its_segment_there(tmp_path: Path) -> None:
+    path = tmp_path / "spool.sqlite"
+    spool = Spool(path, ["u"])
+    for start in (0, 400, 800):
+        spool.append_frame(0, frame(start))
+    spool.close()
+    (segment,) = (tmp_path / "spool.frames").glob("*.log")
+    data = bytearray(segment.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # a flipped byte in the second record
+    segment.write_bytes(bytes(data))
+    starts = [int(f.time[0]) for _, f in Spool(path, ["u"]).recover().frames]
+    assert starts == [T0]
 
 
 def test_a_batch_leaves_only_when_every_uplink_has_it(tmp_path: Path) -> None:
