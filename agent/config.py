@@ -351,7 +351,6 @@ class AgentSection(Section):
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "console", "json"] = "auto"
-    queue_frames: int = Field(default=4096, ge=16)
 
     @field_validator("metrics")
     @classmethod

@@ -73,9 +73,6 @@ class Agent:
             )
             wide = ParquetUplinkConfig(name="resample", path=config.resample.path)
             self.wide_uplinks = [make_uplink(wide)]
-        self._frames: asyncio.Queue[tuple[int, Frame] | None] = asyncio.Queue(
-            config.agent.queue_frames
-        )
         self.spool = Spool(config.agent.data_dir / "spool.sqlite", [u.name for u in self.uplinks])
         self.spool_config = config.spool
         self.uplink_problems = ProblemLog(log)
@@ -183,8 +180,12 @@ class Agent:
             self._enforce_caps()
 
     async def _enqueue(self, index: int, frame: Frame) -> None:
+        """Every source's sink: the frame log, then the batcher, in the source's own task.
+        (Both are synchronous: a queue and a consumer task in between cost a task switch
+        per poll and bought nothing on one event loop.)"""
         await self._acquiring.wait()  # a full spool with overflow = "stop_acquiring"
-        await self._frames.put((index, frame))
+        self.spool.append_frame(index, frame)
+        self.batcher.add(index, frame)
 
     def health(self) -> dict[str, Any]:
         sources = {
@@ -214,7 +215,6 @@ class Agent:
             asyncio.create_task(runner.run(), name=f"source:{runner.config.name}")
             for runner in self.runners
         ]
-        consumer = asyncio.create_task(self._consume(), name="batcher")
         closer = asyncio.create_task(self._close_windows(), name="closer")
         forwarders = [
             asyncio.create_task(self.forwarder.run(uplink), name=f"uplink:{uplink.name}")
@@ -235,8 +235,6 @@ class Agent:
                 task.cancel()
             await asyncio.wait(sources, timeout=_STOP_SOURCES_S)
             closer.cancel()
-            await self._frames.put(None)
-            await consumer
             with contextlib.suppress(asyncio.CancelledError):
                 await closer
             for runner in self.runners:  # what deadband/swinging door/features still hold
@@ -308,14 +306,6 @@ class Agent:
         if unsent:
             log.warning("batches left in the spool for the next start", batches=unsent, bytes=size)
         self.spool.close()
-
-    async def _consume(self) -> None:
-        while True:
-            item = await self._frames.get()
-            if item is None:
-                return
-            self.spool.append_frame(*item)
-            self.batcher.add(*item)
 
     async def _close_windows(self) -> None:
         period = min(self.batcher.window_ns / 1e9 / 4, 0.25)

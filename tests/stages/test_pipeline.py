@@ -12,6 +12,7 @@ import pytest
 from agent import quality as q
 from agent.batch import Batcher, TagTable
 from agent.config_load import ConfigError, LoadedConfig, parse_config
+from agent.frame import Frame
 from agent.runtime import Agent
 from tests.stages.helpers import T0, S, frame
 
@@ -72,17 +73,14 @@ def test_lineage_names_every_parameter_and_the_derived_tags() -> None:
 
 async def test_agent_pipeline_drops_flags_counts_and_writes_lineage() -> None:
     agent = Agent(loaded())
+    out: list[Frame] = []
+    agent.batcher.add = lambda _index, added: out.append(added)  # type: ignore[method-assign]
     runner = agent.runners[0]
     times = T0 + np.array([0, 500, 1200]) * 1_000_000
     # speed: 30000 is out of range and dropped; temp: 1000 degF flagged; vib feeds features
     await runner.emit(frame([0, 1, 2], [times[0]] * 3, [100.0, 212.0, 1.0]))
     await runner.emit(frame([0, 1, 2], [times[1]] * 3, [30000.0, 1000.0, -3.0]))
     await runner.emit(frame([0, 1, 2], [times[2]] * 3, [200.0, 213.0, 2.0]))
-    out = []
-    while not agent._frames.empty():
-        item = agent._frames.get_nowait()
-        assert item is not None
-        out.append(item[1])
     registry = agent.metrics.registry
     assert registry.get_sample_value("edge_agent_points_in_total", {"source": "s"}) == 9
     assert runner.points == 9, "received samples count before the pipeline drops any"
