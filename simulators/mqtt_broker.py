@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import importlib.util
 import json
 import os
 import shutil
@@ -259,8 +260,6 @@ class AmqttBroker(PrivateBroker):
 
     @classmethod
     def available(cls) -> bool:
-        import importlib.util
-
         return importlib.util.find_spec("amqtt") is not None
 
     async def _command(self) -> list[str]:
