@@ -78,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     mqtt.add_argument("--clock-offset", default="0s", help='publisher clock skew, e.g. "5s"')
     mqtt.add_argument("--clock-drift-ppm", type=float, default=0.0, help="publisher clock drift")
     mqtt.add_argument("--epoch-unit", default="ms", choices=("s", "ms", "us", "ns"))
+    mqtt.add_argument("--mqtt-version", default="5", choices=("3.1.1", "5"))
 
     browse = commands.add_parser(
         "browse", help="walk an OPC UA server and print [[sources.tags]] to paste"
@@ -257,6 +258,7 @@ async def _simulate_mqtt(args: argparse.Namespace) -> None:
         fault_rate=args.fault_rate,
         burst=args.burst,
         epoch_unit=args.epoch_unit,
+        mqtt_version=args.mqtt_version,
     )
     await simulator.start(args.broker)
     await _serve(simulator, f"mqtt simulator publishing to {args.broker} (seed {args.seed})")

@@ -6,9 +6,11 @@ top (JSON decode, tag mapping, frames, batching, Parquet) against two floors in 
 run, same broker, same publisher: a bare paho subscriber (``loop_start``) whose handler
 only counts, and one that also ``json.loads`` the payload.
 
-A private mosquitto runs on a free port; the publisher is a separate process (this script
-with ``--publish``) sending QoS 0 messages at a fixed rate on absolute ticks, so neither its
-CPU nor the broker's is counted. Payloads:
+A private broker (mosquitto; amqtt where mosquitto is missing or with
+``EDGE_AGENT_MQTT_BROKER=amqtt``, every client then speaking MQTT 3.1.1) runs on a free
+port; the publisher is a separate process (this script with ``--publish``) sending QoS 0
+messages at a fixed rate on absolute ticks, so neither its CPU nor the broker's is
+counted. Payloads:
 
 - ``single``: a plain number on ``bench/single/t<i>``, 100 topics in turn, 100 tags mapped
   by the pattern ``bench/single/{tag}`` (receive-time timestamps);
@@ -42,7 +44,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from agent.config_load import parse_config
 from agent.logs import configure
 from agent.runtime import Agent
-from simulators.mqtt_broker import MosquittoBroker
+from simulators.mqtt_broker import private_broker
 
 TAGS = 100
 LOOPS = ("bare", "bare+json", "agent")
@@ -72,10 +74,16 @@ def payloads(kind: str, count: int) -> list[tuple[str, bytes]]:
     ]
 
 
-def publish(url: str, kind: str, rate: int, seconds: float) -> int:
+def paho_client(version: str) -> mqtt.Client:
+    """A paho client speaking ``version`` ("5" or "3.1.1"), the newest the broker does."""
+    protocol = mqtt.MQTTv5 if version == "5" else mqtt.MQTTv311
+    return mqtt.Client(CallbackAPIVersion.VERSION2, protocol=protocol)
+
+
+def publish(url: str, kind: str, rate: int, seconds: float, version: str) -> int:
     """Publisher process: ``rate`` messages/s for ``seconds``, in 10 ms slices."""
     host, port = url.removeprefix("mqtt://").split(":")
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client = paho_client(version)
     client.connect(host, int(port))
     client.loop_start()
     slice_s = 0.01
@@ -98,7 +106,7 @@ def publish(url: str, kind: str, rate: int, seconds: float) -> int:
     return 0
 
 
-def agent_text(url: str, kind: str, out: Path) -> str:
+def agent_text(url: str, version: str, kind: str, out: Path) -> str:
     if kind == "single":
         keys = 'topic = "bench/single/{tag}"\n'
     else:
@@ -108,18 +116,19 @@ def agent_text(url: str, kind: str, out: Path) -> str:
         f'[agent]\ngateway_id = "bench"\nmetrics = ""\nlog_level = "warning"\n'
         f'data_dir = "{out / "data"}"\n\n[batch]\nwindow = "1s"\n\n'
         f'[[uplinks]]\ntype = "parquet"\npath = "{out / "parquet"}"\n\n'
-        f'[[sources]]\nname = "mqtt"\nprotocol = "mqtt"\nurl = "{url}"\nqos = 0\n{keys}\n{tags}'
+        f'[[sources]]\nname = "mqtt"\nprotocol = "mqtt"\nurl = "{url}"\nqos = 0\n'
+        f'mqtt_version = "{version}"\n{keys}\n{tags}'
     )
 
 
 class BareSubscriber:
     """The floor: paho's own network thread, a handler that counts (optionally parses)."""
 
-    def __init__(self, url: str, kind: str, parse: bool) -> None:
+    def __init__(self, url: str, version: str, kind: str, parse: bool) -> None:
         host, port = url.removeprefix("mqtt://").split(":")
         self.messages = 0
         self.subscribed = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        self.client = paho_client(version)
         self.client.on_message = self._parse if parse else self._count
         self.client.on_subscribe = lambda *_: self.subscribed.set()
         self.client.on_connect = lambda client, *_: client.subscribe(
@@ -141,10 +150,11 @@ class BareSubscriber:
 
 
 async def measured(
-    count: Callable[[], int], url: str, kind: str, rate: int, args: argparse.Namespace
+    count: Callable[[], int], url: str, version: str, kind: str, rate: int, args: argparse.Namespace
 ) -> tuple[float, int, int]:
     """Run the publisher; (CPU s, messages) over ``--duration`` after ``--warmup``, sent."""
     command = [sys.executable, __file__, "--publish", url, "--kind", kind, "--rate", str(rate)]
+    command += ["--mqtt-version", version]
     command += ["--seconds", str(args.warmup + args.duration)]
     process = await asyncio.create_subprocess_exec(*command, stdout=subprocess.PIPE)
     await asyncio.sleep(args.warmup)
@@ -156,26 +166,31 @@ async def measured(
 
 
 async def run_loop(
-    loop: str, url: str, kind: str, rate: int, args: argparse.Namespace
+    loop: str, url: str, version: str, kind: str, rate: int, args: argparse.Namespace
 ) -> tuple[float, int, int, int]:
     """(CPU s, messages measured, messages sent, messages received in all) for one loop."""
     if loop != "agent":
-        bare = BareSubscriber(url, kind, parse=loop == "bare+json")
+        bare = BareSubscriber(url, version, kind, parse=loop == "bare+json")
         await asyncio.to_thread(bare.subscribed.wait, 10)
         try:
-            cpu, messages, sent = await measured(lambda: bare.messages, url, kind, rate, args)
+            cpu, messages, sent = await measured(
+                lambda: bare.messages, url, version, kind, rate, args
+            )
             await asyncio.sleep(0.5)
             return cpu, messages, sent, bare.messages
         finally:
             bare.close()
     with tempfile.TemporaryDirectory() as tmp:
-        agent = Agent(parse_config(tomllib.loads(agent_text(url, kind, Path(tmp))), Path("b")))
+        text = agent_text(url, version, kind, Path(tmp))
+        agent = Agent(parse_config(tomllib.loads(text), Path("b")))
         stop = asyncio.Event()
         running = asyncio.create_task(agent.run(stop))
         await asyncio.sleep(0.5)  # connect and subscribe
         decoder = agent.runners[0].driver.decoder  # type: ignore[attr-defined]
         try:
-            cpu, messages, sent = await measured(lambda: decoder.messages, url, kind, rate, args)
+            cpu, messages, sent = await measured(
+                lambda: decoder.messages, url, version, kind, rate, args
+            )
             await asyncio.sleep(0.5)
         finally:
             stop.set()
@@ -191,14 +206,15 @@ async def bench(args: argparse.Namespace) -> list[str]:
     lines = [header, "-" * len(header)]
     summary = []
     with tempfile.TemporaryDirectory() as tmp:
-        async with MosquittoBroker(Path(tmp)) as broker:
+        async with private_broker(Path(tmp)) as broker:
+            lines.insert(0, f"broker: {broker.name}, MQTT {broker.mqtt_version()}\n")
             for kind, rate in (("single", args.single_rate), ("json100", args.json_rate)):
                 per: dict[str, list[float]] = {loop: [] for loop in LOOPS}
                 for round_ in range(args.repeat):
                     for loop in LOOPS:
                         print(f"{kind} @ {rate}/s, round {round_ + 1}: {loop} ...", flush=True)
                         cpu, messages, sent, received = await run_loop(
-                            loop, broker.url, kind, rate, args
+                            loop, broker.url, broker.mqtt_version(), kind, rate, args
                         )
                         per_msg = cpu / max(messages, 1)
                         per[loop].append(per_msg)
@@ -229,9 +245,10 @@ def main() -> int:
     parser.add_argument("--kind", default="single", help=argparse.SUPPRESS)
     parser.add_argument("--rate", type=int, default=1000, help=argparse.SUPPRESS)
     parser.add_argument("--seconds", type=float, default=10.0, help=argparse.SUPPRESS)
+    parser.add_argument("--mqtt-version", default="5", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.publish:
-        return publish(args.publish, args.kind, args.rate, args.seconds)
+        return publish(args.publish, args.kind, args.rate, args.seconds, args.mqtt_version)
     configure("warning")
     lines = asyncio.run(bench(args))
     print(

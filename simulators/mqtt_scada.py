@@ -56,6 +56,7 @@ FAULTS = {
 OVERSIZED_BYTES = 300 * 1024  # above the driver's default max_payload of 256 KiB
 _ABSURD_NS = 30 * 86_400 * NS
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_STOP_ACK_TIMEOUT_S = 5.0  # stop() waits this long at most for the broker's acknowledgements
 
 
 @dataclass(frozen=True)
@@ -113,12 +114,21 @@ class PlantSignals:
         return {name: float(self.value(name, t_ns)[0]) for name in names}
 
 
-async def connect_publisher(url: str, client_id: str = "") -> AsyncMqttClient:
-    """A connected paho publisher on the running loop (plain MQTT 5, clean session)."""
+async def connect_publisher(
+    url: str, client_id: str = "", mqtt_version: str = "5"
+) -> AsyncMqttClient:
+    """A connected paho publisher on the running loop (plain MQTT, clean session);
+    ``mqtt_version`` "3.1.1" for a broker that speaks no MQTT 5."""
     parts = urlsplit(url)
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    v5 = mqtt_version == "5"
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+    )
     connection = AsyncMqttClient(client)
-    await connection.connect(parts.hostname or "127.0.0.1", parts.port or 1883, 30, 10.0, True)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 1883
+    await connection.connect(host, port, 30, 10.0, True if v5 else None)
     return connection
 
 
@@ -138,6 +148,7 @@ class MqttScadaSimulator:
         fault_rate: float = 0.0,
         burst: int = 1,
         epoch_unit: str = "ms",
+        mqtt_version: str = "5",
     ) -> None:
         unknown = set(shapes) - set(SHAPES)
         if unknown:
@@ -154,12 +165,14 @@ class MqttScadaSimulator:
         self.fault_rate = fault_rate
         self.burst = max(1, burst)
         self.epoch_scale = {"s": NS, "ms": 1_000_000, "us": 1000, "ns": 1}[epoch_unit]
+        self.mqtt_version = mqtt_version  # of its publisher and of agent_config's sources
         self.published = 0  # messages handed to the broker connection
         self.ticks: list[int] = []  # true tick times published, in order
         self.faults: Counter[str] = Counter()
         self._messages = 0  # counter keying the seeded fault draws
         self._connection: AsyncMqttClient | None = None
         self._task: asyncio.Task[None] | None = None
+        self._in_flight: list[mqtt.MQTTMessageInfo] = []  # QoS 1/2 not acknowledged yet
 
     # -- truth -----------------------------------------------------------------------------
 
@@ -191,7 +204,8 @@ class MqttScadaSimulator:
             }[shape]
             blocks.append(
                 f'[[sources]]\nname = "{name}_{shape}"\nprotocol = "mqtt"\nurl = "{url}"\n'
-                f'client_id = "{name}-{shape}-{self.seed}"\n{keys}{extra}\n{tags}\n'
+                f'client_id = "{name}-{shape}-{self.seed}"\n'
+                f'mqtt_version = "{self.mqtt_version}"\n{keys}{extra}\n{tags}\n'
             )
         return "\n".join(blocks)
 
@@ -238,15 +252,22 @@ class MqttScadaSimulator:
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def start(self, url: str) -> None:
-        self._connection = await connect_publisher(url, f"scada-sim-{self.seed}-{id(self)}")
+        client_id = f"scada-sim-{self.seed}-{id(self)}"
+        self._connection = await connect_publisher(url, client_id, self.mqtt_version)
         self._task = asyncio.create_task(self._publish_forever(), name="mqtt-scada-simulator")
 
     async def stop(self) -> None:
+        """Stop publishing; disconnect once the broker acknowledged what was published:
+        amqtt drops a leaving client's messages it has not acknowledged yet."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        deadline = asyncio.get_running_loop().time() + _STOP_ACK_TIMEOUT_S
+        # paho marks each message's info when its PUBACK/PUBCOMP arrives: nothing to await
+        while self._still_in_flight() and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
         if self._connection is not None:
             await self._connection.close()
             self._connection = None
@@ -262,10 +283,17 @@ class MqttScadaSimulator:
                     self.publish(topic, payload)
                 self.ticks.append(true_ns)
             held.clear()
+            self._still_in_flight()  # keeps the list to what the broker has not acked yet
+
+    def _still_in_flight(self) -> bool:
+        """Forget the messages the broker acknowledged; whether any are left."""
+        self._in_flight = [info for info in self._in_flight if not info.is_published()]
+        return bool(self._in_flight)
 
     def publish(self, topic: str, payload: bytes, qos: int | None = None) -> None:
         assert self._connection is not None, "start() first"
-        self._connection.client.publish(topic, payload, self.qos if qos is None else qos)
+        info = self._connection.client.publish(topic, payload, self.qos if qos is None else qos)
+        self._in_flight.append(info)
         self.published += 1
 
 
@@ -303,21 +331,23 @@ def broken(shape: str, document: Any, kind: str, epoch_scale: int = 1_000_000) -
 
 @contextlib.asynccontextmanager
 async def conformance_peer() -> AsyncIterator[dict[str, Any]]:
-    """A private mosquitto with this simulator publishing, for the conformance suite.
+    """A private broker with this simulator publishing, for the conformance suite.
 
-    Without a mosquitto binary the case is skipped (unittest.SkipTest, which pytest and
-    unittest both honour) rather than failed: the other drivers' cases still run.
+    Without a broker (neither mosquitto nor amqtt installed) the case is skipped
+    (unittest.SkipTest, which pytest and unittest both honour) rather than failed: the
+    other drivers' cases still run.
     """
-    from simulators.mqtt_broker import MosquittoBroker, mosquitto_binary
+    from simulators.mqtt_broker import broker_class, private_broker
 
-    if mosquitto_binary() is None:
-        raise unittest.SkipTest("the mosquitto broker is not installed")
+    if broker_class() is None:
+        raise unittest.SkipTest("no MQTT broker (mosquitto or amqtt) is installed")
 
     with tempfile.TemporaryDirectory(prefix="edge-agent-mqtt-") as directory:
-        async with MosquittoBroker(Path(directory)) as broker:
-            simulator = MqttScadaSimulator(seed=1, shapes=("json",))
+        async with private_broker(Path(directory)) as broker:
+            version = broker.mqtt_version()
+            simulator = MqttScadaSimulator(seed=1, shapes=("json",), mqtt_version=version)
             await simulator.start(broker.url)
             try:
-                yield {"url": broker.url}
+                yield {"url": broker.url, "mqtt_version": version}
             finally:
                 await simulator.stop()

@@ -11,12 +11,14 @@ Installing edge-agent makes them available in any test suite (an integrator's in
         ...
 
     async def test_my_mqtt_flow(mqtt_broker, mqtt_scada):
-        url = mqtt_broker.url  # mqtt://127.0.0.1:<port>, a private mosquitto
+        url = mqtt_broker.url  # mqtt://127.0.0.1:<port>, a private broker
+        version = mqtt_broker.mqtt_version()  # "5", or "3.1.1" on amqtt
         ...
 
 Each fixture starts its device on a free loopback port and stops it after the test.
-Needs pytest-asyncio (the ``test`` extra); the MQTT fixtures skip the test when the
-``mosquitto`` broker binary is not installed.
+Needs pytest-asyncio (the ``test`` extra). The MQTT broker is mosquitto when installed,
+else amqtt (the ``test`` extra; ``EDGE_AGENT_MQTT_BROKER=amqtt`` forces it, see
+``simulators.mqtt_broker``); with neither, the MQTT fixtures skip the test.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from simulators.modbus_plc import ModbusPLCSimulator
-from simulators.mqtt_broker import MosquittoBroker, mosquitto_binary
+from simulators.mqtt_broker import PrivateBroker, broker_class, private_broker
 
 if TYPE_CHECKING:  # imported in the fixtures: asyncua and paho only load for their tests
     from simulators.mqtt_scada import MqttScadaSimulator
@@ -54,19 +56,19 @@ if importlib.util.find_spec("pytest_asyncio") is not None:
             yield simulator
 
     @pytest_asyncio.fixture
-    async def mqtt_broker(tmp_path: Path) -> AsyncIterator[MosquittoBroker]:
-        """A private mosquitto (anonymous, persistent) on 127.0.0.1 and a free port."""
-        if mosquitto_binary() is None:
-            pytest.skip("the mosquitto broker is not installed")
-        async with MosquittoBroker(tmp_path / "mosquitto") as broker:
+    async def mqtt_broker(tmp_path: Path) -> AsyncIterator[PrivateBroker]:
+        """A private broker (anonymous) on 127.0.0.1 and a free port: mosquitto, or amqtt."""
+        if broker_class() is None:
+            pytest.skip("no MQTT broker (mosquitto or amqtt) is installed")
+        async with private_broker(tmp_path / "broker") as broker:
             yield broker
 
     @pytest_asyncio.fixture
-    async def mqtt_scada(mqtt_broker: MosquittoBroker) -> AsyncIterator[MqttScadaSimulator]:
+    async def mqtt_scada(mqtt_broker: PrivateBroker) -> AsyncIterator[MqttScadaSimulator]:
         """The SCADA publisher (seed 7, every shape, 100 ms ticks) on ``mqtt_broker``."""
         from simulators.mqtt_scada import MqttScadaSimulator
 
-        simulator = MqttScadaSimulator(seed=7)
+        simulator = MqttScadaSimulator(seed=7, mqtt_version=mqtt_broker.mqtt_version())
         await simulator.start(mqtt_broker.url)
         try:
             yield simulator

@@ -3,8 +3,9 @@
 A Modbus register whose every read returns a fresh sequence number makes the check exact:
 the central store must hold every number the agent acquired once, and nothing more; the
 only numbers allowed to be missing are those of a poll in flight at each kill. The agent
-runs as its own process (``edge-agent run``), sends to a private mosquitto over the mqtt
-uplink, and a collector in this process writes what arrives to Parquet. Shortened here;
+runs as its own process (``edge-agent run``), sends to a private broker over the mqtt
+uplink (MQTT 5; the collector's session must survive the broker's restarts), and a
+collector in this process writes what arrives to Parquet. Shortened here;
 ``bench/bench_chaos.py`` runs it for longer.
 """
 
@@ -22,7 +23,8 @@ import pyarrow.compute as pc
 
 from agent import quality as q
 from simulators.modbus_plc import SEQUENCE_AREA, ModbusPLCSimulator
-from simulators.mqtt_broker import MosquittoBroker
+from simulators.mqtt_broker import Feature, PrivateBroker
+from tests.protocols.mqtt.helpers import needs_broker
 from tests.uplinks.helpers import collect_config, running, stored
 
 # bench/bench_chaos.py runs this test with more of both
@@ -30,7 +32,7 @@ KILLS = int(os.environ.get("EDGE_AGENT_CHAOS_KILLS", "3"))
 BROKER_RESTARTS = int(os.environ.get("EDGE_AGENT_CHAOS_BROKER_RESTARTS", "2"))
 
 
-def agent_config(tmp_path: Path, plc: ModbusPLCSimulator, broker: MosquittoBroker) -> Path:
+def agent_config(tmp_path: Path, plc: ModbusPLCSimulator, broker: PrivateBroker) -> Path:
     config = tmp_path / "agent.toml"
     config.write_text(
         f'[agent]\ngateway_id = "chaos"\nmetrics = ""\nlog_format = "json"\n'
@@ -56,8 +58,9 @@ async def start_agent(config: Path) -> asyncio.subprocess.Process:
     )  # fmt: skip
 
 
+@needs_broker(Feature.MQTT5, Feature.PERSISTENT_SESSIONS)
 async def test_sigkills_and_broker_restarts_lose_only_polls_in_flight_and_store_nothing_twice(
-    tmp_path: Path, mqtt_broker: MosquittoBroker
+    tmp_path: Path, mqtt_broker: PrivateBroker
 ) -> None:
     central = tmp_path / "central"
     collector = collect_config(

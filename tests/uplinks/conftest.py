@@ -4,7 +4,8 @@ PostgreSQL tests use the local server (``EDGE_AGENT_TEST_POSTGRES_DSN``, default
 ``postgresql://postgres@127.0.0.1:5432/test``); without one they skip, unless
 ``EDGE_AGENT_REQUIRE_POSTGRES=1`` (CI sets it), where a missing server fails them. The S3
 tests start moto's server (the ``moto[server]`` test extra) on a free port, and skip
-when it is not installed.
+when it is not installed. The mqtt uplink and the collector speak MQTT 5 only, so here
+``mqtt_broker`` skips on a broker without it (amqtt).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import pytest
 import pytest_asyncio
 import structlog
 
-from simulators.mqtt_broker import free_port
+from simulators.mqtt_broker import Feature, PrivateBroker, free_port
 
 
 @pytest.fixture(autouse=True)
@@ -27,6 +28,15 @@ def _logs_to_this_tests_streams() -> None:
     """An earlier in-process ``edge-agent`` command may have pointed structlog at a
     captured stream pytest has closed since; a collector's warning must not hit it."""
     structlog.reset_defaults()
+
+
+@pytest.fixture
+def mqtt_broker(mqtt_broker: PrivateBroker) -> PrivateBroker:
+    """The plugin's private broker, where it speaks MQTT 5 as the uplink and collector do."""
+    reason = mqtt_broker.lacks(Feature.MQTT5)
+    if reason is not None:
+        pytest.skip(reason)
+    return mqtt_broker
 
 
 POSTGRES_DSN = os.environ.get(

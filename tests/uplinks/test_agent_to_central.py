@@ -11,7 +11,7 @@ import pytest
 
 from agent.collect import Collector
 from simulators.modbus_plc import POINTS, ModbusPLCSimulator
-from simulators.mqtt_broker import MosquittoBroker
+from simulators.mqtt_broker import PrivateBroker
 from tests.conftest import agent_toml, read_store, run_agent
 from tests.uplinks.conftest import PgSchema
 from tests.uplinks.helpers import canonical, collect_config, running, stored, wait_for
@@ -19,7 +19,7 @@ from tests.uplinks.test_postgres import stored_samples
 
 
 async def run_gateway(
-    plc: ModbusPLCSimulator, broker: MosquittoBroker, local: Path, collector: Collector
+    plc: ModbusPLCSimulator, broker: PrivateBroker, local: Path, collector: Collector
 ) -> int:
     """Run the agent for a few windows; returns the number of batches it stored locally."""
     # snapped to the poll grid: PostgreSQL keeps microseconds, these times have none finer
@@ -33,7 +33,7 @@ async def run_gateway(
 
 
 async def test_agent_batches_reach_a_central_parquet_store_exactly(
-    modbus_plc: ModbusPLCSimulator, mqtt_broker: MosquittoBroker, tmp_path: Path
+    modbus_plc: ModbusPLCSimulator, mqtt_broker: PrivateBroker, tmp_path: Path
 ) -> None:
     central = tmp_path / "central"
     config = collect_config(mqtt_broker.url, {"type": "parquet", "path": str(central)}, "c1")
@@ -45,7 +45,7 @@ async def test_agent_batches_reach_a_central_parquet_store_exactly(
 
 async def test_agent_batches_reach_postgres_exactly(
     modbus_plc: ModbusPLCSimulator,
-    mqtt_broker: MosquittoBroker,
+    mqtt_broker: PrivateBroker,
     pg_schema: PgSchema,
     tmp_path: Path,
 ) -> None:

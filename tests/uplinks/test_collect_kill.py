@@ -14,7 +14,7 @@ import pytest
 
 from agent.config import MqttUplinkConfig
 from agent.uplinks.mqtt import MqttUplink
-from simulators.mqtt_broker import MosquittoBroker
+from simulators.mqtt_broker import PrivateBroker
 from tests.uplinks.conftest import PgSchema
 from tests.uplinks.helpers import make_batches, samples_of
 from tests.uplinks.test_postgres import query, stored_samples
@@ -42,7 +42,7 @@ async def stored_batches(schema: PgSchema) -> int:
 
 
 async def test_sigkilled_collector_loses_and_duplicates_nothing(
-    mqtt_broker: MosquittoBroker, pg_schema: PgSchema, tmp_path: Path
+    mqtt_broker: PrivateBroker, pg_schema: PgSchema, tmp_path: Path
 ) -> None:
     batches = make_batches(windows=24, per_tag=1500)  # 6000 samples each: writes take a while
     config = tmp_path / "collect.toml"

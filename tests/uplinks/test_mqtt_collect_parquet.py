@@ -17,7 +17,7 @@ from agent.uplinks.mqtt import BATCH_SCHEMA, MqttUplink
 from agent.uplinks.parquet import ParquetUplink
 from protocols.mqtt.aio import AsyncMqttClient
 from protocols.mqtt.session import make_client
-from simulators.mqtt_broker import MosquittoBroker
+from simulators.mqtt_broker import PrivateBroker
 from tests.uplinks.helpers import (
     canonical,
     collect_config,
@@ -29,7 +29,7 @@ from tests.uplinks.helpers import (
 )
 
 
-def uplink(broker: MosquittoBroker, **extra: object) -> MqttUplink:
+def uplink(broker: PrivateBroker, **extra: object) -> MqttUplink:
     config = MqttUplinkConfig.model_validate({"url": broker.url, "publish_timeout": "5s", **extra})
     made = make_uplink(config)
     assert isinstance(made, MqttUplink)
@@ -37,7 +37,7 @@ def uplink(broker: MosquittoBroker, **extra: object) -> MqttUplink:
 
 
 async def test_every_sample_arrives_once_and_a_resent_batch_is_stored_once(
-    mqtt_broker: MosquittoBroker, tmp_path: Path
+    mqtt_broker: PrivateBroker, tmp_path: Path
 ) -> None:
     batches = make_batches(windows=6)
     store = tmp_path / "central"
@@ -57,7 +57,7 @@ async def test_every_sample_arrives_once_and_a_resent_batch_is_stored_once(
 
 
 async def test_batches_carry_topic_content_type_and_user_properties(
-    mqtt_broker: MosquittoBroker,
+    mqtt_broker: PrivateBroker,
 ) -> None:
     received: asyncio.Queue[mqtt.MQTTMessage] = asyncio.Queue()
     listener = AsyncMqttClient(make_client(uplink(mqtt_broker).config, "listener"))
@@ -84,7 +84,7 @@ async def test_batches_carry_topic_content_type_and_user_properties(
 
 
 async def test_send_raises_while_the_broker_is_down_and_reconnects_after(
-    mqtt_broker: MosquittoBroker, tmp_path: Path
+    mqtt_broker: PrivateBroker, tmp_path: Path
 ) -> None:
     batches = make_batches(windows=2)
     store = tmp_path / "central"
@@ -104,7 +104,7 @@ async def test_send_raises_while_the_broker_is_down_and_reconnects_after(
 
 @pytest.mark.parametrize("group", ["", "g"])
 async def test_collector_reconnects_after_a_broker_restart(
-    group: str, mqtt_broker: MosquittoBroker, tmp_path: Path
+    group: str, mqtt_broker: PrivateBroker, tmp_path: Path
 ) -> None:
     """Unshared (``""``), the collector's persistent session also keeps what was published
     while it was away. In a share group, mosquitto drops what is published while no member
@@ -132,7 +132,7 @@ async def test_collector_reconnects_after_a_broker_restart(
 
 
 async def test_two_collectors_sharing_the_subscription_split_the_load(
-    mqtt_broker: MosquittoBroker, tmp_path: Path
+    mqtt_broker: PrivateBroker, tmp_path: Path
 ) -> None:
     batches = make_batches(windows=6, gateway="gw1") + make_batches(windows=6, gateway="gw2")
     store = {"type": "parquet", "path": str(tmp_path / "central")}
@@ -168,7 +168,7 @@ class WriteThenHang:
 
 
 async def test_a_collector_stopped_between_write_and_ack_gets_the_batch_again(
-    mqtt_broker: MosquittoBroker, tmp_path: Path
+    mqtt_broker: PrivateBroker, tmp_path: Path
 ) -> None:
     batch = make_batches(windows=1)[0]
     store = tmp_path / "central"
@@ -188,7 +188,7 @@ async def test_a_collector_stopped_between_write_and_ack_gets_the_batch_again(
 
 
 async def test_malformed_messages_are_counted_acked_and_skipped(
-    mqtt_broker: MosquittoBroker, tmp_path: Path
+    mqtt_broker: PrivateBroker, tmp_path: Path
 ) -> None:
     good = make_batches(windows=1, gateway="gw1")[0]
     store = tmp_path / "central"
@@ -212,7 +212,7 @@ async def test_malformed_messages_are_counted_acked_and_skipped(
 
 
 async def test_collect_command_runs_from_a_config_file_until_sigterm(
-    mqtt_broker: MosquittoBroker, tmp_path: Path
+    mqtt_broker: PrivateBroker, tmp_path: Path
 ) -> None:
     store = tmp_path / "central"
     config = tmp_path / "collect.toml"

@@ -1,5 +1,6 @@
 """The mqtt uplink and the collector over TLS with client certificates, and with a login:
-the connection keys are the MQTT source's, so the same PEM files and secrets work."""
+the connection keys are the MQTT source's, so the same PEM files and secrets work. The
+uplink and the collector speak MQTT 5 only: these tests skip on a broker without it."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import pytest_asyncio
 
 from agent.config import MqttUplinkConfig
 from agent.uplinks.mqtt import MqttUplink
-from simulators.mqtt_broker import BrokerTls, MosquittoBroker, mosquitto_binary
+from simulators.mqtt_broker import BrokerTls, Feature, PrivateBroker
+from tests.protocols.mqtt.helpers import broker_or_skip, needs_broker
 from tests.protocols.mqtt.test_mqtt_tls import Pki
 from tests.uplinks.helpers import (
     canonical,
@@ -23,19 +25,19 @@ from tests.uplinks.helpers import (
     wait_for,
 )
 
+pytestmark = needs_broker(Feature.MQTT5)
+
 
 @pytest_asyncio.fixture
-async def tls_broker(tmp_path: Path) -> AsyncIterator[tuple[MosquittoBroker, Pki]]:
-    if mosquitto_binary() is None:
-        pytest.skip("the mosquitto broker is not installed")
+async def tls_broker(tmp_path: Path) -> AsyncIterator[tuple[PrivateBroker, Pki]]:
     pki = Pki(tmp_path / "pki")
     tls = BrokerTls(pki.ca, *pki.server, require_certificate=True)
-    async with MosquittoBroker(tmp_path / "mosquitto", tls=tls) as broker:
+    async with broker_or_skip(tmp_path / "broker", tls=tls) as broker:
         yield broker, pki
 
 
 async def test_uplink_and_collector_over_mutual_tls(
-    tls_broker: tuple[MosquittoBroker, Pki], tmp_path: Path
+    tls_broker: tuple[PrivateBroker, Pki], tmp_path: Path
 ) -> None:
     broker, pki = tls_broker
     keys = {
@@ -58,7 +60,7 @@ async def test_uplink_and_collector_over_mutual_tls(
 
 
 async def test_uplink_with_an_untrusted_ca_refuses_to_send(
-    tls_broker: tuple[MosquittoBroker, Pki],
+    tls_broker: tuple[PrivateBroker, Pki],
 ) -> None:
     broker, pki = tls_broker
     sender = MqttUplink(
@@ -74,11 +76,9 @@ async def test_uplink_with_an_untrusted_ca_refuses_to_send(
 
 
 async def test_uplink_logs_in_with_a_password_file(tmp_path: Path) -> None:
-    if mosquitto_binary() is None:
-        pytest.skip("the mosquitto broker is not installed")
     secret = tmp_path / "password"
     secret.write_text("s3cret\n")
-    async with MosquittoBroker(tmp_path / "mosquitto", users={"gw": "s3cret"}) as broker:
+    async with broker_or_skip(tmp_path / "broker", users={"gw": "s3cret"}) as broker:
         good = MqttUplink(MqttUplinkConfig(url=broker.url, username="gw", password_file=secret))
         await good.send(make_batches(windows=1)[0])  # no subscriber needed for a PUBACK
         await good.close()

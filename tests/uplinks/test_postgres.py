@@ -13,7 +13,7 @@ from agent.config import MqttUplinkConfig, PostgresUplinkConfig
 from agent.uplinks import make_uplink
 from agent.uplinks.mqtt import MqttUplink
 from agent.uplinks.postgres import PostgresUplink
-from simulators.mqtt_broker import MosquittoBroker
+from simulators.mqtt_broker import PrivateBroker
 from tests.uplinks.conftest import PgSchema
 from tests.uplinks.helpers import (
     COLUMNS,
@@ -118,7 +118,7 @@ async def test_password_comes_from_the_environment(
 
 
 async def test_mqtt_uplink_and_two_collectors_into_postgres_store_every_sample_once(
-    mqtt_broker: MosquittoBroker, pg_schema: PgSchema
+    mqtt_broker: PrivateBroker, pg_schema: PgSchema
 ) -> None:
     batches = make_batches(windows=5, gateway="gw1") + make_batches(windows=5, gateway="gw2")
     store = pg_schema.store()

@@ -12,7 +12,7 @@ from agent.config import MqttUplinkConfig, ParquetUplinkConfig
 from agent.uplinks import make_uplink
 from agent.uplinks.mqtt import MqttUplink
 from agent.uplinks.parquet import ParquetUplink
-from simulators.mqtt_broker import MosquittoBroker
+from simulators.mqtt_broker import PrivateBroker
 from tests.uplinks.conftest import S3Server
 from tests.uplinks.helpers import (
     canonical,
@@ -93,7 +93,7 @@ async def test_a_missing_secret_fails_the_send_not_the_start(
 
 
 async def test_collect_writes_mqtt_batches_to_s3(
-    mqtt_broker: MosquittoBroker,
+    mqtt_broker: PrivateBroker,
     s3_server: S3Server,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,

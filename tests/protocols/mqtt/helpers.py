@@ -14,9 +14,40 @@ import pytest
 from agent.config_load import parse_config
 from agent.frame import Frame, concat
 from agent.runtime import Agent
+from protocols.mqtt.aio import AsyncMqttClient
 from protocols.mqtt.config import MqttSourceConfig
 from protocols.mqtt.driver import MqttDriver
 from protocols.sdk import DriverContext
+from simulators.mqtt_broker import (
+    BrokerTls,
+    Feature,
+    PrivateBroker,
+    broker_class,
+    private_broker,
+)
+from simulators.mqtt_scada import connect_publisher
+
+BROKER = broker_class()  # what private_broker starts here: mosquitto, amqtt or none
+
+
+def needs_broker(*features: Feature) -> pytest.MarkDecorator:
+    """Skip a test on a broker that lacks one of ``features`` (amqtt), naming what."""
+    reason = BROKER.lacks(*features) if BROKER is not None else None
+    return pytest.mark.skipif(reason is not None, reason=reason or "")
+
+
+def broker_or_skip(
+    directory: Path, tls: BrokerTls | None = None, users: dict[str, str] | None = None
+) -> PrivateBroker:
+    """``private_broker`` for a fixture of its own; skips where no broker is installed."""
+    if BROKER is None:
+        pytest.skip("no MQTT broker (mosquitto or amqtt) is installed")
+    return private_broker(directory, tls, users)
+
+
+async def publisher_on(broker: PrivateBroker) -> AsyncMqttClient:
+    """A test publisher speaking the newest MQTT version ``broker`` does."""
+    return await connect_publisher(broker.url, mqtt_version=broker.mqtt_version())
 
 
 async def wait_for(condition: Callable[[], bool], seconds: float = 10.0) -> None:

@@ -1,4 +1,6 @@
-"""MQTT simulator + mosquitto + agent over real sockets: shapes, mapping, sessions, fuzz."""
+"""MQTT simulator + private broker + agent over real sockets: shapes, mapping, sessions, fuzz.
+
+On amqtt (MQTT 3.1.1 only) the tests speak 3.1.1; those needing more skip, naming it."""
 
 from __future__ import annotations
 
@@ -21,10 +23,17 @@ from protocols.mqtt import session as mqtt_session
 from protocols.mqtt.config import MqttSourceConfig
 from protocols.mqtt.driver import MqttDriver
 from protocols.sdk import DriverContext
-from simulators.mqtt_broker import MosquittoBroker
-from simulators.mqtt_scada import PLANT, MqttScadaSimulator, PlantSignals, connect_publisher
+from simulators.mqtt_broker import Feature, PrivateBroker
+from simulators.mqtt_scada import PLANT, MqttScadaSimulator, PlantSignals
 from tests.conftest import agent_toml, read_store
-from tests.protocols.mqtt.helpers import running_agent, running_driver, source_up, wait_for
+from tests.protocols.mqtt.helpers import (
+    needs_broker,
+    publisher_on,
+    running_agent,
+    running_driver,
+    source_up,
+    wait_for,
+)
 
 NS = 1_000_000_000
 SKEW_NS = 3 * NS  # the publisher's clock runs 3 s ahead
@@ -32,7 +41,7 @@ SKEW_NS = 3 * NS  # the publisher's clock runs 3 s ahead
 
 async def publish_through_agent(
     simulator: MqttScadaSimulator,
-    broker: MosquittoBroker,
+    broker: PrivateBroker,
     tmp_path: Path,
     extra: str,
     ticks: int,
@@ -45,7 +54,8 @@ async def publish_through_agent(
         await simulator.start(broker.url)
         await wait_for(lambda: len(simulator.ticks) >= ticks)
         await simulator.stop()
-        await asyncio.sleep(0.3)
+        published = len(simulator.ticks) * len(PLANT) * len(simulator.shapes)
+        await wait_for(lambda: sum(runner.points for runner in agent.runners) >= published)
     return agent
 
 
@@ -55,9 +65,11 @@ def _rows(table: pa.Table, source: str, tag: str) -> pa.Table:
 
 
 async def test_each_payload_shape_arrives_with_seeded_values_and_payload_times(
-    tmp_path: Path, mqtt_broker: MosquittoBroker
+    tmp_path: Path, mqtt_broker: PrivateBroker
 ) -> None:
-    simulator = MqttScadaSimulator(seed=11, clock_offset_ns=SKEW_NS)
+    simulator = MqttScadaSimulator(
+        seed=11, clock_offset_ns=SKEW_NS, mqtt_version=mqtt_broker.mqtt_version()
+    )
     # the skewed payload times are what this test checks: not flagged clock-uncertain here
     agent = await publish_through_agent(
         simulator, mqtt_broker, tmp_path, 'clock_threshold = "10s"\n', ticks=15
@@ -87,10 +99,14 @@ async def test_each_payload_shape_arrives_with_seeded_values_and_payload_times(
 
 
 async def test_a_skewed_publisher_clock_is_corrected_onto_the_gateway_clock(
-    tmp_path: Path, mqtt_broker: MosquittoBroker
+    tmp_path: Path, mqtt_broker: PrivateBroker
 ) -> None:
     simulator = MqttScadaSimulator(
-        seed=12, clock_offset_ns=SKEW_NS, clock_drift_ppm=100.0, shapes=("json",)
+        seed=12,
+        clock_offset_ns=SKEW_NS,
+        clock_drift_ppm=100.0,
+        shapes=("json",),
+        mqtt_version=mqtt_broker.mqtt_version(),
     )
     agent = await publish_through_agent(
         simulator, mqtt_broker, tmp_path, "correct_clock = true\n", ticks=25
@@ -107,9 +123,12 @@ async def test_a_skewed_publisher_clock_is_corrected_onto_the_gateway_clock(
     assert agent.metrics.clock_offset.labels("scada_json")._value.get() > 2.9
 
 
-@pytest.mark.parametrize("version", ["3.1.1", "5"])
+@pytest.mark.parametrize(
+    "version",
+    ["3.1.1", pytest.param("5", marks=needs_broker(Feature.MQTT5, Feature.SHARED_SUBSCRIPTIONS))],
+)
 async def test_wildcards_topic_patterns_and_shared_subscriptions(
-    mqtt_broker: MosquittoBroker, version: str
+    mqtt_broker: PrivateBroker, version: str
 ) -> None:
     source = {
         "url": mqtt_broker.url,
@@ -123,7 +142,7 @@ async def test_wildcards_topic_patterns_and_shared_subscriptions(
             {"name": "deep", "topic": "deep/#", "value": "$.a[1].b"},
         ],
     }
-    publisher = await connect_publisher(mqtt_broker.url)
+    publisher = await publisher_on(mqtt_broker)
     try:
         async with running_driver(source) as (driver, collector):
             for topic, payload in [
@@ -149,9 +168,10 @@ async def test_wildcards_topic_patterns_and_shared_subscriptions(
     assert collector.errors() == {"unmapped_topic": 1.0}
 
 
-@pytest.mark.parametrize("version", ["3.1.1", "5"])
+@needs_broker(Feature.PERSISTENT_SESSIONS)
+@pytest.mark.parametrize("version", ["3.1.1", pytest.param("5", marks=needs_broker(Feature.MQTT5))])
 async def test_qos1_persistent_session_gets_what_was_published_during_a_broker_restart(
-    tmp_path: Path, mqtt_broker: MosquittoBroker, version: str
+    tmp_path: Path, mqtt_broker: PrivateBroker, version: str
 ) -> None:
     source = (
         f'[[sources]]\nname = "scada"\nprotocol = "mqtt"\nurl = "{mqtt_broker.url}"\n'
@@ -162,13 +182,13 @@ async def test_qos1_persistent_session_gets_what_was_published_during_a_broker_r
     config = agent_toml(tmp_path / "store", source, lateness="100ms")
     async with running_agent(config) as agent:
         await wait_for(lambda: source_up(agent, "scada"))
-        publisher = await connect_publisher(mqtt_broker.url)
+        publisher = await publisher_on(mqtt_broker)
         publisher.client.publish("plant/seq", json.dumps({"n": 0}), qos=1)
         await wait_for(lambda: agent.runners[0].points >= 1)
         await publisher.close()
         await mqtt_broker.restart()
         assert not source_up(agent, "scada")  # the agent is waiting out its backoff
-        publisher = await connect_publisher(mqtt_broker.url)
+        publisher = await publisher_on(mqtt_broker)
         for n in range(1, 21):
             publisher.client.publish("plant/seq", json.dumps({"n": n}), qos=1)
         await asyncio.sleep(0.3)
@@ -182,9 +202,14 @@ async def test_qos1_persistent_session_gets_what_was_published_during_a_broker_r
 
 
 async def test_fuzzed_stream_through_the_broker_counts_every_fault_and_keeps_good_data(
-    mqtt_broker: MosquittoBroker,
+    mqtt_broker: PrivateBroker,
 ) -> None:
-    simulator = MqttScadaSimulator(seed=5, fault_rate=0.35, shapes=("json", "pattern"))
+    simulator = MqttScadaSimulator(
+        seed=5,
+        fault_rate=0.35,
+        shapes=("json", "pattern"),
+        mqtt_version=mqtt_broker.mqtt_version(),
+    )
     start = (time.time_ns() // NS - 60) * NS  # the last minute, as a replayed buffer would be
     messages = [m for k in range(60) for m in simulator.messages(start + k * NS)]
     assert sum(simulator.faults.values()) > 100  # a dense mix of every kind of fault
@@ -200,7 +225,7 @@ async def test_fuzzed_stream_through_the_broker_counts_every_fault_and_keeps_goo
         {key: value for key, value in source.items() if key != "name"}
         for source in tomllib.loads(simulator.agent_config(url=mqtt_broker.url))["sources"]
     )
-    publisher = await connect_publisher(mqtt_broker.url)
+    publisher = await publisher_on(mqtt_broker)
     try:
         async with (
             running_driver(json_source) as (json_d, json_c),
@@ -226,11 +251,12 @@ async def test_fuzzed_stream_through_the_broker_counts_every_fault_and_keeps_goo
 
 
 async def test_simulate_mqtt_command_publishes_the_seeded_plant(
-    mqtt_broker: MosquittoBroker,
+    mqtt_broker: PrivateBroker,
 ) -> None:
     names = [tag.name for tag in PLANT if tag.area == "boiler"]
     source = {
         "url": mqtt_broker.url,
+        "mqtt_version": mqtt_broker.mqtt_version(),
         "topic": "cli/json/boiler",
         "value": "$.values.{tag}",
         "timestamp": "$.ts",
@@ -253,6 +279,8 @@ async def test_simulate_mqtt_command_publishes_the_seeded_plant(
             "json",
             "--period",
             "100ms",
+            "--mqtt-version",
+            mqtt_broker.mqtt_version(),
             stdout=asyncio.subprocess.PIPE,
         )
         try:
@@ -273,18 +301,21 @@ async def test_simulate_mqtt_command_publishes_the_seeded_plant(
 
 
 async def test_clean_session_resubscribes_after_a_broker_restart(
-    tmp_path: Path, mqtt_broker: MosquittoBroker
+    tmp_path: Path, mqtt_broker: PrivateBroker
 ) -> None:
     source = (
         f'[[sources]]\nname = "scada"\nprotocol = "mqtt"\nurl = "{mqtt_broker.url}"\n'
-        'backoff_initial = "200ms"\nbackoff_max = "400ms"\n'
+        f'mqtt_version = "{mqtt_broker.mqtt_version()}"\n'
+        # the first retry comes after the broker is back (amqtt takes ~0.2 s to start):
+        # one failure per restart
+        'backoff_initial = "1s"\nbackoff_max = "1s"\n'
         'topic = "plant/seq"\nvalue = "$.n"\n[[sources.tags]]\nname = "seq"\n'
     )
     config = agent_toml(tmp_path / "store", source, lateness="100ms")
     async with running_agent(config) as agent:
         for n in range(3):  # before, after one restart, after a second
             await wait_for(lambda: source_up(agent, "scada"))
-            publisher = await connect_publisher(mqtt_broker.url)
+            publisher = await publisher_on(mqtt_broker)
             points = agent.runners[0].points
             publisher.client.publish("plant/seq", json.dumps({"n": n}), qos=1)
             await wait_for(lambda: agent.runners[0].points > points)  # noqa: B023
@@ -329,7 +360,7 @@ async def _ignore(frame: Frame) -> None:
 
 
 async def test_backpressure_stops_reading_the_socket_and_loses_nothing(
-    mqtt_broker: MosquittoBroker, monkeypatch: pytest.MonkeyPatch
+    mqtt_broker: PrivateBroker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(mqtt_session, "_MAX_QUEUED_SAMPLES", 50)
     gate = asyncio.Event()
@@ -340,12 +371,18 @@ async def test_backpressure_stops_reading_the_socket_and_loses_nothing(
         taken.append(frame)
 
     config = MqttSourceConfig.model_validate(
-        {"name": "s", "url": mqtt_broker.url, "topic": "flood", "tags": [{"name": "n"}]}
+        {
+            "name": "s",
+            "url": mqtt_broker.url,
+            "mqtt_version": mqtt_broker.mqtt_version(),
+            "topic": "flood",
+            "tags": [{"name": "n"}],
+        }
     )
     driver = MqttDriver(config)
     ctx = DriverContext(config, slow_agent)
     task = asyncio.create_task(driver.run(ctx))
-    publisher = await connect_publisher(mqtt_broker.url)
+    publisher = await publisher_on(mqtt_broker)
     try:
         up = {"source": "s"}
         await wait_for(
@@ -367,8 +404,9 @@ async def test_backpressure_stops_reading_the_socket_and_loses_nothing(
     assert concat(taken).value.tolist() == [float(n) for n in range(count)]
 
 
+@needs_broker(Feature.SHARED_SUBSCRIPTIONS)
 async def test_gateways_in_one_share_group_split_the_messages_without_duplicates(
-    mqtt_broker: MosquittoBroker,
+    mqtt_broker: PrivateBroker,
 ) -> None:
     def source(client_id: str) -> dict[str, object]:
         return {
@@ -380,7 +418,7 @@ async def test_gateways_in_one_share_group_split_the_messages_without_duplicates
             "tags": [{"name": "seq"}],
         }
 
-    publisher = await connect_publisher(mqtt_broker.url)
+    publisher = await publisher_on(mqtt_broker)
     try:
         async with (
             running_driver(source("gw-a")) as (first, a),

@@ -10,25 +10,24 @@ import pytest
 import pytest_asyncio
 import structlog
 
-from simulators.mqtt_broker import MosquittoBroker, mosquitto_binary
+from simulators.mqtt_broker import PrivateBroker
 from tests.conftest import agent_toml
-from tests.protocols.mqtt.helpers import running_agent, running_driver, wait_for
+from tests.protocols.mqtt.helpers import broker_or_skip, running_agent, running_driver, wait_for
 
 
 @pytest_asyncio.fixture
-async def locked_broker(tmp_path: Path) -> AsyncIterator[MosquittoBroker]:
-    if mosquitto_binary() is None:
-        pytest.skip("the mosquitto broker is not installed")
-    async with MosquittoBroker(tmp_path / "mosquitto", users={"gateway": "s3cret"}) as broker:
+async def locked_broker(tmp_path: Path) -> AsyncIterator[PrivateBroker]:
+    async with broker_or_skip(tmp_path / "broker", users={"gateway": "s3cret"}) as broker:
         yield broker
 
 
 async def test_password_from_the_environment_logs_in(
-    locked_broker: MosquittoBroker, monkeypatch: pytest.MonkeyPatch
+    locked_broker: PrivateBroker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("MQTT_PASSWORD", "s3cret")
     source = {
         "url": locked_broker.url,
+        "mqtt_version": locked_broker.mqtt_version(),
         "username": "gateway",
         "password_env": "MQTT_PASSWORD",
         "topic": "plant/x",
@@ -39,12 +38,13 @@ async def test_password_from_the_environment_logs_in(
 
 
 async def test_wrong_password_fails_clearly_once_and_keeps_retrying(
-    tmp_path: Path, locked_broker: MosquittoBroker
+    tmp_path: Path, locked_broker: PrivateBroker
 ) -> None:
     secret = tmp_path / "password"
     secret.write_text("wrong\n")
     source = (
         f'[[sources]]\nname = "scada"\nprotocol = "mqtt"\nurl = "{locked_broker.url}"\n'
+        f'mqtt_version = "{locked_broker.mqtt_version()}"\n'
         f'username = "gateway"\npassword_file = "{secret}"\n'
         'backoff_initial = "100ms"\nbackoff_max = "200ms"\ntopic = "plant/x"\n'
         '[[sources.tags]]\nname = "x"\n'

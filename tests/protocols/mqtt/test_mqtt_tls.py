@@ -1,10 +1,11 @@
-"""TLS to a mosquitto TLS listener: client certificates, host name check, untrusted CA."""
+"""TLS to the private broker's TLS listener: client certificates, host name check, untrusted CA."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
 import json
+import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,10 +17,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from simulators.mqtt_broker import BrokerTls, MosquittoBroker, mosquitto_binary
-from simulators.mqtt_scada import connect_publisher
+from simulators.mqtt_broker import BrokerTls, PrivateBroker
 from tests.conftest import agent_toml
-from tests.protocols.mqtt.helpers import running_agent, running_driver, wait_for
+from tests.protocols.mqtt.helpers import (
+    broker_or_skip,
+    publisher_on,
+    running_agent,
+    running_driver,
+    wait_for,
+)
 
 Key = ec.EllipticCurvePrivateKey
 
@@ -100,17 +106,16 @@ def pki(tmp_path: Path) -> Pki:
 
 
 @pytest_asyncio.fixture
-async def tls_broker(tmp_path: Path, pki: Pki) -> AsyncIterator[MosquittoBroker]:
-    if mosquitto_binary() is None:
-        pytest.skip("the mosquitto broker is not installed")
+async def tls_broker(tmp_path: Path, pki: Pki) -> AsyncIterator[PrivateBroker]:
     tls = BrokerTls(pki.ca, *pki.server, require_certificate=True)
-    async with MosquittoBroker(tmp_path / "mosquitto", tls=tls) as broker:
+    async with broker_or_skip(tmp_path / "broker", tls=tls) as broker:
         yield broker
 
 
-def _tls_source(pki: Pki, url: str, **extra: object) -> dict[str, object]:
+def _tls_source(pki: Pki, broker: PrivateBroker, host: str, **extra: object) -> dict[str, object]:
     return {
-        "url": url,
+        "url": broker.tls_url(host),
+        "mqtt_version": broker.mqtt_version(),
         "ca_file": str(pki.ca),
         "certificate": str(pki.client[0]),
         "private_key": str(pki.client[1]),
@@ -125,10 +130,10 @@ def _tls_source(pki: Pki, url: str, **extra: object) -> dict[str, object]:
     [("localhost", False), ("127.0.0.1", True)],  # the cert names localhost only
 )
 async def test_client_certificate_session_delivers_data(
-    tls_broker: MosquittoBroker, pki: Pki, host: str, insecure: bool
+    tls_broker: PrivateBroker, pki: Pki, host: str, insecure: bool
 ) -> None:
-    source = _tls_source(pki, tls_broker.tls_url(host), tls_insecure=insecure)
-    publisher = await connect_publisher(tls_broker.url)
+    source = _tls_source(pki, tls_broker, host, tls_insecure=insecure)
+    publisher = await publisher_on(tls_broker)
     try:
         async with running_driver(source) as (_, collector):
             assert collector.connected, "TLS session with a client certificate is up"
@@ -147,7 +152,7 @@ async def test_client_certificate_session_delivers_data(
     ],
 )
 async def test_untrusted_broker_fails_clearly_once_and_keeps_retrying(
-    tmp_path: Path, tls_broker: MosquittoBroker, pki: Pki, wrong_ca: bool, host: str, expected: str
+    tmp_path: Path, tls_broker: PrivateBroker, pki: Pki, wrong_ca: bool, host: str, expected: str
 ) -> None:
     ca = pki.other_ca if wrong_ca else pki.ca
     source = (
@@ -164,3 +169,25 @@ async def test_untrusted_broker_fails_clearly_once_and_keeps_retrying(
     assert len(failures) == 1, "logged once, however often it is retried"
     assert "TLS" in failures[0]["error"]
     assert expected in failures[0]["error"]
+
+
+# MQTT 3.1.1 CONNECT: clean session, keepalive 30 s, empty client id; either broker takes it
+_CONNECT = bytes([0x10, 12, 0, 4]) + b"MQTT" + bytes([4, 2, 0, 30, 0, 0])
+
+
+async def test_a_client_without_a_certificate_gets_no_session(
+    tls_broker: PrivateBroker, pki: Pki
+) -> None:
+    """require_certificate holds on either broker (on amqtt through its runner)."""
+    context = ssl.create_default_context(cafile=str(pki.ca))
+    try:
+        reader, writer = await asyncio.open_connection(
+            "localhost", tls_broker.tls_port, ssl=context
+        )
+        writer.write(_CONNECT)
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(4), 5)  # TLS 1.3: refused after the handshake
+        writer.close()
+    except (ssl.SSLError, ConnectionResetError):
+        answer = b""
+    assert answer == b"", "no CONNACK without a client certificate"
