@@ -121,13 +121,19 @@ def test_frame_ids_never_repeat_after_every_segment_was_retired(tmp_path: Path) 
     assert [len(f) for _, f in recovered.frames] == [4], "the new frame is not taken as sent"
 
 
-def test_a_torn_frame_record_is_cut_off_and_the_log_runs_on(tmp_path: Path) -> None:
+def three_logged_frames(tmp_path: Path) -> tuple[Path, Path]:
+    """A spool whose frame log holds frames at 0, 400 and 800 ms: its path and segment."""
     path = tmp_path / "spool.sqlite"
     spool = Spool(path, ["u"])
     for start in (0, 400, 800):
         spool.append_frame(0, frame(start))
     spool.close()
     (segment,) = (tmp_path / "spool.frames").glob("*.log")
+    return path, segment
+
+
+def test_a_torn_frame_record_is_cut_off_and_the_log_runs_on(tmp_path: Path) -> None:
+    path, segment = three_logged_frames(tmp_path)
     data = segment.read_bytes()
     segment.write_bytes(data[:-10])  # a kill in the middle of the last write()
     reopened = Spool(path, ["u"])
@@ -138,12 +144,7 @@ def test_a_torn_frame_record_is_cut_off_and_the_log_runs_on(tmp_path: Path) -> N
 
 
 def test_a_corrupted_frame_record_ends_its_segment_there(tmp_path: Path) -> None:
-    path = tmp_path / "spool.sqlite"
-    spool = Spool(path, ["u"])
-    for start in (0, 400, 800):
-        spool.append_frame(0, frame(start))
-    spool.close()
-    (segment,) = (tmp_path / "spool.frames").glob("*.log")
+    path, segment = three_logged_frames(tmp_path)
     data = bytearray(segment.read_bytes())
     data[len(data) // 2] ^= 0xFF  # a flipped byte in the second record
     segment.write_bytes(bytes(data))
