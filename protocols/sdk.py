@@ -202,10 +202,7 @@ class PollingDriver(Driver):
         task = asyncio.current_task()
         async for tick in ticks(group.period_ns, ctx.clock):
             stats.poll_started(tick.lateness_ns, tick.skipped)
-            try:
-                frame = await self.read(group, tick, stats)
-            finally:
-                stats.poll_done()
+            frame = await self.read(group, tick, stats)
             if task is not None and task.cancelling():
                 # a library swallowed our cancellation (asyncio.wait_for on Python 3.11,
                 # CPython gh-86296, used by pymodbus per request): honour it here
