@@ -30,7 +30,7 @@ from __future__ import annotations
 import os
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,18 +80,25 @@ class FrameLog:
         even when every segment that held it is gone."""
         self.next_id = max(self.next_id, frame_id + 1)
 
-    def append(self, source: int, max_time: int, payload: bytes) -> int:
+    def append(self, source: int, max_time: int, payload: Sequence[bytes | memoryview]) -> int:
+        """Write one frame, given as the buffers its payload is made of (gathered by
+        ``writev``, not joined first: a 1,000-tag poll is 22 kB)."""
         frame_id = self.next_id
-        checked = _CHECKED.pack(frame_id, source, max_time)
-        crc = zlib.crc32(payload, zlib.crc32(checked))
-        record = _HEADER.pack(len(payload), crc, frame_id, source, max_time) + payload
+        crc = zlib.crc32(_CHECKED.pack(frame_id, source, max_time))
+        size = 0
+        for part in payload:
+            crc = zlib.crc32(part, crc)
+            size += len(part) if isinstance(part, bytes) else part.nbytes
+        record = [_HEADER.pack(size, crc, frame_id, source, max_time), *payload]
         if self._fd is None:
             path = self.directory / f"{frame_id:020d}.log"
             self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
             self._segments.append(_Segment(path, frame_id, max_time))
-        written = os.write(self._fd, record)
-        while written < len(record):  # a short write: finish it, or the log is torn here
-            written += os.write(self._fd, record[written:])
+        written = os.writev(self._fd, record)
+        if written < _HEADER.size + size:  # a short write: finish it, or the log is torn here
+            rest = b"".join(record)[written:]
+            while rest:
+                rest = rest[os.write(self._fd, rest) :]
         segment = self._segments[-1]
         segment.last_id = frame_id
         segment.max_time = max(segment.max_time, max_time)

@@ -92,9 +92,9 @@ _FIXED = (("tag", "<i4"), ("time", "<i8"), ("value", "<f8"), ("quality", "<u2"))
 _STAMP = "<i8"
 
 
-def encode_frame(frame: Frame) -> bytes:
-    """Header length (4 bytes, little-endian), a JSON header, then the columns' raw
-    little-endian bytes: a copy of the arrays, no per-sample work (see the module doc)."""
+def frame_parts(frame: Frame) -> list[bytes | memoryview]:
+    """A frame's encoding (see the module doc) as the buffers to write one after the
+    other: the arrays themselves where they are little-endian and contiguous, no copy."""
     stamps = [name for name in ("source_time", "server_time") if getattr(frame, name) is not None]
     header = {
         "rows": len(frame),
@@ -103,10 +103,16 @@ def encode_frame(frame: Frame) -> bytes:
         "text": None if frame.text is None else frame.text.tolist(),
     }
     head = json.dumps(header).encode()
-    parts = [len(head).to_bytes(4, "little"), head]
-    parts += [np.ascontiguousarray(getattr(frame, name), dtype).tobytes() for name, dtype in _FIXED]
-    parts += [np.ascontiguousarray(getattr(frame, name), _STAMP).tobytes() for name in stamps]
-    return b"".join(parts)
+    columns = [*_FIXED, *((name, _STAMP) for name in stamps)]
+    return [
+        len(head).to_bytes(4, "little"),
+        head,
+        *(np.ascontiguousarray(getattr(frame, n), dtype).data for n, dtype in columns),
+    ]
+
+
+def encode_frame(frame: Frame) -> bytes:
+    return b"".join(frame_parts(frame))
 
 
 def decode_frame(data: bytes) -> Frame:
@@ -200,7 +206,7 @@ class Spool:
     # -- frames ------------------------------------------------------------------------------
 
     def append_frame(self, source: int, frame: Frame) -> None:
-        self._last_frame = self.frame_log.append(source, int(frame.time.max()), encode_frame(frame))
+        self._last_frame = self.frame_log.append(source, int(frame.time.max()), frame_parts(frame))
 
     def recover(self) -> Recovered:
         """The frames a restart must feed the batcher again (see the module docstring)."""
