@@ -7,6 +7,7 @@ import asyncio
 import json
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow.compute as pc
@@ -101,7 +102,9 @@ async def test_filtered_store_reconstructs_the_simulator_truth(tmp_path: Path) -
         samples = value[vib][windows == second]
         assert np.isclose(stored, np.sqrt(np.mean(samples**2)), rtol=1e-9)
     files = sorted(tmp_path.glob("gateway=test-gw/date=*/*.parquet"))
-    lineage = json.loads(ds.dataset(files[-1]).schema.metadata[b"edge_agent.tags"])
+    lineage: dict[str, Any] = {}  # a batch describes the tags it holds
+    for file in files:
+        lineage |= json.loads(ds.dataset(file).schema.metadata[b"edge_agent.tags"])
     assert lineage["plc1/spindle_speed"]["swinging_door"]["deviation"] == 120.0
     assert lineage["plc1/coolant_temp"]["unit"] == "degF"
     dropped = agent.metrics.registry.get_sample_value(
