@@ -44,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
 
     simulate = commands.add_parser("simulate", help="run a bundled device simulator")
     devices = simulate.add_subparsers(dest="device", required=True, metavar="DEVICE")
-    modbus = devices.add_parser("modbus", help="Modbus TCP PLC of a CNC cell")
+    modbus = devices.add_parser("modbus", help="Modbus TCP (or RTU) PLC of a CNC cell")
     modbus.add_argument("--host", default="127.0.0.1")
     modbus.add_argument("--port", type=int, default=5020, help="0 picks a free port")
     modbus.add_argument("--seed", type=int, default=0)
@@ -53,6 +53,11 @@ def _parser() -> argparse.ArgumentParser:
     modbus.add_argument("--exception-rate", type=float, default=0.0, help="share of requests")
     modbus.add_argument("--timeout-rate", type=float, default=0.0, help="share of requests")
     modbus.add_argument("--disconnect-every", type=float, default=0.0, help="seconds")
+    modbus.add_argument(
+        "--serial", metavar="PORT", help="serve Modbus RTU on this serial port instead of TCP"
+    )
+    modbus.add_argument("--baudrate", type=int, default=19200, help="with --serial")
+    modbus.add_argument("--parity", choices=["N", "E", "O"], default="E", help="with --serial")
 
     opcua = devices.add_parser("opcua", help="OPC UA server of a CNC machine")
     opcua.add_argument("--host", default="127.0.0.1")
@@ -222,8 +227,12 @@ async def _simulate_modbus(args: argparse.Namespace) -> None:
         timeout_rate=args.timeout_rate,
         disconnect_every_s=args.disconnect_every,
     )
-    port = await simulator.start(args.host, args.port)
-    await _serve(simulator, f"modbus simulator listening on {args.host}:{port} (seed {args.seed})")
+    if args.serial:
+        await simulator.start_serial(args.serial, args.baudrate, args.parity)
+        where = f"Modbus RTU on {args.serial} at {args.baudrate} baud, 8{args.parity}1"
+    else:
+        where = f"{args.host}:{await simulator.start(args.host, args.port)}"
+    await _serve(simulator, f"modbus simulator listening on {where} (seed {args.seed})")
 
 
 async def _simulate_opcua(args: argparse.Namespace) -> None:

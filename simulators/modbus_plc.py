@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from typing import Any, Self
 
 import numpy as np
+from pymodbus import FramerType
 from pymodbus.constants import ExcCodes
-from pymodbus.server import ModbusTcpServer
+from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from simulators.signals import CncSignals
@@ -171,7 +172,7 @@ class ModbusPLCSimulator:
         self.timeout_s = timeout_s
         self.disconnect_every_s = disconnect_every_s
         self._rng = random.Random(seed)
-        self._server: ModbusTcpServer | None = None
+        self._server: ModbusTcpServer | ModbusSerialServer | None = None
         self._images: dict[str, tuple[int, list[int]]] = {}
         self._disconnector: asyncio.Task[None] | None = None
         self.requests = 0
@@ -327,6 +328,16 @@ class ModbusPLCSimulator:
             self._disconnector = asyncio.create_task(self._disconnect_periodically())
         return self.port
 
+    async def start_serial(self, port: str, baudrate: int = 19200, parity: str = "E") -> None:
+        """Serve Modbus RTU on a serial port (8 data bits, 1 stop bit), e.g. one end of a
+        pseudo-terminal pair, instead of TCP."""
+        self._images.clear()
+        server = ModbusSerialServer(
+            self._device(), framer=FramerType.RTU, port=port, baudrate=baudrate, parity=parity
+        )
+        await server.serve_forever(background=True)
+        self._server = server
+
     async def stop(self) -> None:
         """Close the listener and every client connection, like a PLC losing power."""
         if self._disconnector is not None:
@@ -364,10 +375,13 @@ class ModbusPLCSimulator:
         source: str = "plc1",
         points: tuple[Point, ...] = POINTS,
         extra: str = "",
+        url: str = "",
     ) -> str:
-        """A [[sources]] TOML block that reads ``points`` from this simulator."""
+        """A [[sources]] TOML block that reads ``points`` from this simulator (over TCP,
+        unless ``url`` names another way to it, e.g. the serial line it serves RTU on)."""
+        url = url or f"modbus+tcp://127.0.0.1:{self.port}"
         header = (
             f'[[sources]]\nname = "{source}"\nprotocol = "modbus"\n'
-            f'url = "modbus+tcp://127.0.0.1:{self.port}"\nunit_id = {self.unit_id}\n{extra}'
+            f'url = "{url}"\nunit_id = {self.unit_id}\n{extra}'
         )
         return header + "\n" + "\n\n".join(point.toml(rate) for point in points) + "\n"

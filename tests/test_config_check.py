@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from agent.cli import EXIT_CONFIG, main
 from agent.config_load import ConfigError, key_path, load_config
 from agent.durations import format_duration, parse_duration
+from protocols.modbus.config import ModbusSourceConfig
 
 MS = 1_000_000
 S = 1_000_000_000
@@ -170,6 +171,17 @@ def test_valid_config_loads_with_driver_models(tmp_path: Path) -> None:
     assert len(loaded.config_hash) == 16
 
 
+def test_an_rtu_source_names_its_serial_line(tmp_path: Path) -> None:
+    text = _modbus(GOOD_TAG, source_extra='baudrate = 9600\nparity = "N"\nstopbits = 2').replace(
+        "modbus+tcp://10.0.0.5", "modbus+rtu:///dev/ttyUSB0"
+    )
+    source = load_config(_write(tmp_path, text, "rtu.toml")).config.sources[0]
+    assert isinstance(source, ModbusSourceConfig)
+    assert source.is_serial
+    assert source.serial_port == "/dev/ttyUSB0"
+    assert (source.baudrate, source.parity, source.stopbits, source.bytesize) == (9600, "N", 2, 8)
+
+
 def test_config_hash_is_stable_and_content_sensitive(tmp_path: Path) -> None:
     first = load_config(_write(tmp_path, VALID, "a.toml")).config_hash
     # Formatting and comments do not change the hash; content does.
@@ -302,6 +314,23 @@ BROKEN = {
         _modbus(GOOD_TAG).replace("modbus+tcp://10.0.0.5", "tcp://10.0.0.5"),
         "sources[0].url",
         ["modbus+tcp://host[:port]"],
+    ),
+    "serial_keys_on_tcp": (
+        _modbus(GOOD_TAG, source_extra="baudrate = 9600"),
+        "sources[0]",
+        ["baudrate: for a modbus+rtu:// url only"],
+    ),
+    "rtu_without_a_port": (
+        _modbus(GOOD_TAG).replace("modbus+tcp://10.0.0.5", "modbus+rtu://"),
+        "sources[0].url",
+        ["modbus+rtu:///dev/<serial port>"],
+    ),
+    "bad_parity": (
+        _modbus(GOOD_TAG, source_extra='parity = "X"').replace(
+            "modbus+tcp://10.0.0.5", "modbus+rtu:///dev/ttyUSB0"
+        ),
+        "sources[0].parity",
+        ["'N', 'E' or 'O'", "'X'"],
     ),
     "unknown_key": (
         _modbus('[[sources.tags]]\nname = "a"\naddress = "hr:0"\ndeadbnad = 0.5\n'),

@@ -118,8 +118,16 @@ class ModbusTagConfig(TagConfig):
 
 class ModbusSourceConfig(SourceConfig):
     protocol: Literal["modbus"] = "modbus"
-    url: str = Field(description="modbus+tcp://host[:port] (port 502 when omitted)")
+    url: str = Field(
+        description="modbus+tcp://host[:port] (port 502 when omitted), or modbus+rtu:///dev/tty..."
+        " for Modbus RTU on a serial line"
+    )
     unit_id: int = Field(default=1, ge=0, le=255)
+    # the serial line of modbus+rtu; defaults as the Modbus serial line spec says (8E1)
+    baudrate: int = Field(default=19200, gt=0)
+    parity: Literal["N", "E", "O"] = "E"
+    stopbits: Literal[1, 2] = 1
+    bytesize: Literal[7, 8] = 8
     timeout: Duration = Field(default=1_000_000_000)
     max_gap: int = Field(
         default=16, ge=0, le=124, description="unused registers a block read may span"
@@ -132,13 +140,30 @@ class ModbusSourceConfig(SourceConfig):
     @classmethod
     def _url(cls, value: str) -> str:
         parts = urlsplit(value)
+        if parts.scheme == "modbus+rtu" and parts.path and not parts.netloc:
+            return value
         if parts.scheme != "modbus+tcp" or not parts.hostname:
-            raise ValueError(f'expected "modbus+tcp://host[:port]", got {value!r}')
+            raise ValueError(
+                f'expected "modbus+tcp://host[:port]" or "modbus+rtu:///dev/<serial port>", '
+                f"got {value!r}"
+            )
         try:
             _ = parts.port
         except ValueError:
             raise ValueError(f"invalid port in {value!r}") from None
         return value
+
+    @model_validator(mode="after")
+    def _serial_keys_need_rtu(self) -> ModbusSourceConfig:
+        # a line setting on a TCP url is a mistake (a dumped config repeats the defaults)
+        serial = [
+            key
+            for key in ("baudrate", "bytesize", "parity", "stopbits")
+            if getattr(self, key) != type(self).model_fields[key].default
+        ]
+        if serial and not self.is_serial:
+            raise ValueError(f"{', '.join(sorted(serial))}: for a modbus+rtu:// url only")
+        return self
 
     @model_validator(mode="after")
     def _tags_fit_one_read(self) -> ModbusSourceConfig:
@@ -149,6 +174,14 @@ class ModbusSourceConfig(SourceConfig):
                     f"registers, more than max_registers = {self.max_registers}"
                 )
         return self
+
+    @property
+    def is_serial(self) -> bool:
+        return urlsplit(self.url).scheme == "modbus+rtu"
+
+    @property
+    def serial_port(self) -> str:
+        return urlsplit(self.url).path
 
     @property
     def host(self) -> str:

@@ -15,6 +15,7 @@ ends the session and the supervisor reconnects.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import itertools
 import math
 import time
@@ -23,7 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from pymodbus.client import AsyncModbusTcpClient
+from pymodbus import FramerType
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusIOException
 from pymodbus.pdu import ExceptionResponse
 
@@ -85,7 +87,7 @@ class ModbusDriver(PollingDriver):
             )
             for group in self.poll_groups()
         }
-        self._client: AsyncModbusTcpClient | None = None
+        self._client: AsyncModbusTcpClient | AsyncModbusSerialClient | None = None
         self._lock = asyncio.Lock()
         self._ctx: DriverContext | None = None
 
@@ -101,17 +103,37 @@ class ModbusDriver(PollingDriver):
         await super().run(ctx)
 
     async def connect(self) -> None:
-        client = AsyncModbusTcpClient(
+        client = self._serial_client() if self.config.is_serial else self._tcp_client()
+        if not await client.connect():
+            client.close()
+            raise ConnectionError(f"cannot connect to {self.config.url}")
+        self._client = client
+
+    def _tcp_client(self) -> AsyncModbusTcpClient:
+        return AsyncModbusTcpClient(
             self.config.host,
             port=self.config.port,
             timeout=self.config.timeout / 1e9,
             retries=0,
             reconnect_delay=0,
         )
-        if not await client.connect():
-            client.close()
-            raise ConnectionError(f"cannot connect to {self.config.url}")
-        self._client = client
+
+    def _serial_client(self) -> AsyncModbusSerialClient:
+        """RTU framing on a serial line: the same requests, decoding and errors as TCP."""
+        if importlib.util.find_spec("serial") is None:
+            raise RuntimeError("modbus+rtu needs pyserial: pip install 'edge-agent[serial]'")
+        config = self.config
+        return AsyncModbusSerialClient(
+            config.serial_port,
+            framer=FramerType.RTU,
+            baudrate=config.baudrate,
+            bytesize=config.bytesize,
+            parity=config.parity,
+            stopbits=config.stopbits,
+            timeout=config.timeout / 1e9,
+            retries=0,
+            reconnect_delay=0,
+        )
 
     async def close(self) -> None:
         if self._client is not None:
