@@ -111,10 +111,6 @@ def frame_parts(frame: Frame) -> list[bytes | memoryview]:
     ]
 
 
-def encode_frame(frame: Frame) -> bytes:
-    return b"".join(frame_parts(frame))
-
-
 def decode_frame(data: bytes) -> Frame:
     size = int.from_bytes(data[:4], "little")
     header = json.loads(data[4 : 4 + size])
