@@ -54,8 +54,10 @@ def assert_decodes_to_the_truth(store: Path, simulator: ModbusPLCSimulator, agen
         truth = simulator.truth(point.name, candidates.ravel()).reshape(candidates.shape)
         matches = truth == values[mine][:, None]
         assert matches.any(axis=1).all(), f"{point.name}: a value matches no served truth"
-        if point.signal == "torque":  # per-scan noise: the matching scan is unique
-            error = np.abs(offsets[matches.argmax(axis=1)])
+        if point.signal == "torque":  # fresh noise every scan: a match pins the scan
+            # the nearest matching scan: the same noise value can recur within +-200 ms
+            distance = np.where(matches, np.abs(offsets)[None, :], np.iinfo(np.int64).max)
+            error = distance.min(axis=1)
             assert error.max() <= max_rtt_ns + simulator.signals.scan_ns, (
                 f"timestamp off by {error.max() / 1e6:.2f} ms, RTT max {max_rtt_ns / 1e6:.2f} ms"
             )
