@@ -60,12 +60,15 @@ class TagTable:
         self.lineage: list[dict[str, Any]] = []
         for index, source in enumerate(sources):
             self.source_offset.append(len(names))
-            tags = [(tag.name, tag_lineage(tag)) for tag in source.tags]
+            on_change = {"on_change": True} if source.reports_on_change else {}
+            tags = [(tag.name, tag_lineage(tag) | on_change) for tag in source.tags]
             for name, lineage in tags + derived_tags(source.tags, source.name):
                 names.append(name)
                 owners.append(index)
-                # derived (feature) tags are not acquired: no rate, nothing expected
-                rates.append(parse_duration(lineage["rate"]) if "rate" in lineage else 0)
+                # derived (feature) tags are not acquired and on-change tags owe no count
+                # per rate: no rate, nothing expected
+                owed = "rate" in lineage and not lineage.get("on_change")
+                rates.append(parse_duration(lineage["rate"]) if owed else 0)
                 self.lineage.append(lineage)
         self.tag_names = np.array(names, dtype=object)
         self.tag_source = np.array(owners, dtype=np.int32)

@@ -231,6 +231,13 @@ class SourceConfig(Section):
     )
     tags: list[TagConfig] = Field(min_length=1)
 
+    @property
+    def reports_on_change(self) -> bool:
+        """Whether the tags arrive when they change (a subscription, a publisher) rather
+        than once per ``rate``: then a window owes no count of samples, and completeness
+        by rate would call a value that held still missing."""
+        return False
+
     @field_validator("tags")
     @classmethod
     def _unique_tag_names(cls, tags: list[TagConfig]) -> list[TagConfig]:

@@ -109,17 +109,19 @@ class QualityTally:
         span = max(0, high - low)
         expected = span / self.rate_ns
         deviating = (received != np.round(expected)) | (good != received)
+        owed = np.isfinite(self.rate_ns)  # tags that owe one sample per rate
         sources: dict[str, Any] = {}
         for index, name in enumerate(source_names):
             mine = self.tag_source == index
             n_expected = float(expected[mine].sum())
             n_received = int(received[mine].sum())
+            n_owed = int(received[mine & owed].sum())  # what completeness counts
             n_good = int(good[mine].sum())
             figures: dict[str, Any] = {
                 "received": n_received,
                 "expected": round(n_expected, 3),
                 "good": n_good,
-                "completeness": round(min(n_received / n_expected, 1.0), 4) if n_expected else None,
+                "completeness": round(min(n_owed / n_expected, 1.0), 4) if n_expected else None,
                 "validity": round(n_good / n_received, 4) if n_received else None,
             }
             latency = latency_ns.get(index)
@@ -143,8 +145,8 @@ def tag_figures(quality: dict[str, Any], lineage: dict[str, Any]) -> dict[str, l
     span = quality["span_ns"]
     figures: dict[str, list[float]] = {}
     for tag, described in lineage.items():
-        if "rate" not in described:
-            continue  # a derived (feature) tag: not acquired, not expected
+        if "rate" not in described or described.get("on_change"):
+            continue  # a derived (feature) or on-change tag: nothing expected per rate
         expected = span / parse_duration(described["rate"])
         figures[tag] = [float(round(expected)), expected, float(round(expected))]
     for tag, listed in quality["tags"].items():

@@ -49,6 +49,37 @@ def frame(tags: list[int], time: int, quality: list[int]) -> Frame:
     )
 
 
+def test_on_change_tags_owe_no_count_per_rate() -> None:
+    """A subscribed or published tag that held still is not incomplete: nothing is expected
+    of it, and its samples do not make up for a polled tag's missing ones."""
+    polled = TemplateSourceConfig(name="plc", tags=[{"name": "a", "rate": "100ms"}])
+    subscribed = parse_config(
+        tomllib.loads(
+            '[[sources]]\nname = "scada"\nprotocol = "mqtt"\nurl = "mqtt://127.0.0.1:1"\n'
+            'topic = "plant/{tag}"\n[[sources.tags]]\nname = "b"\nrate = "100ms"\n'
+        ),
+        Path("t.toml"),
+    ).config.sources[0]
+    table = TagTable([polled, subscribed])
+    assert table.lineage[1]["on_change"] is True
+    assert "on_change" not in table.lineage[0]
+    counts = QualityTally(table.source_offset, table.tag_source, table.rate_ns, S, lambda: T0 + S)
+    counts.started_ns = T0
+    for k in range(5):  # the polled tag: half its samples; the published one: 3 changes
+        counts.add(0, frame([0], T0 + k * 100 * MS, [q.GOOD]))
+    for k in range(3):
+        counts.add(1, frame([0], T0 + k * 300 * MS, [q.GOOD]))
+    figures = counts.figures(T0, table.source_names, table.qualified, {}, {})
+    assert figures["sources"]["plc"]["completeness"] == 0.5
+    assert figures["sources"]["scada"]["expected"] == 0
+    assert figures["sources"]["scada"]["completeness"] is None
+    assert figures["sources"]["scada"]["received"] == 3
+    lineage = {name: table.lineage[g] for g, name in enumerate(table.qualified)}
+    restored = tag_figures(figures, lineage)
+    assert restored["scada/b"] == [3, 0.0, 3], "listed with what it sent, owing nothing"
+    assert restored["plc/a"] == [5, 10.0, 5]
+
+
 def test_tally_counts_received_and_good_but_not_gateway_placeholders() -> None:
     counts = tally(T0 + 5 * S)
     counts.started_ns = T0 - 10 * S

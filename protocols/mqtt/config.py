@@ -85,6 +85,10 @@ class MqttSourceConfig(SourceConfig, MqttConnection):
     _topic = field_validator("topic")(_check_topic)
     _paths = field_validator("value", "timestamp", "quality")(_check_path)
 
+    @property
+    def reports_on_change(self) -> bool:
+        return True  # publishers send when they like: nothing is owed per rate
+
     @field_validator("shared_group")
     @classmethod
     def _group(cls, value: str | None) -> str | None:

@@ -104,6 +104,10 @@ class OpcUaSourceConfig(SourceConfig, UserCredentials):
     )
     tags: list[OpcUaTagConfig] = Field(min_length=1)  # type: ignore[assignment]
 
+    @property
+    def reports_on_change(self) -> bool:
+        return self.mode == "subscribe"
+
     @field_validator("url")
     @classmethod
     def _url(cls, value: str) -> str:
