@@ -537,3 +537,16 @@ def test_check_protocol_of_the_wrong_type(
     code, _, err = _check(path, capsys)
     assert code == 2
     assert err.splitlines() == [f"{path}: sources[0].protocol: expected a protocol name, got 5"]
+
+
+@pytest.mark.parametrize(
+    "example",
+    sorted((Path(__file__).parent.parent / "examples").glob("*.toml")),
+    ids=lambda path: path.name,
+)
+def test_every_example_config_checks_clean(
+    example: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = _check(example, capsys)
+    assert code == 0, err
+    assert f"{example}: OK" in out
