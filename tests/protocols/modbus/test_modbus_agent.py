@@ -4,7 +4,9 @@ timestamps, rates and outages."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import time
 import tomllib
 from pathlib import Path
@@ -99,6 +101,54 @@ async def test_rtu_on_a_serial_line_decodes_every_type_as_tcp_does(tmp_path: Pat
         finally:
             await simulator.stop()
     assert_decodes_to_the_truth(tmp_path, simulator, agent)
+
+
+async def test_line_noise_and_a_missing_serial_port_give_bad_samples_not_crashes(
+    tmp_path: Path,
+) -> None:
+    """RTU's failure modes: a device answering garbage (failed CRCs: timeouts) on one line,
+    and a serial port that does not exist (comm errors, reconnects) for another source;
+    the agent keeps polling both and logs each failure once."""
+    rng = np.random.default_rng(5)
+    loop = asyncio.get_running_loop()
+    extra = 'parity = "N"\ntimeout = "100ms"\nbackoff_initial = "100ms"\nbackoff_max = "200ms"\n'
+    async with SerialLink() as link:
+        device = os.open(link.device_port, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+
+        def answer_garbage() -> None:
+            with contextlib.suppress(BlockingIOError):
+                os.read(device, 256)
+                os.write(device, rng.integers(0, 256, 9, np.uint8).tobytes())
+
+        loop.add_reader(device, answer_garbage)
+        simulator = ModbusPLCSimulator(seed=1)  # only for its config blocks
+        sources = simulator.agent_config(
+            "100ms", points=POINTS[:1], url=f"modbus+rtu://{link.host_port}", extra=extra
+        ) + simulator.agent_config(
+            "100ms",
+            source="plc2",
+            points=POINTS[:1],
+            url=f"modbus+rtu://{tmp_path / 'no-such-tty'}",
+            extra=extra,
+        )
+        try:
+            with structlog.testing.capture_logs() as logs:
+                agent = await run_agent(agent_toml(tmp_path, sources), 2.5)
+        finally:
+            loop.remove_reader(device)
+            os.close(device)
+    table = read_store(tmp_path)
+    source = table["source"].cast("string").to_numpy(zero_copy_only=False)
+    reasons = table["quality"].to_numpy() & q.REASON_MASK
+    noisy = source == "plc1"
+    assert noisy.sum() >= 5, "the noisy line was polled on and on"
+    assert (table["quality"].to_numpy()[noisy] >= q.BAD).all(), "no garbage became a value"
+    assert (reasons[noisy] == q.Reason.TIMEOUT).all()
+    assert agent.runners[1].failures >= 2, "the missing port is retried"
+    assert agent.runners[0].points >= 5
+    loud = [e for e in logs if e.get("source") == "plc2" and e["log_level"] != "debug"]
+    assert len(loud) == 1, "the missing port is logged once, not per retry"
+    assert "no-such-tty" in loud[0]["error"], "the log names the port"
 
 
 @pytest.mark.slow
