@@ -7,9 +7,10 @@ at the midpoint of its round trip, the best estimate of when the device sampled.
 becomes one frame whose slices the blocks fill in place, so the hot path allocates a few
 arrays per poll rather than a frame per block.
 
-A Modbus exception or a timeout affects only the block it hit: its tags get bad-quality
-samples with the reason, logged once per block until it reads again. A lost connection
-ends the session and the supervisor reconnects.
+A Modbus exception, a timeout or a reply that does not fit the request (another function
+code or length: a late reply to another request) affects only the block it hit: its tags
+get bad-quality samples with the reason, logged once per block until it reads again. A
+lost connection ends the session and the supervisor reconnects.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from protocols.sdk import DriverContext, PollGroup, PollingDriver, Tick
 
 _EXCEPTION = q.make(q.BAD, q.Reason.DEVICE_EXCEPTION)
 _TIMEOUT = q.make(q.BAD, q.Reason.TIMEOUT)
+_MISMATCH = q.make(q.BAD, q.Reason.DECODE_ERROR)
 _GOOD = q.GOOD
 _REQUESTS = {
     "hr": "read_holding_registers",
@@ -45,6 +47,7 @@ _REQUESTS = {
     "coil": "read_coils",
     "di": "read_discrete_inputs",
 }
+_FUNCTION_CODES = {"coil": 1, "di": 2, "hr": 3, "ir": 4}
 
 
 @dataclass(frozen=True)
@@ -181,14 +184,16 @@ class ModbusDriver(PollingDriver):
             code = getattr(response, "exception_code", None)
             self._failed(frame, rows, key, sent, _EXCEPTION, "device exception", code)
             return
+        mismatch = _mismatch(block, response)
+        if mismatch is not None:
+            self._failed(
+                frame, rows, key, sent, _MISMATCH, "reply does not fit the request", mismatch
+            )
+            return
         if block.is_bits:
             frame.value[rows] = block.decode_bits(response.bits)
         else:
             registers = np.array(response.registers, dtype=">u2")
-            if registers.shape[0] < block.count:
-                short = f"{registers.shape[0]} of {block.count} registers"
-                self._failed(frame, rows, key, sent, _EXCEPTION, "short response", short)
-                return
             _, text = block.decoder.decode_registers(registers, out=frame.value[rows])
             if text is not None:
                 if frame.text is None:
@@ -213,6 +218,30 @@ class ModbusDriver(PollingDriver):
     @classmethod
     def conformance_peer(cls) -> Any:
         return _simulator_peer()
+
+
+def _mismatch(block: Block, response: Any) -> str | None:
+    """What makes a reply not the answer to this block's request, if anything.
+
+    pymodbus pairs a reply with its request by transaction id on TCP and by nothing at all
+    on RTU, whose frames carry no id: after a timeout, the late reply to the previous
+    request is returned as this one's (pymodbus-dev/pymodbus#2636, #1509). A gateway, or
+    pymodbus's own server, can also label a late reply with the next request's id. A reply
+    of another function code or length is such a reply, never data for these tags; one of
+    the same length cannot be told apart, which is why timeouts should exceed the
+    device's worst response time.
+    """
+    function = _FUNCTION_CODES[block.table]
+    if response.function_code != function:
+        return f"function code {response.function_code} for a read with {function}"
+    if block.is_bits:
+        got, want = len(response.bits), (block.count + 7) // 8 * 8  # bits come in whole bytes
+        unit = "bits"
+    else:
+        got, want, unit = len(response.registers), block.count, "registers"
+    if got != want:
+        return f"{got} {unit} for a read of {want}"
+    return None
 
 
 @asynccontextmanager
