@@ -22,6 +22,7 @@ from typing import Any, Self
 import numpy as np
 from pymodbus import FramerType
 from pymodbus.constants import ExcCodes
+from pymodbus.exceptions import NoSuchIdException
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
@@ -269,7 +270,14 @@ class ModbusPLCSimulator:
             self.exceptions += 1
             return ExcCodes.DEVICE_FAILURE
         if self.timeout_rate and self._rng.random() < self.timeout_rate:
+            arrived = self.requests
             await asyncio.sleep(self.timeout_s)
+            if self.requests != arrived:
+                # The client gave up and asked again. pymodbus's server would label this late
+                # reply with the newer request's transaction id (it reads the connection's
+                # last request after this await): another request's values under that id,
+                # which no device sends. So this reply is dropped, a timeout pure and simple.
+                raise NoSuchIdException("late reply dropped")
         scan = self.signals.scan_of(time.time_ns())
         table = {1: "coil", 2: "di", 3: "hr", 4: "ir"}[function_code]
         areas: list[tuple[int, Callable[[int], list[int]]]] = [
@@ -319,7 +327,8 @@ class ModbusPLCSimulator:
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         self._images.clear()
-        server = ModbusTcpServer(self._device(), address=(host, port))
+        # unknown unit ids go unanswered, as on a serial bus (and a dropped late reply too)
+        server = ModbusTcpServer(self._device(), address=(host, port), ignore_missing_devices=True)
         await server.serve_forever(background=True)
         self._server = server
         listener: Any = server.transport
@@ -333,7 +342,12 @@ class ModbusPLCSimulator:
         pseudo-terminal pair, instead of TCP."""
         self._images.clear()
         server = ModbusSerialServer(
-            self._device(), framer=FramerType.RTU, port=port, baudrate=baudrate, parity=parity
+            self._device(),
+            framer=FramerType.RTU,
+            port=port,
+            baudrate=baudrate,
+            parity=parity,
+            ignore_missing_devices=True,
         )
         await server.serve_forever(background=True)
         self._server = server
