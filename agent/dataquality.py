@@ -11,9 +11,10 @@ look 10 % complete. Per window and tag:
 
 completeness = received / expected and validity = good / received. Timeliness is the
 acquisition-to-batch latency of the batch's rows, per source. A batch carries the totals
-per source and, per tag, only the tags that deviate (not the rounded expected number, or
-not all good), so a healthy 10,000-tag gateway does not write 10,000 entries per window;
-:func:`tag_figures` restores every tag's figures from that and the lineage.
+per source and, per tag, only the tags that deviate (not the rounded expected number, not
+all good, or nothing at all where anything was due), so a healthy 10,000-tag gateway does
+not write 10,000 entries per window; :func:`tag_figures` restores every tag's figures from
+that and the lineage.
 """
 
 from __future__ import annotations
@@ -108,7 +109,11 @@ class QualityTally:
         high = min(window_start + self.window_ns, self.clock() if end_ns is None else end_ns)
         span = max(0, high - low)
         expected = span / self.rate_ns
+        # a tag that sent nothing is listed even if the rounded promise was 0 (a slow tag's
+        # window, a partial one): the batch's lineage names only the tags it holds, so
+        # tag_figures could not give it the fraction it was expected
         deviating = (received != np.round(expected)) | (good != received)
+        deviating |= (received == 0) & (expected > 0)
         owed = np.isfinite(self.rate_ns)  # tags that owe one sample per rate
         sources: dict[str, Any] = {}
         for index, name in enumerate(source_names):

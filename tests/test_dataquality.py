@@ -129,6 +129,28 @@ def test_a_window_the_agent_ran_only_part_of_expects_only_that_part() -> None:
     assert figures["span_ns"] == 400 * MS
     assert figures["sources"]["s1"]["expected"] == 4.0
     assert figures["tags"]["s1/c"] == [0, 4.0, 0], "a tag that sent nothing is listed"
+    assert figures["tags"]["s0/b"] == [0, 0.4, 0], "even when less than one sample was due"
+
+
+def test_a_tag_slower_than_the_window_is_expected_in_every_window() -> None:
+    """A 10 s tag in 1 s windows owes a tenth of a sample per window. The windows it sent
+    nothing in hold no row of it, so their lineage does not name it: their figures must
+    list it, or a report over the batches expects one sample where ten were due."""
+    now = T0 + 100 * S
+    counts = QualityTally([0], np.array([0], np.int32), np.array([10 * S]), S, lambda: now)
+    counts.started_ns = T0
+    lineage = {"dev/slow": {"rate": "10s"}}
+    received = expected = 0.0
+    for window in range(100):
+        start = T0 + window * S
+        if window % 10 == 0:
+            counts.add(0, frame([0], start + 5 * MS, [q.GOOD]))
+        figures = counts.figures(start, ["dev"], ["dev/slow"], {}, {})
+        present = lineage if window % 10 == 0 else {}  # what the batch's lineage holds
+        got, due, _ = tag_figures(figures, present)["dev/slow"]
+        received, expected = received + got, expected + due
+    assert received == 10
+    assert expected == pytest.approx(10.0)
 
 
 def test_windows_without_a_single_sample_still_report_what_they_missed() -> None:
