@@ -25,7 +25,7 @@ HONEST, TOO_LONG, WRONG_FUNCTION = 20, 0, 10  # holding register each tag reads
 async def _answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """Read holding registers, each register holding its address + 1000, except that a
     read at TOO_LONG gets three registers more than asked and a read at WRONG_FUNCTION
-    gets an input-register reply (function code 4)."""
+    gets an input-register reply (function code 4); a read of coils gets a byte more."""
     try:
         while True:
             tid, _, _, unit = struct.unpack(">HHHB", await reader.readexactly(7))
@@ -34,7 +34,10 @@ async def _answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
                 count += 3
             if start == WRONG_FUNCTION:
                 function = 4
-            values = struct.pack(f">{count}H", *range(1000 + start, 1000 + start + count))
+            if function == 1:
+                values = b"\xff" * ((count + 7) // 8 + 1)
+            else:
+                values = struct.pack(f">{count}H", *range(1000 + start, 1000 + start + count))
             pdu = struct.pack(">BB", function, len(values)) + values
             writer.write(struct.pack(">HHHB", tid, 0, len(pdu) + 1, unit) + pdu)
             await writer.drain()
@@ -55,12 +58,12 @@ async def test_a_reply_of_another_length_or_function_is_flagged_not_stored_as_da
     tmp_path: Path, misbehaving_device: int
 ) -> None:
     tags = "".join(
-        f'\n[[sources.tags]]\nname = "{name}"\naddress = "hr:{address}"\n'
-        'type = "uint16"\nrate = "100ms"\n'
+        f'\n[[sources.tags]]\nname = "{name}"\naddress = "{address}"\nrate = "100ms"\n'
         for name, address in (
-            ("honest", HONEST),
-            ("too_long", TOO_LONG),
-            ("wrong_function", WRONG_FUNCTION),
+            ("honest", f"hr:{HONEST}"),
+            ("too_long", f"hr:{TOO_LONG}"),
+            ("wrong_function", f"hr:{WRONG_FUNCTION}"),
+            ("coils_too_long", "coil:0"),
         )
     )
     source = (
@@ -78,7 +81,7 @@ async def test_a_reply_of_another_length_or_function_is_flagged_not_stored_as_da
     assert honest.sum() >= 5
     assert (quality[honest] == q.GOOD).all()
     assert (value[honest] == 1000 + HONEST).all()
-    for name in ("too_long", "wrong_function"):
+    for name in ("too_long", "wrong_function", "coils_too_long"):
         rows = names == name
         assert rows.sum() >= 5, name
         assert (quality[rows] == q.make(q.BAD, q.Reason.DECODE_ERROR)).all(), name
@@ -87,6 +90,7 @@ async def test_a_reply_of_another_length_or_function_is_flagged_not_stored_as_da
         e for e in logs if e["event"] == "modbus read failed: reply does not fit the request"
     ]
     assert sorted(e["detail"] for e in warnings) == [
+        "16 bits for a read of 8",
         "4 registers for a read of 1",
         "function code 4 for a read with 3",
     ], "each block's problem is logged once, with what did not fit"
