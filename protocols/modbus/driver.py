@@ -5,7 +5,8 @@ discrete inputs, holding and input registers). One TCP connection carries one re
 time, so the poll groups of a source share it under a lock; each request is timestamped
 at the midpoint of its round trip, the best estimate of when the device sampled. A poll
 becomes one frame whose slices the blocks fill in place, so the hot path allocates a few
-arrays per poll rather than a frame per block.
+arrays per poll rather than a frame per block. pymodbus hands replies over as numpy arrays
+(``protocols.modbus.replies``), not as a Python int per register.
 
 A Modbus exception, a timeout or a reply that does not fit the request (another function
 code or length: a late reply to another request) affects only the block it hit: its tags
@@ -35,6 +36,7 @@ from agent.frame import Frame
 from agent.metrics import PollStats
 from protocols.modbus.blocks import Block, plan_blocks
 from protocols.modbus.config import ModbusSourceConfig
+from protocols.modbus.replies import use_numpy_replies
 from protocols.sdk import DriverContext, PollGroup, PollingDriver, Tick
 
 _EXCEPTION = q.make(q.BAD, q.Reason.DEVICE_EXCEPTION)
@@ -107,6 +109,7 @@ class ModbusDriver(PollingDriver):
 
     async def connect(self) -> None:
         client = self._serial_client() if self.config.is_serial else self._tcp_client()
+        use_numpy_replies(client)
         if not await client.connect():
             client.close()
             raise ConnectionError(f"cannot connect to {self.config.url}")
@@ -193,8 +196,7 @@ class ModbusDriver(PollingDriver):
         if block.is_bits:
             frame.value[rows] = block.decode_bits(response.bits)
         else:
-            registers = np.array(response.registers, dtype=">u2")
-            _, text = block.decoder.decode_registers(registers, out=frame.value[rows])
+            _, text = block.decoder.decode_registers(response.registers, out=frame.value[rows])
             if text is not None:
                 if frame.text is None:
                     frame.text = np.full(len(frame), None, dtype=object)
