@@ -2,12 +2,13 @@
 
 pymodbus decodes a register reply one ``struct.unpack`` per register into a list, a coil
 reply one bit at a time, and then formats the whole reply, every register in it, for a
-debug log line that is off. At 1,000 tags every 100 ms that was about a sixth of the CPU
-of a bare pymodbus poll loop (py-spy, bench/bench_modbus.py). These subclasses keep the
-wire format, the checks and the classes' names; they only hold the payload as a numpy
-array, one ``frombuffer`` per reply, and describe themselves without it. They go in
-through the client's own extension point (``client.register``), per client, so nothing
-global in pymodbus changes.
+debug log line that is off. At 1,000 tags every 100 ms that was a sixth of a bare
+pymodbus poll loop's profile, and these classes cut its CPU by 30 %
+(bench/bench_modbus.py, bare vs bare+np). They subclass pymodbus's reply classes, so
+the wire format, the byte-count check and ``isinstance`` stay as they were; they only
+hold the payload as a numpy array, one ``frombuffer`` per reply, and describe themselves
+by its size. They go in through the client's own extension point (``client.register``),
+per client, so nothing global in pymodbus changes.
 """
 
 from __future__ import annotations
