@@ -231,9 +231,13 @@ def _mismatch(block: Block, response: Any) -> str | None:
     pymodbus's own server, can also label a late reply with the next request's id. A reply
     of another function code or length is such a reply, never data for these tags; one of
     the same length cannot be told apart, which is why timeouts should exceed the
-    device's worst response time.
+    device's worst response time. A reply whose byte count contradicts its own length
+    is no data either.
     """
     function = _FUNCTION_CODES[block.table]
+    problem = getattr(response, "problem", None)  # set by protocols.modbus.replies
+    if problem is not None:  # the reply contradicts itself: its byte count, its length
+        return str(problem)
     if response.function_code != function:
         return f"function code {response.function_code} for a read with {function}"
     if block.is_bits:

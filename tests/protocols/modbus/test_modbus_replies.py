@@ -19,13 +19,14 @@ import structlog
 from agent import quality as q
 from tests.conftest import agent_toml, read_store, run_agent
 
-HONEST, TOO_LONG, WRONG_FUNCTION = 20, 0, 10  # holding register each tag reads
+HONEST, TOO_LONG, WRONG_FUNCTION, TRUNCATED = 20, 0, 10, 30  # holding register each tag reads
 
 
 async def _answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """Read holding registers, each register holding its address + 1000, except that a
     read at TOO_LONG gets three registers more than asked and a read at WRONG_FUNCTION
-    gets an input-register reply (function code 4); a read of coils gets a byte more."""
+    gets an input-register reply (function code 4); a read of coils gets a byte more. A
+    read at TRUNCATED gets a reply whose byte count claims two bytes it does not carry."""
     try:
         while True:
             tid, _, _, unit = struct.unpack(">HHHB", await reader.readexactly(7))
@@ -38,7 +39,8 @@ async def _answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
                 values = b"\xff" * ((count + 7) // 8 + 1)
             else:
                 values = struct.pack(f">{count}H", *range(1000 + start, 1000 + start + count))
-            pdu = struct.pack(">BB", function, len(values)) + values
+            claimed = len(values) + 2 if start == TRUNCATED else len(values)
+            pdu = struct.pack(">BB", function, claimed) + values
             writer.write(struct.pack(">HHHB", tid, 0, len(pdu) + 1, unit) + pdu)
             await writer.drain()
     except (asyncio.IncompleteReadError, ConnectionError):
@@ -64,6 +66,7 @@ async def test_a_reply_of_another_length_or_function_is_flagged_not_stored_as_da
             ("too_long", f"hr:{TOO_LONG}"),
             ("wrong_function", f"hr:{WRONG_FUNCTION}"),
             ("coils_too_long", "coil:0"),
+            ("truncated", f"hr:{TRUNCATED}"),
         )
     )
     source = (
@@ -81,7 +84,7 @@ async def test_a_reply_of_another_length_or_function_is_flagged_not_stored_as_da
     assert honest.sum() >= 5
     assert (quality[honest] == q.GOOD).all()
     assert (value[honest] == 1000 + HONEST).all()
-    for name in ("too_long", "wrong_function", "coils_too_long"):
+    for name in ("too_long", "wrong_function", "coils_too_long", "truncated"):
         rows = names == name
         assert rows.sum() >= 5, name
         assert (quality[rows] == q.make(q.BAD, q.Reason.DECODE_ERROR)).all(), name
@@ -92,5 +95,8 @@ async def test_a_reply_of_another_length_or_function_is_flagged_not_stored_as_da
     assert sorted(e["detail"] for e in warnings) == [
         "16 bits for a read of 8",
         "4 registers for a read of 1",
+        "byte count 4 for 2 bytes",
         "function code 4 for a read with 3",
     ], "each block's problem is logged once, with what did not fit"
+    # a reply pymodbus alone would refuse by dropping the connection: the session held
+    assert not [e for e in logs if e["event"] == "source failed"]

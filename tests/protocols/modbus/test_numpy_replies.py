@@ -40,6 +40,7 @@ def test_registers_match_pymodbus(registers: list[int], trailing: bytes) -> None
         reference.decode(data)
         assert reply.registers.tolist() == reference.registers == registers
         assert reply.registers.dtype == np.dtype(">u2")
+        assert (reply.problem is None) == (not trailing), "bytes beyond the count are noted"
 
 
 @given(st.binary(min_size=1, max_size=251))
@@ -51,17 +52,47 @@ def test_bits_match_pymodbus(packed: bytes) -> None:
         reference.decode(data)
         assert reply.bits.tolist() == reference.bits
         assert len(reply.bits) == 8 * len(packed)
+        assert reply.problem is None
 
 
 @pytest.mark.parametrize(("ours", "theirs"), REGISTER_PAIRS)
-def test_a_byte_count_beyond_the_packet_is_refused_as_pymodbus_does(
+def test_a_byte_count_beyond_the_packet_is_noted_where_pymodbus_raises(
     ours: type[HoldingRegistersReply], theirs: type[ReadHoldingRegistersResponse]
 ) -> None:
     truncated = struct.pack(">B3H", 8, 1, 2, 3)  # says 4 registers, holds 3
-    with pytest.raises(ModbusIOException):
+    with pytest.raises(ModbusIOException):  # raised in data_received: the connection drops
         theirs().decode(truncated)
-    with pytest.raises(ModbusIOException):
-        ours().decode(truncated)
+    reply = ours()
+    reply.decode(truncated)
+    assert reply.problem == "byte count 8 for 6 bytes"
+    assert reply.registers.tolist() == [1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    ("data", "problem", "size"),
+    [
+        (b"", "byte count 0 for 0 bytes", 0),  # no byte count at all
+        (b"\x03\x00\x01\x00", "odd byte count 3 for registers", 1),
+        (b"\x02\x00", "byte count 2 for 1 bytes", 0),
+    ],
+)
+def test_garbled_register_replies_are_noted_never_raise(
+    data: bytes, problem: str, size: int
+) -> None:
+    reply = HoldingRegistersReply()
+    reply.decode(data)
+    assert reply.problem == problem
+    assert len(reply.registers) == size
+
+
+@given(st.binary(max_size=40))
+def test_any_bytes_decode_without_raising_and_note_what_does_not_add_up(data: bytes) -> None:
+    for reply in (HoldingRegistersReply(), CoilsReply()):
+        reply.decode(data)
+        well_formed = bool(data) and data[0] == len(data) - 1
+        if isinstance(reply, HoldingRegistersReply):
+            well_formed = well_formed and data[0] % 2 == 0
+        assert (reply.problem is None) == well_formed
 
 
 def test_registered_classes_decode_whole_frames_and_describe_themselves_without_values() -> None:
@@ -76,4 +107,6 @@ def test_registered_classes_decode_whole_frames_and_describe_themselves_without_
     assert isinstance(coils, CoilsReply)
     assert coils.bits[:3].tolist() == [True, False, True]
     assert str(coils) == "CoilsReply(dev_id=0, transaction_id=0, bits=8)"
-    assert decoder.decode(struct.pack(">BB3H", 3, 8, 1, 2, 3)) is None  # garbage: no reply
+    garbled = decoder.decode(struct.pack(">BB3H", 3, 8, 1, 2, 3))
+    assert isinstance(garbled, HoldingRegistersReply)
+    assert garbled.problem == "byte count 8 for 6 bytes"
