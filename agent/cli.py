@@ -1,7 +1,15 @@
 """The ``edge-agent`` command: run, check, simulate, demo, collect.
 
 Config problems print one line each (file, key path, expectation) and exit with status 2;
-no traceback reaches plant IT for a mistake in a file.
+no traceback reaches plant IT for a mistake in a file. A folder the agent must write
+(``data_dir``, a local parquet path) that cannot be created or written is such a problem,
+found by ``check``, ``run`` and ``collect`` before anything starts (see agent/paths.py).
+The systemd unit does not restart on status 2: restarting cannot fix a file.
+
+A file or folder the system refuses once ``run`` or ``collect`` has begun (a read-only
+remount, a spool locked by a second agent) ends the process with one log line and status
+74 (``EX_IOERR`` of sysexits.h), which the unit's ``Restart=on-failure`` retries: such a
+fault may clear.
 """
 
 from __future__ import annotations
@@ -9,18 +17,27 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+import sqlite3
 import sys
-from collections.abc import Sequence
+import traceback
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
+
+import structlog
 
 from agent import __version__
 from agent.config import AgentSection
 from agent.config_load import ConfigError, LoadedConfig, load_config
 from agent.durations import format_duration, parse_duration
 from agent.logs import configure
+from agent.paths import agent_dirs, collect_dirs, require_writable
 
 EXIT_CONFIG = 2
+EXIT_IO = 74  # sysexits EX_IOERR: the system refused a file; systemd restarts on it
+_OWN_PACKAGES = {"agent", "protocols"}  # where _where looks for the line that failed
+
+log = structlog.get_logger("edge_agent.cli")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -119,9 +136,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _check(load_config(args.config))
         if args.command == "run":
             loaded = load_config(args.config)
+            require_writable(loaded.path, agent_dirs(loaded.config), keep=True)
             configure(loaded.config.agent.log_level, loaded.config.agent.log_format)
-            asyncio.run(_run(loaded))
-            return 0
+            return _until_stopped("run", _run(loaded))
         if args.command == "collect":
             return _collect(args.config)
         if args.command == "simulate":
@@ -166,6 +183,7 @@ def _report(dataset: Path) -> int:
 
 def _check(loaded: LoadedConfig) -> int:
     config = loaded.config
+    require_writable(loaded.path, agent_dirs(config), keep=False)
     print(f"{loaded.path}: OK (config hash {loaded.config_hash})")
     print(
         f"gateway {config.agent.gateway_id}: window {format_duration(config.batch.window)}, "
@@ -193,6 +211,33 @@ def install_stop_signals(stop: asyncio.Event) -> None:
         loop.add_signal_handler(signum, stop.set)
 
 
+def _until_stopped(command: str, main: Coroutine[Any, Any, None]) -> int:
+    """Run the agent or the collector until it stops. An OS error that ends it (nothing
+    inside handles it) is one log line naming where it came from, not a traceback."""
+    try:
+        asyncio.run(main)
+    except (OSError, sqlite3.OperationalError) as exc:
+        log.error(
+            "stopped by an operating-system error",
+            command=command,
+            error=f"{type(exc).__name__}: {exc}",
+            at=_where(exc),
+        )
+        return EXIT_IO
+    return 0
+
+
+def _where(exc: BaseException) -> str:
+    """``agent/spool.py:139``: the deepest line of edge-agent's own code the error passed."""
+    root = Path(__file__).resolve().parent.parent
+    where = ""
+    for frame, line in traceback.walk_tb(exc.__traceback__):
+        path = Path(frame.f_code.co_filename)
+        if path.is_relative_to(root) and path.relative_to(root).parts[0] in _OWN_PACKAGES:
+            where = f"{path.relative_to(root)}:{line}"
+    return where
+
+
 async def _run(loaded: LoadedConfig) -> None:
     from agent.runtime import Agent
 
@@ -205,6 +250,7 @@ def _collect(path: Path) -> int:
     from agent.collect import Collector, load_collect_config
 
     config = load_collect_config(path)
+    require_writable(path, collect_dirs(config), keep=True)
     configure(config.log_level, config.log_format)
 
     async def collect() -> None:
@@ -212,8 +258,7 @@ def _collect(path: Path) -> int:
         install_stop_signals(stop)
         await Collector(config).run(stop)
 
-    asyncio.run(collect())
-    return 0
+    return _until_stopped("collect", collect())
 
 
 async def _simulate_modbus(args: argparse.Namespace) -> None:

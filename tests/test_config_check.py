@@ -61,8 +61,15 @@ protocol = "template"
 [[uplinks]]
 type = "parquet"
 name = "lake"
-path = "/data/lake"
+path = "lake"
 """
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``check`` probes that data_dir and local stores can be written: relative ones, and
+    the examples', resolve in the test's own folder, writable by whoever runs the tests."""
+    monkeypatch.chdir(tmp_path)
 
 
 def _write(tmp_path: Path, text: str, name: str = "plant.toml") -> Path:
@@ -233,7 +240,7 @@ def test_check_valid_config_prints_summary(
     wave = next(line for line in lines if line.startswith("source wave1"))
     assert "(template)" in wave
     assert "1 tags (1 @ 500ms)" in wave
-    assert "uplink lake (parquet) -> /data/lake" in lines
+    assert "uplink lake (parquet) -> lake" in lines
 
 
 def test_check_marks_disabled_sources(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -242,6 +249,20 @@ def test_check_marks_disabled_sources(tmp_path: Path, capsys: pytest.CaptureFixt
     assert code == 0
     assert "source wave1 (template) [disabled]" in out
     assert "source press1 (modbus): " in out
+
+
+def test_check_data_dir_below_a_file_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "plain").write_text("")
+    state = tmp_path / "plain" / "state"
+    path = _write(tmp_path, VALID.replace('metrics = ""', f'metrics = ""\ndata_dir = "{state}"'))
+    code, out, err = _check(path, capsys)
+    assert code == EXIT_CONFIG
+    assert out == ""
+    assert err.splitlines() == [
+        f"{path}: agent.data_dir: cannot create {state}: {tmp_path / 'plain'} is not a directory"
+    ]
 
 
 BROKEN = {
