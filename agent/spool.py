@@ -219,43 +219,36 @@ class Spool:
 
     def _open_checked(self) -> Salvaged | None:
         """Open the database; if it is damaged, salvage it (None if it was not)."""
-        problem = self._truncated_beside_log()
-        if problem is None:
-            try:
-                db = self._connect(self.path)
-                verdict = db.execute("PRAGMA quick_check").fetchone()[0]
-            except sqlite3.DatabaseError as exc:
-                if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY:
-                    raise SpoolInUse(
-                        f"{self.path} is locked by another process: is another agent running "
-                        "on this data_dir, or the previous one still stopping?"
-                    ) from exc
-                verdict, db = str(exc), None
-            if db is not None and verdict == "ok":
-                self.db = db
-                return None
-            if db is not None:
-                db.close()
-            problem = _describe(self.path, verdict)
-        return self._salvage(problem)
-
-    def _truncated_beside_log(self) -> str | None:
-        """What is wrong with an empty database file beside a non-empty write-ahead log
-        (SQLite would take it for a new database and delete the log: see agent.salvage)."""
-        if not self.path.exists() or self.path.stat().st_size:
-            return None
+        empty = self.path.exists() and self.path.stat().st_size == 0
         wal = self.path.with_name(f"{self.path.name}-wal")
-        if not wal_database_pages(wal):
-            log.warning(
-                "spool database file is empty (0 bytes): a new spool is started in it; if it "
-                "held batches (not in the frame log), their number is unknown",
-                path=str(self.path),
+        if empty and wal_database_pages(wal):
+            # SQLite would take the empty file for a new database and delete the log
+            return self._salvage(
+                f"{self.path.name} is empty (0 bytes: truncated) beside a write-ahead log of "
+                f"{wal.stat().st_size} bytes: the batches the log holds are read from it"
             )
+        try:
+            db = self._connect(self.path)
+            verdict = db.execute("PRAGMA quick_check").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY:
+                raise SpoolInUse(
+                    f"{self.path} is locked by another process: is another agent running "
+                    "on this data_dir, or the previous one still stopping?"
+                ) from exc
+            verdict, db = str(exc), None
+        if db is not None and verdict == "ok":
+            self.db = db
+            if empty:
+                log.warning(
+                    "spool database file was empty (0 bytes): a new spool is started in it; "
+                    "if it held batches, their number is unknown",
+                    path=str(self.path),
+                )
             return None
-        return (
-            f"{self.path.name} is empty (0 bytes: truncated) beside a write-ahead log of "
-            f"{wal.stat().st_size} bytes: the batches the log holds are read from it"
-        )
+        if db is not None:
+            db.close()
+        return self._salvage(_describe(self.path, verdict))
 
     def _salvage(self, problem: str) -> Salvaged:
         damaged = self.path.with_name(f"{self.path.name}.damaged-{time.time_ns()}")
