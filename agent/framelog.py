@@ -215,11 +215,16 @@ class FrameLog:
         self.damage.unknown_size_records += damage.unknown_size_records
         self.damage.bytes += damage.bytes
         self.damage.torn_records += damage.torn_records
-        if damage.bytes:
-            replace_durably(path, [data[offset:end] for offset, end in scan.records])
-        elif scan.torn_at is not None:
-            with path.open("r+b") as file:
-                file.truncate(scan.torn_at)
+        try:
+            if damage.bytes:
+                replace_durably(path, [data[offset:end] for offset, end in scan.records])
+            elif scan.torn_at is not None:
+                with path.open("r+b") as file:
+                    file.truncate(scan.torn_at)
+        except OSError as exc:  # reads skip the damage anyway; the next open counts it again
+            log.error(
+                "frame log: a damaged segment cannot be repaired", segment=str(path), error=str(exc)
+            )
         return [_logged(data, offset, end) for offset, end in scan.records]
 
 

@@ -10,10 +10,14 @@ import sys
 import zlib
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
 from agent.salvage import wal_database_pages
 from agent.spool import Spool, SpoolInUse
+from simulators.modbus_plc import POINTS as MODBUS_POINTS
+from simulators.modbus_plc import ModbusPLCSimulator
+from tests.conftest import agent_toml, read_store, run_agent
 from tests.faults.test_spool_integrity import POINTS, spool_with_batches
 
 BATCHES = 20
@@ -180,3 +184,23 @@ def test_a_spool_another_process_holds_is_not_touched(
     assert "empty" not in capsys.readouterr().out
     holder.close()
     assert sorted(os.listdir(tmp_path)) == spool_files, "nothing moved aside"
+
+
+async def test_an_agent_on_a_truncated_spool_runs_and_sends_what_was_kept(
+    tmp_path: Path,
+) -> None:
+    state = tmp_path / "store-state"
+    path = state / "spool.sqlite"
+    spool_with_batches(path, BATCHES).close()  # uplink "u" is not the agent's: all unsent
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    store = tmp_path / "store"
+    async with ModbusPLCSimulator(seed=3) as plc:
+        text = agent_toml(store, plc.agent_config("100ms", points=MODBUS_POINTS[:2]), "500ms")
+        agent = await run_agent(text, 3.0)
+    losses = agent.spool.recovery_losses
+    kept = BATCHES - losses["spool_corrupt_batches"]
+    assert 0 < kept < BATCHES
+    table = read_store(store)
+    sources = table["source"].cast(pa.string()).to_pylist()
+    assert sources.count("dev") == kept * POINTS, "the kept batches went out"
+    assert sources.count("plc1") == agent.runners[0].points, "and acquisition ran on"
