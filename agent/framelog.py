@@ -74,6 +74,13 @@ class Damage:
     def __bool__(self) -> bool:
         return bool(self.records or self.bytes or self.torn_records)
 
+    def add(self, other: Damage) -> None:
+        self.records += other.records
+        self.points += other.points
+        self.unknown_size_records += other.unknown_size_records
+        self.bytes += other.bytes
+        self.torn_records += other.torn_records
+
 
 @dataclass(slots=True)
 class _Scan:
@@ -209,14 +216,9 @@ class FrameLog:
         tail cut off, damage in the middle rewritten away (see the module docstring)."""
         data = path.read_bytes()
         scan = _scan(data, _first_id(path), self._rows)
-        damage = scan.damage
-        self.damage.records += damage.records
-        self.damage.points += damage.points
-        self.damage.unknown_size_records += damage.unknown_size_records
-        self.damage.bytes += damage.bytes
-        self.damage.torn_records += damage.torn_records
+        self.damage.add(scan.damage)
         try:
-            if damage.bytes:
+            if scan.damage.bytes:
                 replace_durably(path, [data[offset:end] for offset, end in scan.records])
             elif scan.torn_at is not None:
                 with path.open("r+b") as file:
