@@ -22,7 +22,21 @@ in it is retired (:meth:`FrameLog.retire`).
 
 A torn record (a kill in the middle of a ``write()``, a power cut before the page cache
 reached the disk) fails its length or CRC check: the segment is cut there when the log is
-opened, and the records before it are kept.
+opened, and the records before it are kept. It is not counted as lost: it is the poll in
+flight, which nobody had been told was stored.
+
+Damage in the middle of a segment (bad sectors, a stray write) is different: valid
+records follow it. Reading resynchronises on the next offset where a header's frame id,
+source and length are plausible and its CRC checks (the candidates found with one numpy
+pass over the bytes, not a Python loop per byte), so only the damaged records are lost.
+They are counted exactly, by frame id: ids are consecutive within a segment and the first
+is in its name. Their samples are counted where a damaged record's own header and
+payload header still read; the rest are records of unknown size, and bytes.
+
+On open, a segment with damage in its middle is rewritten without it (a temporary file,
+fsync, rename, fsync of the directory): the damage is then counted once, on the open that
+found it, not again on every later open while the segment waits to be retired, and
+later reads need no scan. Appends never scan: the cost is paid only on open.
 """
 
 from __future__ import annotations
@@ -30,16 +44,51 @@ from __future__ import annotations
 import os
 import struct
 import zlib
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import structlog
+
+from agent.durable import replace_durably
 
 log = structlog.get_logger()
 
 _HEADER = struct.Struct("<IIqiq")
 _CHECKED = struct.Struct("<qiq")  # the header fields the CRC covers, before the payload
+_MAX_SOURCE = 1 << 16  # a plausible source index, for spotting a header in damaged bytes
+_SCAN_WINDOW = 1 << 20  # bytes searched at a time for the next header after damage
+
+
+@dataclass(slots=True)
+class Damage:
+    """What opening the log found wrong (see the module docstring)."""
+
+    records: int = 0  # damaged records in the middle of a segment: lost
+    points: int = 0  # their samples, where their headers could be read
+    unknown_size_records: int = 0  # of ``records``, those whose sample count is unknown
+    bytes: int = 0  # bytes of damage skipped in the middle of segments
+    torn_records: int = 0  # torn tails cut off (not counted as lost)
+
+    def __bool__(self) -> bool:
+        return bool(self.records or self.bytes or self.torn_records)
+
+    def add(self, other: Damage) -> None:
+        self.records += other.records
+        self.points += other.points
+        self.unknown_size_records += other.unknown_size_records
+        self.bytes += other.bytes
+        self.torn_records += other.torn_records
+
+
+@dataclass(slots=True)
+class _Scan:
+    """One segment's records (offset, end) and the damage between them."""
+
+    records: list[tuple[int, int]] = field(default_factory=list)
+    damage: Damage = field(default_factory=Damage)
+    torn_at: int | None = None  # where a torn tail starts
 
 
 @dataclass(slots=True)
@@ -58,22 +107,43 @@ class LoggedFrame:
 
 
 class FrameLog:
-    """Append-only segments of frames (see the module docstring)."""
+    """Append-only segments of frames (see the module docstring). ``rows`` tells the
+    sample count of a payload, or None if it cannot: for counting damaged records."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(
+        self, directory: Path, rows: Callable[[bytes], int | None] = lambda _: None
+    ) -> None:
         self.directory = directory
+        self._rows = rows
         directory.mkdir(parents=True, exist_ok=True)
         self._segments: list[_Segment] = []
-        self.torn_records = 0
+        self.damage = Damage()
+        for stale in directory.glob("*.log.tmp"):  # a repair cut short: its .log is whole
+            stale.unlink()
         for path in sorted(directory.glob("*.log")):
-            records = list(self._read(path, repair=True))
+            records = self._open_segment(path)
             if records:
                 last = records[-1].frame_id
                 self._segments.append(_Segment(path, last, max(r.max_time for r in records)))
             else:
                 path.unlink()
+        if self.damage:
+            (log.error if self.damage.records or self.damage.bytes else log.warning)(
+                "frame log damaged: valid records kept, damaged ones skipped and counted, "
+                "torn tails cut off",
+                corrupt_records=self.damage.records,
+                corrupt_points=self.damage.points,
+                corrupt_records_of_unknown_size=self.damage.unknown_size_records,
+                corrupt_bytes=self.damage.bytes,
+                torn_records=self.damage.torn_records,
+                directory=str(directory),
+            )
         self.next_id = self._segments[-1].last_id + 1 if self._segments else 1
         self._fd: int | None = None
+
+    @property
+    def torn_records(self) -> int:
+        return self.damage.torn_records
 
     def start_after(self, frame_id: int) -> None:
         """Never hand out an id at or below ``frame_id`` (one a committed batch names),
@@ -127,7 +197,7 @@ class FrameLog:
     def frames(self) -> Iterator[LoggedFrame]:
         """Every frame still in the log, oldest first."""
         for segment in list(self._segments):
-            yield from self._read(segment.path, repair=False)
+            yield from self._read(segment.path)
 
     @property
     def segment_count(self) -> int:
@@ -136,25 +206,127 @@ class FrameLog:
     def close(self) -> None:
         self.rotate()
 
-    def _read(self, path: Path, repair: bool) -> Iterator[LoggedFrame]:
+    def _read(self, path: Path) -> Iterator[LoggedFrame]:
         data = path.read_bytes()
-        offset = 0
-        while offset + _HEADER.size <= len(data):
-            size, crc, frame_id, source, max_time = _HEADER.unpack_from(data, offset)
-            start, end = offset + _HEADER.size, offset + _HEADER.size + size
-            payload = data[start:end]
-            checked = data[offset + 8 : start]
-            if end > len(data) or zlib.crc32(payload, zlib.crc32(checked)) != crc:
-                break
-            yield LoggedFrame(frame_id, source, max_time, payload)
-            offset = end
-        if offset < len(data) and repair:
-            self.torn_records += 1
-            log.warning(
-                "frame log: a torn record cut off, the frames before it kept",
-                segment=str(path),
-                kept_bytes=offset,
-                cut_bytes=len(data) - offset,
+        for offset, end in _scan(data, _first_id(path), self._rows).records:
+            yield _logged(data, offset, end)
+
+    def _open_segment(self, path: Path) -> list[LoggedFrame]:
+        """A segment's valid records; its damage counted, and repaired on disk: a torn
+        tail cut off, damage in the middle rewritten away (see the module docstring)."""
+        data = path.read_bytes()
+        scan = _scan(data, _first_id(path), self._rows)
+        self.damage.add(scan.damage)
+        try:
+            if scan.damage.bytes:
+                replace_durably(path, [data[offset:end] for offset, end in scan.records])
+            elif scan.torn_at is not None:
+                with path.open("r+b") as file:
+                    file.truncate(scan.torn_at)
+        except OSError as exc:  # reads skip the damage anyway; the next open counts it again
+            log.error(
+                "frame log: a damaged segment cannot be repaired", segment=str(path), error=str(exc)
             )
-            with path.open("r+b") as file:
-                file.truncate(offset)
+        return [_logged(data, offset, end) for offset, end in scan.records]
+
+
+def _logged(data: bytes, offset: int, end: int) -> LoggedFrame:
+    _, _, frame_id, source, max_time = _HEADER.unpack_from(data, offset)
+    return LoggedFrame(frame_id, source, max_time, data[offset + _HEADER.size : end])
+
+
+def _first_id(path: Path) -> int | None:
+    """The first frame id of a segment, from its name (None if it is not a number)."""
+    return int(path.stem) if path.stem.isdigit() else None
+
+
+def _valid_end(data: bytes, offset: int) -> int | None:
+    """The end of the record at ``offset`` if its length fits and its CRC checks."""
+    if offset + _HEADER.size > len(data):
+        return None
+    size, crc, *_ = _HEADER.unpack_from(data, offset)
+    start = offset + _HEADER.size
+    end = start + size
+    if end > len(data):
+        return None
+    checked = zlib.crc32(memoryview(data)[offset + 8 : start])
+    return end if zlib.crc32(memoryview(data)[start:end], checked) == crc else None
+
+
+def _scan(data: bytes, first_id: int | None, rows: Callable[[bytes], int | None]) -> _Scan:
+    """Walk a segment's records, resynchronising after damage (see the module docstring)."""
+    scan = _Scan()
+    offset, last_id = 0, None if first_id is None else first_id - 1
+    while offset < len(data):
+        end = _valid_end(data, offset)
+        if end is not None:
+            scan.records.append((offset, end))
+            last_id = _HEADER.unpack_from(data, offset)[2]
+            offset = end
+            continue
+        found = _next_record(data, offset + 1, last_id)
+        if found is None:  # nothing valid after it: a torn tail
+            scan.torn_at = offset
+            scan.damage.torn_records += 1
+            break
+        next_id = _HEADER.unpack_from(data, found)[2]
+        _count_damage(data, offset, found, last_id, next_id, rows, scan.damage)
+        offset = found
+    return scan
+
+
+def _next_record(data: bytes, start: int, last_id: int | None) -> int | None:
+    """The first offset at or after ``start`` where a valid record begins. Candidates are
+    offsets whose header is plausible (length within the file, a small source index, a
+    frame id above the last valid one and below what the damaged bytes could hold),
+    found by reading the header fields at every offset at once as strided numpy views;
+    only those are CRC-checked."""
+    for window in range(start, len(data) - _HEADER.size + 1, _SCAN_WINDOW):
+        count = min(_SCAN_WINDOW, len(data) - _HEADER.size + 1 - window)
+        offsets = np.arange(window, window + count)
+        source = _column(data, window + 16, count, "<i4")
+        ids = _column(data, window + 8, count, "<i8")
+        plausible = _column(data, window, count, "<u4") <= len(data) - _HEADER.size - offsets
+        plausible &= (source >= 0) & (source < _MAX_SOURCE) & (ids > (last_id or 0))
+        if last_id is not None:  # records fill at least a header each
+            plausible &= ids <= last_id + 1 + (offsets - start + 1) // _HEADER.size
+        for candidate in np.flatnonzero(plausible):
+            offset = window + int(candidate)
+            if _valid_end(data, offset) is not None:
+                return offset
+    return None
+
+
+def _column(data: bytes, at: int, count: int, dtype: str) -> np.ndarray:
+    """The ``dtype`` value starting at each of ``count`` consecutive byte offsets."""
+    return np.ndarray((count,), dtype, data, at, (1,))
+
+
+def _count_damage(
+    data: bytes,
+    start: int,
+    stop: int,
+    last_id: int | None,
+    next_id: int,
+    rows: Callable[[bytes], int | None],
+    damage: Damage,
+) -> None:
+    """Count the records lost in ``data[start:stop]``: by frame id where the id before it
+    is known; the samples of those whose own header and payload header still read."""
+    damage.bytes += stop - start
+    offset, expected, known, points = start, None if last_id is None else last_id + 1, 0, 0
+    while offset + _HEADER.size <= stop:  # walk the records whose headers survived
+        size, _, frame_id, _, _ = _HEADER.unpack_from(data, offset)
+        end = offset + _HEADER.size + size
+        if frame_id != expected or end > stop:
+            break
+        count = rows(data[offset + _HEADER.size : end])
+        if count is None:
+            break
+        known, points, offset = known + 1, points + count, end
+        expected = frame_id + 1
+    lost = next_id - last_id - 1 if last_id is not None else known + 1
+    lost = max(lost, known)
+    damage.records += lost
+    damage.points += points
+    damage.unknown_size_records += lost - known

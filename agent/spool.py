@@ -15,11 +15,14 @@ listed.
 The database's tables:
 
 ``batches(seq INTEGER PRIMARY KEY, batch_id TEXT UNIQUE, window_start INTEGER,
-    points INTEGER, bytes INTEGER, created_ns INTEGER, data BLOB)``
+    points INTEGER, bytes INTEGER, created_ns INTEGER, data BLOB, crc INTEGER)``
     Closed batches in :mod:`agent.encoding` form (Parquet, zstd), committed with
     ``synchronous=FULL`` (fsync) together with the ``state`` that says which frames they
     consumed, before anything is sent; the frame log's segments they retired are deleted
-    after that commit.
+    after that commit. ``crc`` is the CRC-32 of ``data``, checked before a batch is
+    decoded (:meth:`Spool.batch`): SQLite's own checks (``quick_check``) do not look inside
+    a blob, so a flipped bit there would otherwise reach the store as wrong data. A spool
+    of an earlier version gets the column on open; its rows have NULL (not verified).
 ``delivered(seq INTEGER, uplink TEXT, PRIMARY KEY (seq, uplink))``
     Which uplink acknowledged which batch. A batch is deleted once every configured
     uplink has acknowledged it.
@@ -27,15 +30,20 @@ The database's tables:
     ``closed_until`` (the last batch boundary emitted) and ``last_frame`` (the newest
     frame id that was pending when it was emitted), which recovery needs.
 ``losses(reason TEXT PRIMARY KEY, batches INTEGER, points INTEGER)``
-    Loss counters that survive restarts (e.g. ``overflow``).
+    Loss counters that survive restarts: ``overflow``, ``spool_corrupt`` (batches a
+    salvage could not keep, see :mod:`agent.salvage`), ``frame_log_corrupt`` (damaged
+    frame records, ``batches`` counting records).
 
 Recovery: frames still in the log were not (or not wholly) in a committed batch. Frames
 up to ``last_frame`` were pending at the last emission, so their rows before
 ``closed_until`` went out in it and the rest did not; newer frames are replayed whole.
 A torn record at the end of the frame log is cut off on open (its CRC fails), and
 SQLite's WAL checksums make a torn last commit vanish; a database that fails
-``quick_check`` (a bad page) is moved aside and every row that can still be read is
-copied into a fresh one, so the agent runs on with the valid part.
+``quick_check`` (a bad page), is not a database at all, or is empty beside a non-empty
+write-ahead log, is moved aside and every row that can still be read is copied into a
+fresh one, so the agent runs on with the valid part; what was lost is counted in points
+(:attr:`Spool.recovery_losses`, one log line, the ``losses`` table). A database another
+process holds open is not touched: :class:`SpoolInUse`.
 """
 
 from __future__ import annotations
@@ -43,24 +51,27 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from zlib import crc32
 
 import numpy as np
+import pyarrow as pa
 import structlog
 
 from agent.batch import Batch
-from agent.encoding import encoded
+from agent.encoding import batch_of, decode, encoded
 from agent.frame import Frame
 from agent.framelog import FrameLog
+from agent.salvage import Salvaged, open_damaged, salvage, wal_database_pages
 
 log = structlog.get_logger()
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS batches (
     seq INTEGER PRIMARY KEY, batch_id TEXT UNIQUE NOT NULL, window_start INTEGER NOT NULL,
-    points INTEGER NOT NULL, bytes INTEGER NOT NULL, created_ns INTEGER NOT NULL, data BLOB
+    points INTEGER NOT NULL, bytes INTEGER NOT NULL, created_ns INTEGER NOT NULL, data BLOB,
+    crc INTEGER
 );
 CREATE TABLE IF NOT EXISTS delivered (
     seq INTEGER NOT NULL, uplink TEXT NOT NULL, PRIMARY KEY (seq, uplink)
@@ -70,6 +81,26 @@ CREATE TABLE IF NOT EXISTS losses (
     reason TEXT PRIMARY KEY, batches INTEGER NOT NULL, points INTEGER NOT NULL
 );
 """
+
+
+class SpoolInUse(RuntimeError):
+    """Another process holds the spool database open (another agent on the same
+    ``data_dir``, or one still stopping): it is neither opened nor salvaged."""
+
+
+class CorruptBatch(Exception):
+    """A spooled batch whose bytes fail their CRC or do not decode: a poison batch, to be
+    quarantined (``data``: the bytes as stored, None if unreadable) and never sent."""
+
+    def __init__(
+        self, seq: int, batch_id: str, reason: str, points: int, data: bytes | None
+    ) -> None:
+        super().__init__(f"spooled batch {batch_id} (seq {seq}) is corrupt: {reason}")
+        self.seq = seq
+        self.batch_id = batch_id
+        self.reason = reason
+        self.points = points
+        self.data = data
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +121,20 @@ class Recovered:
 
 _FIXED = (("tag", "<i4"), ("time", "<i8"), ("value", "<f8"), ("quality", "<u2"))
 _STAMP = "<i8"
+_ROW_BYTES = sum(np.dtype(dtype).itemsize for _, dtype in _FIXED)
+
+# what Spool.recovery_losses holds: the damage found when the spool was opened
+RECOVERY_KEYS = (
+    "spool_corrupt_batches",  # batches a salvage could not keep (incl. those of unknown size)
+    "spool_corrupt_points",  # their points, where their size could be read
+    "spool_unknown_size_batches",  # of spool_corrupt_batches, those of unknown size
+    "spool_end_unreadable",  # 1: the end of the batches table is gone, more may be lost
+    "frame_log_corrupt_records",  # damaged records with valid ones after them
+    "frame_log_corrupt_points",  # their samples, where a record's header could be read
+    "frame_log_unknown_size_records",  # of frame_log_corrupt_records, those of unknown size
+    "frame_log_corrupt_bytes",  # bytes skipped in the middle of segments
+    "frame_log_torn_records",  # torn tails cut off: the poll in flight, never acknowledged
+)
 
 
 def frame_parts(frame: Frame) -> list[bytes | memoryview]:
@@ -109,6 +154,21 @@ def frame_parts(frame: Frame) -> list[bytes | memoryview]:
         head,
         *(np.ascontiguousarray(getattr(frame, n), dtype).data for n, dtype in columns),
     ]
+
+
+def frame_rows(payload: bytes) -> int | None:
+    """The sample count a frame's header states, if the header is readable and agrees
+    with the payload's length; None otherwise. For counting a damaged record's samples."""
+    try:
+        size = int.from_bytes(payload[:4], "little")
+        header = json.loads(payload[4 : 4 + size])
+        rows, stamps = header["rows"], header["stamps"]
+        width = _ROW_BYTES + np.dtype(_STAMP).itemsize * len(stamps)
+    except (ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(rows, int) or 4 + size + rows * width != len(payload):
+        return None
+    return rows
 
 
 def decode_frame(data: bytes) -> Frame:
@@ -137,8 +197,10 @@ class Spool:
         self.path = path
         self.uplinks = uplinks
         path.parent.mkdir(parents=True, exist_ok=True)
+        self.recovery_losses: dict[str, int] = dict.fromkeys(RECOVERY_KEYS, 0)
         self.salvaged = self._open_checked()
-        self.frame_log = FrameLog(path.with_name(f"{path.stem}.frames"))
+        self.frame_log = FrameLog(path.with_name(f"{path.stem}.frames"), frame_rows)
+        self._count_frame_log_damage()
         row = self.db.execute("SELECT value FROM state WHERE key = 'last_frame'").fetchone()
         self.frame_log.start_after(int(row[0]) if row else 0)
         self._last_frame = 0
@@ -150,24 +212,45 @@ class Spool:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         db.executescript(_SCHEMA)
+        columns = {row[1] for row in db.execute("PRAGMA table_info(batches)")}
+        if "crc" not in columns:  # a spool of an earlier version: its rows stay unverified
+            db.execute("ALTER TABLE batches ADD COLUMN crc INTEGER")
         return db
 
-    def _open_checked(self) -> int | None:
-        """Open the database; if it is damaged, salvage it. Returns rows lost, or None."""
+    def _open_checked(self) -> Salvaged | None:
+        """Open the database; if it is damaged, salvage it (None if it was not)."""
+        empty = self.path.exists() and self.path.stat().st_size == 0
+        wal = self.path.with_name(f"{self.path.name}-wal")
+        if empty and wal_database_pages(wal):
+            # SQLite would take the empty file for a new database and delete the log
+            return self._salvage(
+                f"{self.path.name} is empty (0 bytes: truncated) beside a write-ahead log of "
+                f"{wal.stat().st_size} bytes: the batches the log holds are read from it"
+            )
         try:
             db = self._connect(self.path)
             verdict = db.execute("PRAGMA quick_check").fetchone()[0]
         except sqlite3.DatabaseError as exc:
-            verdict = str(exc)
-            db = None
-        if verdict == "ok" and db is not None:
+            if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY:
+                raise SpoolInUse(
+                    f"{self.path} is locked by another process: is another agent running "
+                    "on this data_dir, or the previous one still stopping?"
+                ) from exc
+            verdict, db = str(exc), None
+        if db is not None and verdict == "ok":
             self.db = db
+            if empty:
+                log.warning(
+                    "spool database file was empty (0 bytes): a new spool is started in it; "
+                    "if it held batches, their number is unknown",
+                    path=str(self.path),
+                )
             return None
         if db is not None:
             db.close()
-        return self._salvage(verdict)
+        return self._salvage(_describe(self.path, verdict))
 
-    def _salvage(self, verdict: str) -> int:
+    def _salvage(self, problem: str) -> Salvaged:
         damaged = self.path.with_name(f"{self.path.name}.damaged-{time.time_ns()}")
         self.path.rename(damaged)
         for suffix in ("-wal", "-shm"):
@@ -175,29 +258,46 @@ class Spool:
             if side.exists():
                 side.rename(damaged.with_name(damaged.name + suffix))
         self.db = self._connect(self.path)
-        kept = lost = 0
-        try:
-            old = sqlite3.connect(f"file:{damaged}?mode=ro", uri=True)
-        except sqlite3.DatabaseError:
-            old = None
-        for table in ("batches", "delivered", "state", "losses"):
-            for row, ok in _readable_rows(old, table):
-                if not ok:
-                    lost += 1
-                    continue
-                marks = ",".join("?" * len(row))
-                self.db.execute(f"INSERT OR IGNORE INTO {table} VALUES ({marks})", row)
-                kept += 1
+        old = open_damaged(damaged)
+        with _transaction(self.db):
+            result = salvage(old, self.db)
+            _count_loss(self.db, "spool_corrupt", result.lost_batches, result.lost_points)
         if old is not None:
             old.close()
+        self.recovery_losses.update(
+            spool_corrupt_batches=result.lost_batches,
+            spool_corrupt_points=result.lost_points,
+            spool_unknown_size_batches=result.unknown_size_batches,
+            spool_end_unreadable=int(result.end_unreadable),
+        )
         log.error(
-            "spool damaged: valid rows kept, the damaged file moved aside",
-            problem=verdict,
-            kept_rows=kept,
-            unreadable_rows=lost,
+            "spool damaged: the readable batches kept, the lost ones counted in points, "
+            "the damaged file moved aside",
+            problem=problem,
+            batches_kept=result.kept_batches,
+            batches_lost=result.lost_batches,
+            points_lost=result.lost_points,
+            batches_lost_of_unknown_size=result.unknown_size_batches,
+            end_of_table_unreadable=result.end_unreadable,
+            other_rows_lost=result.lost_other_rows,
             moved_to=str(damaged),
         )
-        return lost
+        return result
+
+    def _count_frame_log_damage(self) -> None:
+        """Take the frame log's open-time damage into ``recovery_losses`` and, damage in
+        the middle of a segment being samples lost, into the ``losses`` table."""
+        damage = self.frame_log.damage
+        self.recovery_losses.update(
+            frame_log_corrupt_records=damage.records,
+            frame_log_corrupt_points=damage.points,
+            frame_log_unknown_size_records=damage.unknown_size_records,
+            frame_log_corrupt_bytes=damage.bytes,
+            frame_log_torn_records=damage.torn_records,
+        )
+        if damage.records:
+            with _transaction(self.db):
+                _count_loss(self.db, "frame_log_corrupt", damage.records, damage.points)
 
     # -- frames ------------------------------------------------------------------------------
 
@@ -230,10 +330,10 @@ class Spool:
             with _transaction(self.db):
                 self.db.executemany(
                     "INSERT OR IGNORE INTO batches "
-                    "(batch_id, window_start, points, bytes, created_ns, data) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    "(batch_id, window_start, points, bytes, created_ns, data, crc) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
                     [
-                        (b.batch_id, b.window_start_ns, b.points, len(data), now, data)
+                        (b.batch_id, b.window_start_ns, b.points, len(data), now, data, crc32(data))
                         for b, data in ((b, encoded(b)) for b in batches)
                     ],
                 )
@@ -261,11 +361,46 @@ class Spool:
         return [SpooledBatch(*row) for row in rows]
 
     def data(self, seq: int) -> bytes:
-        """A spooled batch's encoded bytes (read only when the batch is not at hand)."""
-        row = self.db.execute("SELECT data FROM batches WHERE seq = ?", (seq,)).fetchone()
+        """A spooled batch's encoded bytes, their CRC verified (read only when the batch is
+        not at hand). Raises CorruptBatch on a mismatch, KeyError if it is gone."""
+        return self._verified(seq)[2]
+
+    def batch(self, seq: int) -> Batch:
+        """A spooled batch, verified and decoded: whatever is wrong with its bytes (a CRC
+        mismatch, Parquet or metadata that do not decode, another batch's identity) raises
+        CorruptBatch, so no caller needs to know the ways a batch can be broken."""
+        batch_id, points, data = self._verified(seq)
+        try:
+            batch = batch_of(decode(data), data)
+        except (pa.ArrowException, ValueError, KeyError, TypeError, OSError) as exc:
+            reason = f"does not decode: {type(exc).__name__}: {exc}"
+            raise CorruptBatch(seq, batch_id, reason, points, data) from exc
+        if batch.batch_id != batch_id or batch.points != points:
+            reason = f"decodes as {batch.batch_id} with {batch.points} points, not {points}"
+            raise CorruptBatch(seq, batch_id, reason, points, data)
+        return batch
+
+    def _verified(self, seq: int) -> tuple[str, int, bytes]:
+        row = self.db.execute(
+            "SELECT batch_id, points, data, crc FROM batches WHERE seq = ?", (seq,)
+        ).fetchone()
         if row is None:
             raise KeyError(f"batch {seq} is no longer in the spool")
-        return bytes(row[0])
+        batch_id, points, data, crc = row
+        if data is None:
+            raise CorruptBatch(seq, batch_id, "no data", points, None)
+        data = bytes(data)
+        if crc is not None and crc32(data) != crc:
+            reason = f"CRC mismatch (stored {crc:08x}, computed {crc32(data):08x})"
+            raise CorruptBatch(seq, batch_id, reason, points, data)
+        return batch_id, points, data
+
+    def remove(self, seq: int) -> None:
+        """Take a batch out of the spool for good, acknowledged or not (a poison batch
+        that is in quarantine for every uplink)."""
+        with _transaction(self.db):
+            self.db.execute("DELETE FROM batches WHERE seq = ?", (seq,))
+            self.db.execute("DELETE FROM delivered WHERE seq = ?", (seq,))
 
     def acknowledge(self, uplink: str, seq: int) -> bool:
         """Record an uplink's acknowledgement; drop the batch once every uplink has it
@@ -307,12 +442,7 @@ class Spool:
                 size -= nbytes
                 dropped_batches += 1
                 dropped_points += points
-            if dropped_batches:
-                self.db.execute(
-                    "INSERT INTO losses VALUES ('overflow', ?, ?) ON CONFLICT(reason) DO UPDATE "
-                    "SET batches = batches + excluded.batches, points = points + excluded.points",
-                    (dropped_batches, dropped_points),
-                )
+            _count_loss(self.db, "overflow", dropped_batches, dropped_points)
         return dropped_batches, dropped_points
 
     def losses(self) -> dict[str, tuple[int, int]]:
@@ -337,29 +467,27 @@ class _transaction:
         self.db.execute("COMMIT" if kind is None else "ROLLBACK")
 
 
-def _readable_rows(
-    db: sqlite3.Connection | None, table: str
-) -> Iterator[tuple[tuple[object, ...], bool]]:
-    """Rows of a damaged table one by one by rowid; (row, False) marks an unreadable one."""
-    if db is None:
-        return
-    try:
-        bounds = db.execute(f"SELECT min(rowid), max(rowid) FROM {table}").fetchone()
-    except sqlite3.DatabaseError:
-        bounds = None
-    if bounds is None or bounds[0] is None:
-        # the table's index pages may be gone: try a plain scan, as far as it goes
-        try:
-            for row in db.execute(f"SELECT * FROM {table}"):
-                yield tuple(row), True
-        except sqlite3.DatabaseError:
-            yield (), False
-        return
-    for rowid in range(int(bounds[0]), int(bounds[1]) + 1):
-        try:
-            row = db.execute(f"SELECT * FROM {table} WHERE rowid = ?", (rowid,)).fetchone()
-        except sqlite3.DatabaseError:
-            yield (), False
-            continue
-        if row is not None:
-            yield tuple(row), True
+def _count_loss(db: sqlite3.Connection, reason: str, batches: int, points: int) -> None:
+    """Add to a persistent loss counter (inside the caller's transaction)."""
+    if batches or points:
+        db.execute(
+            "INSERT INTO losses VALUES (?, ?, ?) ON CONFLICT(reason) DO UPDATE "
+            "SET batches = batches + excluded.batches, points = points + excluded.points",
+            (reason, batches, points),
+        )
+
+
+def _describe(path: Path, verdict: str) -> str:
+    """A damaged database's problem in words: SQLite's verdict, and whether the file is
+    shorter than its header says (a truncation) or not a database at all."""
+    with path.open("rb") as file:
+        head = file.read(100)
+    if not head.startswith(b"SQLite format 3\0"):
+        return f"{path.name} is not an SQLite database (overwritten?): {verdict}"
+    page_size = int.from_bytes(head[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    expected = int.from_bytes(head[28:32], "big") * page_size
+    actual = path.stat().st_size
+    if actual < expected:
+        return f"{path.name} is truncated: {actual} bytes of the {expected} its header names"
+    return f"{path.name} is damaged: {verdict}"

@@ -143,13 +143,16 @@ def test_a_torn_frame_record_is_cut_off_and_the_log_runs_on(tmp_path: Path) -> N
     assert starts == [T0, T0 + 400 * MS, T0 + 1200 * MS], "the torn frame alone is lost"
 
 
-def test_a_corrupted_frame_record_ends_its_segment_there(tmp_path: Path) -> None:
+def test_a_corrupted_frame_record_costs_only_itself(tmp_path: Path) -> None:
     path, segment = three_logged_frames(tmp_path)
     data = bytearray(segment.read_bytes())
     data[len(data) // 2] ^= 0xFF  # a flipped byte in the second record
     segment.write_bytes(bytes(data))
-    starts = [int(f.time[0]) for _, f in Spool(path, ["u"]).recover().frames]
-    assert starts == [T0]
+    reopened = Spool(path, ["u"])
+    starts = [int(f.time[0]) for _, f in reopened.recover().frames]
+    assert starts == [T0, T0 + 800 * MS], "the third record is found again after it"
+    assert reopened.recovery_losses["frame_log_corrupt_records"] == 1
+    assert reopened.frame_log.torn_records == 0
 
 
 def test_a_batch_leaves_only_when_every_uplink_has_it(tmp_path: Path) -> None:

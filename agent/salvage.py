@@ -1,0 +1,184 @@
+"""What can still be read out of a damaged spool database, and what cannot, in points.
+
+Why a module of its own: the spool opens and writes a healthy database; this reads a
+broken one, where every query may fail at any page, so every read is one row at a time.
+
+Batches are found by two independent routes, so that a damaged page of one does not hide
+what the other still knows: the ``batches`` table's rowids (``min``/``max`` walk only the
+edges of its tree) and the ``batch_id`` index (its own pages), which lists which rowids
+existed. A row that cannot be read is a lost batch; its ``points`` column is read alone
+(it lies before the data blob, often on a page that survived), else it is a batch of
+unknown size. A row whose CRC fails is lost too. Rows not found by either route at the
+end of the table cannot be counted: ``end_unreadable`` says that more may be gone.
+
+A zero-length database file beside a write-ahead log (a file truncated after a kill):
+SQLite takes an empty file for a new database and deletes the log, losing every batch
+committed since the last checkpoint. The log's frames carry whole pages and the database
+size, so the file is first padded to that size with zeros: the pages the log holds read
+from the log, the rest read as damaged.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import struct
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+_WAL_HEADER = struct.Struct(">IIII")  # magic, version, page size, checkpoint sequence
+_WAL_FRAME = struct.Struct(">II")  # page number, database size in pages (commit frames)
+_WAL_MAGIC = (0x377F0682, 0x377F0683)
+_TABLES = ("state", "losses", "delivered")
+
+
+@dataclass(slots=True)
+class Salvaged:
+    """The outcome of a salvage: batches kept and lost, lost ones in points if known."""
+
+    kept_batches: int = 0
+    lost_batches: int = 0
+    lost_points: int = 0
+    unknown_size_batches: int = 0  # of lost_batches, those whose points could not be read
+    end_unreadable: bool = False  # the end of the table is gone: more may be lost, uncounted
+    lost_other_rows: int = 0  # rows of delivered/state/losses that could not be read
+
+
+def open_damaged(path: Path) -> sqlite3.Connection | None:
+    """A read-only connection to a damaged database moved aside, or None if SQLite cannot
+    read it at all. ``writable_schema`` lets a file shorter than its header says open
+    (SQLite would refuse it whole as malformed), so the pages before the cut are read."""
+    _pad_to_wal(path)
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        db.execute("PRAGMA writable_schema=ON")
+        db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.DatabaseError:
+        return None
+    return db
+
+
+def wal_database_pages(wal: Path) -> int:
+    """The database size (in pages) the newest commit in a write-ahead log names; 0 if the
+    log is missing, empty or not a log."""
+    try:
+        data = wal.read_bytes()
+    except FileNotFoundError:
+        return 0
+    if len(data) < 32:
+        return 0
+    magic, _, page_size, _ = _WAL_HEADER.unpack_from(data)
+    if magic not in _WAL_MAGIC or page_size < 512 or page_size & (page_size - 1):
+        return 0
+    pages = 0
+    for offset in range(32, len(data) - 24 - page_size + 1, 24 + page_size):
+        _, size = _WAL_FRAME.unpack_from(data, offset)
+        pages = max(pages, size)
+    return pages
+
+
+def _pad_to_wal(path: Path) -> None:
+    wal = path.with_name(path.name + "-wal")
+    pages = wal_database_pages(wal) if path.stat().st_size == 0 else 0
+    if pages:
+        with wal.open("rb") as log:
+            page_size = _WAL_HEADER.unpack(log.read(_WAL_HEADER.size))[2]
+        with path.open("r+b") as file:
+            file.truncate(pages * page_size)
+
+
+def salvage(old: sqlite3.Connection | None, new: sqlite3.Connection) -> Salvaged:
+    """Copy every readable row of ``old`` into ``new`` (same schema, possibly without the
+    newer columns) and count what could not be copied."""
+    result = Salvaged()
+    if old is None:
+        result.end_unreadable = True
+        return result
+    for table in _TABLES:
+        for row in _scan(old, table):
+            if row is None:
+                result.lost_other_rows += 1
+            else:
+                _insert(new, table, row)
+    _salvage_batches(old, new, result)
+    # a lost batch's seq may be handed out again: no acknowledgement may carry over to it
+    new.execute("DELETE FROM delivered WHERE seq NOT IN (SELECT seq FROM batches)")
+    return result
+
+
+def _salvage_batches(old: sqlite3.Connection, new: sqlite3.Connection, out: Salvaged) -> None:
+    indexed, index_complete = _indexed_rowids(old)
+    low, high = _one(old, "min(rowid)"), _one(old, "max(rowid)")
+    ends = (low, high, min(indexed, default=None), max(indexed, default=None))
+    known = [r for r in ends if r is not None]
+    out.end_unreadable = high is None and not index_complete
+    if not known:
+        return
+    for rowid in range(min(known), max(known) + 1):
+        try:
+            cursor = old.execute("SELECT * FROM batches WHERE rowid = ?", (rowid,))
+            row = cursor.fetchone()
+        except sqlite3.DatabaseError:
+            if index_complete and rowid not in indexed:
+                continue  # a gap (a batch deleted once delivered) on a damaged page
+            points = _one(old, "points", rowid)
+            out.lost_batches += 1
+            out.lost_points += points or 0
+            out.unknown_size_batches += points is None
+            continue
+        if row is None:
+            continue
+        named = dict(zip([d[0] for d in cursor.description], row, strict=True))
+        crc, data = named.get("crc"), named["data"]
+        if crc is not None and (data is None or zlib.crc32(data) != crc):
+            out.lost_batches += 1
+            out.lost_points += int(named["points"])
+            continue
+        _insert(new, "batches", named)
+        out.kept_batches += 1
+
+
+def _indexed_rowids(db: sqlite3.Connection) -> tuple[set[int], bool]:
+    """The rowids the ``batch_id`` index lists, as far as it can be read; and whether to
+    its end."""
+    found: set[int] = set()
+    try:
+        for (rowid,) in db.execute(
+            "SELECT rowid FROM batches INDEXED BY sqlite_autoindex_batches_1"
+        ):
+            found.add(int(rowid))
+    except sqlite3.DatabaseError:
+        return found, False
+    return found, True
+
+
+def _one(db: sqlite3.Connection, what: str, rowid: int | None = None) -> int | None:
+    """One integer of ``batches`` (a bound, or a row's column), or None where the page is
+    unreadable."""
+    query = f"SELECT {what} FROM batches"
+    try:
+        if rowid is None:
+            row = db.execute(query).fetchone()
+        else:
+            row = db.execute(f"{query} WHERE rowid = ?", (rowid,)).fetchone()
+    except sqlite3.DatabaseError:
+        return None
+    return None if row is None or row[0] is None else int(row[0])
+
+
+def _scan(db: sqlite3.Connection, table: str) -> Iterator[dict[str, object] | None]:
+    """A small table's rows as far as they can be read; None marks where reading stopped."""
+    try:
+        cursor = db.execute(f"SELECT * FROM {table}")
+        names = [d[0] for d in cursor.description]
+        for row in cursor:
+            yield dict(zip(names, row, strict=True))
+    except sqlite3.DatabaseError:
+        yield None
+
+
+def _insert(db: sqlite3.Connection, table: str, row: dict[str, object]) -> None:
+    names = ",".join(row)
+    marks = ",".join("?" * len(row))
+    db.execute(f"INSERT OR IGNORE INTO {table} ({names}) VALUES ({marks})", tuple(row.values()))
