@@ -111,6 +111,13 @@ class Driver(ABC):
     async def run(self, ctx: DriverContext) -> None:
         """Acquire data until cancelled; raise to report a failed session."""
 
+    def probe_address(self) -> tuple[str, int] | None:
+        """The TCP ``(host, port)`` the source connects to, or None (a serial line, no
+        network peer). While a long reconnect backoff runs, the agent tests this address
+        with a bare TCP connect every ``probe_interval`` and retries as soon as a peer that
+        refused comes back, instead of waiting out the backoff."""
+        return None
+
     def describe(self) -> str:
         """Extra words for ``edge-agent check`` (e.g. ", 3 block reads per cycle")."""
         return ""
