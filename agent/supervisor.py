@@ -122,8 +122,11 @@ class SourceRunner:
         self._not_finite_at = 0.0  # monotonic s of the last one
 
     def problem(self) -> str | None:
-        """None while the source is healthy, else what is wrong, in a few words."""
-        if self.ctx.problems.is_open(SESSION):
+        """None while the source is healthy, else what is wrong, in a few words.
+
+        A session that is up again is healthy before its first sample: an on-change
+        source (a subscription, a publisher) may stay quiet for long."""
+        if self.ctx.problems.is_open(SESSION) and not self.ctx.connected:
             return f"session failed: {self._error}"
         if self.ctx.problems.is_open(DEGRADED) and self._bad_since is not None:
             lasted = time.monotonic() - self._bad_since

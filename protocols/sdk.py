@@ -80,6 +80,7 @@ class DriverContext:
         self._emit = emit
         self._stats: dict[str, PollStats] = {}
         self._up = self.metrics.source_up.labels(config.name)
+        self.connected = False  # a session is up (set by the driver through set_connected)
 
     async def emit(self, frame: Frame) -> None:
         """Hand a frame to the agent; waits while the agent's queue is full."""
@@ -96,6 +97,7 @@ class DriverContext:
         return dict(self._stats)
 
     def set_connected(self, connected: bool) -> None:
+        self.connected = connected
         self._up.set(1 if connected else 0)
 
 

@@ -22,6 +22,7 @@ from protocols.modbus.config import ModbusSourceConfig
 from protocols.modbus.driver import ModbusDriver
 from protocols.sdk import DriverContext
 from simulators.modbus_plc import POINTS, ModbusPLCSimulator
+from simulators.mqtt_broker import PrivateBroker
 from tests.conftest import agent_toml
 from tests.faults.outages import running_agent, wait_for
 
@@ -56,6 +57,26 @@ async def test_a_plc_answering_only_exceptions_is_degraded_then_healthy_again(
     assert len(degraded) == 1, "logged once, not per poll"
     assert degraded[0]["reason"] == "device_exception"
     assert [e for e in logs if e["event"] == "recovered" and e["problem"] == "degraded"]
+
+
+async def test_a_quiet_on_change_source_is_healthy_once_its_session_is_back(
+    tmp_path: Path, mqtt_broker: PrivateBroker
+) -> None:
+    source = (
+        f'[[sources]]\nname = "scada"\nprotocol = "mqtt"\nurl = "{mqtt_broker.url}"\n'
+        f'mqtt_version = "{mqtt_broker.mqtt_version()}"\ntopic = "plant/{{tag}}"\n'
+        '[[sources.tags]]\nname = "level"\n'
+    )
+    async with running_agent(agent_toml(tmp_path / "store", source)) as agent:
+        runner = agent.runners[0]
+        await wait_for(lambda: runner.ctx.connected, 10.0, "connected")
+        assert runner.problem() is None
+        await mqtt_broker.stop()
+        await wait_for(lambda: runner.problem() is not None, 10.0, "the outage noticed")
+        assert (runner.problem() or "").startswith("session failed: ")
+        await mqtt_broker.start()
+        await wait_for(lambda: runner.ctx.connected, 10.0, "reconnected")
+        assert runner.problem() is None, "nothing published: quiet, not failed"
 
 
 def _runner(rate: str = "100ms") -> tuple[SourceRunner, list[Frame]]:
