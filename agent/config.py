@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from agent.durations import Duration
+from agent.durations import Duration, Interval
 from agent.stages.units import UnitError, conversion
 
 NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$"
@@ -217,7 +217,7 @@ class SourceConfig(Section):
     enabled: bool = True
     backoff_initial: Duration = Field(default=1_000_000_000)
     backoff_max: Duration = Field(default=60_000_000_000)
-    probe_interval: Duration = Field(
+    probe_interval: Interval = Field(
         default=1_000_000_000,
         description="during a longer backoff, test the endpoint this often; 0 = never",
     )
@@ -538,7 +538,7 @@ class CollectBrokerConfig(MqttConnection):
         default=200_000_000, description="first delay of broker reconnects and store retries"
     )
     backoff_max: Duration = Field(default=30_000_000_000)
-    probe_interval: Duration = Field(
+    probe_interval: Interval = Field(
         default=1_000_000_000,
         description="during a longer reconnect backoff, test the broker this often; 0 = never",
     )

@@ -10,10 +10,15 @@ import random
 import time
 from pathlib import Path
 
+import pytest
+from pydantic import ValidationError
+
 from agent.backoff import Backoff, accepts
 from agent.config import MqttUplinkConfig
 from agent.supervisor import SESSION
 from agent.uplinks.mqtt import MqttUplink
+from protocols.modbus.config import ModbusSourceConfig
+from protocols.modbus.driver import ModbusDriver
 from simulators.modbus_plc import POINTS, ModbusPLCSimulator
 from simulators.mqtt_broker import Feature, PrivateBroker, free_port
 from simulators.opcua_cnc import NODES, OpcUaCncSimulator
@@ -94,6 +99,23 @@ def test_delays_double_up_to_the_maximum_with_jitter() -> None:
         assert ceiling / 2 <= delay <= ceiling
     backoff.reset()
     assert backoff.next_delay() <= 1.0
+
+
+def test_probe_interval_defaults_to_1s_and_0s_turns_probing_off() -> None:
+    source = {
+        "name": "p",
+        "url": "modbus+tcp://127.0.0.1",
+        "tags": [{"name": "a", "address": "hr:0"}],
+    }
+    assert ModbusSourceConfig.model_validate(source).probe_interval == 1_000_000_000
+    off = ModbusSourceConfig.model_validate({**source, "probe_interval": "0s"})
+    assert off.probe_interval == 0
+    assert off.model_dump(mode="json")["probe_interval"] == "0s"
+    assert ModbusDriver(off).probe_address() == ("127.0.0.1", 502)
+    with pytest.raises(ValidationError, match="duration"):
+        ModbusSourceConfig.model_validate({**source, "probe_interval": "-1s"})
+    broker = collect_config("mqtt://127.0.0.1", {"type": "parquet"}, "c").broker
+    assert (broker.backoff_initial, broker.probe_interval) == (200_000_000, 1_000_000_000)
 
 
 # -- real peers, default settings -----------------------------------------------------------
