@@ -31,7 +31,7 @@ from tests.faults.outages import (
     running_agent,
     wait_for,
 )
-from tests.protocols.mqtt.helpers import needs_broker
+from tests.protocols.mqtt.helpers import needs_broker, publisher_on
 from tests.uplinks.helpers import collect_config, make_batches, running
 
 
@@ -195,6 +195,30 @@ async def test_collector_resumes_within_5s_of_the_broker_return(
         await sender.close()
     report("broker (collector)", resumed_s)
     assert collector.backoff.cut_short >= 1, "the probe ended the backoff"
+
+
+async def test_mqtt_source_resubscribes_within_5s_of_the_broker_return(
+    mqtt_broker: PrivateBroker, tmp_path: Path
+) -> None:
+    source = (
+        f'[[sources]]\nname = "scada"\nprotocol = "mqtt"\nurl = "{mqtt_broker.url}"\n'
+        f'mqtt_version = "{mqtt_broker.mqtt_version()}"\ntopic = "plant/{{tag}}"\n'
+        '[[sources.tags]]\nname = "level"\n'
+    )
+    async with running_agent(agent_toml(tmp_path / "store", source)) as agent:
+        runner = agent.runners[0]
+        await wait_for(lambda: runner.ctx.connected, 10.0, "connected")
+        await mqtt_broker.stop()
+        await wait_for(lambda: runner.failures >= 1, 10.0, "the outage noticed")
+        await asyncio.sleep(OUTAGE_S)
+        await mqtt_broker.start()
+        resumed_s = await wait_for(lambda: runner.ctx.connected, RESUME_WITHIN_S, "resumed")
+        publisher = await publisher_on(mqtt_broker)
+        publisher.client.publish("plant/level", "42.5", qos=1)
+        await wait_for(lambda: runner.points >= 2, 5.0, "a message after the return")
+        await publisher.close()
+    report("broker (mqtt source)", resumed_s)
+    assert runner.backoff.cut_short >= 1, "the probe ended the backoff"
 
 
 async def test_simulators_restart_on_the_same_port_at_once() -> None:
