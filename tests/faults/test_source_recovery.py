@@ -1,7 +1,8 @@
 """Recovery time: a device, a server or the broker away for ``OUTAGE_S`` (10 s here, 60 s
 in the bench), then back on the same port; with default settings, data flows again
-within 5 s of its return. The probe that ends the backoff early is also tested alone,
-against plain sockets."""
+within 5 s of its return. The probe that ends the backoff early is tested alone, against
+plain sockets: end to end, a backoff may also happen to end on its own just after the
+peer's return, so there only the time is asserted."""
 
 from __future__ import annotations
 
@@ -139,7 +140,6 @@ async def test_modbus_source_resumes_within_5s_of_the_plc_return(tmp_path: Path)
                 lambda: not runner.ctx.problems.is_open(SESSION), RESUME_WITHIN_S, "resumed"
             )
             await asyncio.sleep(0.5)
-            assert runner.backoff.cut_short >= 1, "the probe ended the backoff"
     finally:
         await plc.stop()
     resumed_s = first_good_after(read_store(tmp_path / "store"), POINTS[0].name, back_ns)
@@ -194,7 +194,6 @@ async def test_collector_resumes_within_5s_of_the_broker_return(
         await wait_for(lambda: collector.batches == 2, 10.0, "a batch after the return")
         await sender.close()
     report("broker (collector)", resumed_s)
-    assert collector.backoff.cut_short >= 1, "the probe ended the backoff"
 
 
 async def test_mqtt_source_resubscribes_within_5s_of_the_broker_return(
@@ -218,7 +217,6 @@ async def test_mqtt_source_resubscribes_within_5s_of_the_broker_return(
         await wait_for(lambda: runner.points >= 2, 5.0, "a message after the return")
         await publisher.close()
     report("broker (mqtt source)", resumed_s)
-    assert runner.backoff.cut_short >= 1, "the probe ended the backoff"
 
 
 async def test_simulators_restart_on_the_same_port_at_once() -> None:
