@@ -11,13 +11,14 @@ and the broker delivers it again when that collector comes back.
 
 A message that is not a batch is counted and logged once, then acknowledged, so it never
 loops; a store that fails is retried with backoff while the message stays unacknowledged;
-a lost broker connection is reconnected with backoff.
+a lost broker connection is reconnected with backoff, which ends early once the broker
+accepts connections again (``agent.backoff``; ``[broker]`` ``backoff_initial``,
+``backoff_max``, ``probe_interval``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 from pydantic import ValidationError
 
+from agent.backoff import Backoff
 from agent.batch import Batch
 from agent.config import CollectConfig
 from agent.config_load import ConfigError, read_toml, validation_problems
@@ -41,9 +43,6 @@ from protocols.mqtt.aio import AsyncMqttClient
 from protocols.mqtt.session import make_client
 
 log = structlog.get_logger("edge_agent.collect")
-
-_BACKOFF_INITIAL_S = 0.2
-_BACKOFF_MAX_S = 30.0
 
 
 def load_collect_config(path: str | Path) -> CollectConfig:
@@ -93,19 +92,26 @@ class Collector:
         self.sessions = 0  # broker sessions subscribed so far: more than one = reconnects
         self.subscribed = asyncio.Event()  # set while a session is subscribed
         self.problems = ProblemLog(log)
+        self.backoff = self._backoff()  # of broker reconnects
+
+    def _backoff(self) -> Backoff:
+        broker = self.config.broker
+        return Backoff(
+            broker.backoff_initial / 1e9, broker.backoff_max / 1e9, broker.probe_interval / 1e9
+        )
 
     async def run(self, stop: asyncio.Event) -> None:
         """Collect until ``stop`` is set, reconnecting with backoff."""
-        backoff = _BACKOFF_INITIAL_S
+        broker = (self.config.broker.host, self.config.broker.port)
         while not stop.is_set():
             try:
                 await self._session(stop)
-                backoff = _BACKOFF_INITIAL_S
             except ConnectionError as exc:
-                self.problems.fail("broker", "broker connection failed", error=str(exc))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), backoff)
-                backoff = min(backoff * 2, _BACKOFF_MAX_S)
+                delay = self.backoff.next_delay()
+                self.problems.fail(
+                    "broker", "broker connection failed", error=str(exc), retry_in_s=round(delay, 2)
+                )
+                await self.backoff.wait(delay, broker, stop)
         log.info(
             "collector stopped",
             batches=self.batches,
@@ -148,6 +154,7 @@ class Collector:
             if codes[0].is_failure:
                 raise ConnectionError(f"the broker refused {self.topic}: {codes[0]}")
             self.problems.ok("broker")
+            self.backoff.reset()
             self.sessions += 1
             self.subscribed.set()
             log.info("collecting", topic=self.topic, client_id=self.client_id)
@@ -186,14 +193,13 @@ class Collector:
             client.ack(message.mid, message.qos)
 
     async def _store(self, batch: Batch) -> None:
-        backoff = _BACKOFF_INITIAL_S
+        backoff = self._backoff()
         while True:
             try:
                 await self.store.send(batch)
             except Exception as exc:  # the store is down: keep the message, retry
                 self.problems.fail("store", "store write failed", error=str(exc))
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, _BACKOFF_MAX_S)
+                await asyncio.sleep(backoff.next_delay())
                 continue
             self.problems.ok("store")
             self.batches += 1

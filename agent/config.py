@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from agent.durations import Duration
+from agent.durations import Duration, Interval
 from agent.stages.units import UnitError, conversion
 
 NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$"
@@ -217,6 +217,10 @@ class SourceConfig(Section):
     enabled: bool = True
     backoff_initial: Duration = Field(default=1_000_000_000)
     backoff_max: Duration = Field(default=60_000_000_000)
+    probe_interval: Interval = Field(
+        default=1_000_000_000,
+        description="during a longer backoff, test the endpoint this often; 0 = never",
+    )
     snap: bool = Field(default=False, description="put sample times on the tags' sampling grid")
     correct_clock: bool = Field(
         default=False, description="map device timestamps onto the gateway clock"
@@ -530,6 +534,14 @@ class CollectBrokerConfig(MqttConnection):
         description="how long the broker keeps the collector's unacknowledged batches",
     )
     max_inflight: int = Field(default=16, ge=1, le=65535, description="unacknowledged batches")
+    backoff_initial: Duration = Field(
+        default=200_000_000, description="first delay of broker reconnects and store retries"
+    )
+    backoff_max: Duration = Field(default=30_000_000_000)
+    probe_interval: Interval = Field(
+        default=1_000_000_000,
+        description="during a longer reconnect backoff, test the broker this often; 0 = never",
+    )
 
 
 class CollectConfig(Section):

@@ -40,8 +40,21 @@ def parse_duration(text: Any) -> int:
     return ns
 
 
+def parse_interval(text: Any) -> int:
+    """Like parse_duration, but zero ("0s", "0", or the number 0) is allowed: it turns off
+    what the interval paces."""
+    if (type(text) is int and text == 0) or text == "0":
+        return 0
+    match = _PATTERN.match(text) if isinstance(text, str) else None
+    if match is not None and float(match.group(1)) == 0:
+        return 0
+    return parse_duration(text)
+
+
 def format_duration(ns: int) -> str:
     """The shortest exact spelling of a duration, for summaries and metadata."""
+    if ns == 0:
+        return "0s"
     for unit in ("h", "m", "s", "ms", "us"):
         size = _UNITS_NS[unit]
         if ns % size == 0:
@@ -55,3 +68,10 @@ Duration = Annotated[
     PlainSerializer(format_duration, return_type=str),
 ]
 """A config field holding a positive duration in nanoseconds, written as a string."""
+
+Interval = Annotated[
+    int,
+    BeforeValidator(parse_interval),
+    PlainSerializer(format_duration, return_type=str),
+]
+"""A duration that may also be zero ("0s"), meaning off."""

@@ -40,6 +40,7 @@ class Reason(IntEnum):
     SOURCE_STATUS = 8  # the source itself reported non-good status
     DENOISED = 9  # value replaced by the wavelet denoiser's estimate
     NO_DATA = 10  # no sample to fill this cell of the resampled grid from: a gap
+    NOT_FINITE = 11  # the source sent NaN or an infinity as a value
 
 
 class Flag(IntEnum):

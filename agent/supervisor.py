@@ -2,8 +2,16 @@
 
 One SourceRunner per source, each in its own task, so a failing device never delays
 another. The first failure of an outage is logged once with its cause, later retries are
-only counted, and the first good sample after it logs "recovered". When a session fails,
-one bad comm-error sample per tag marks where the gap starts in the data itself.
+only counted, and the first sample after it logs "recovered". When a session fails,
+one bad comm-error sample per tag marks where the gap starts in the data itself. The
+backoff between sessions ends early once the driver's endpoint accepts connections again
+(``agent.backoff``), so a returning device is read again within about a second.
+
+A session can also stay up while every read fails (a PLC answering each request with an
+exception): when nothing but bad samples has arrived for ``degraded_after_s``, the source
+is degraded, logged once, and healthy again with its next good sample. ``problem()`` says
+which, for health checks. Non-finite values from any driver are made bad samples
+(``not_finite``) here, before the pipeline, so no stage ever computes with an infinity.
 """
 
 from __future__ import annotations
@@ -17,23 +25,20 @@ from collections.abc import Awaitable, Callable
 import numpy as np
 
 from agent import quality as q
+from agent.backoff import Backoff
+from agent.backoff import backoff_delay as backoff_delay  # re-exported for agent.forwarder
 from agent.clock import SourceClock
 from agent.frame import Frame
 from agent.pipeline import SourcePipeline
 from protocols.sdk import Driver, DriverContext
 
 SESSION = "session"
+DEGRADED = "degraded"
+NOT_FINITE = "not_finite"
+MIN_DEGRADED_AFTER_S = 5.0
+NOT_FINITE_QUIET_S = 60.0  # without a non-finite value for this long, that problem is over
 _COMM_ERROR = q.make(q.BAD, q.Reason.COMM_ERROR)
-
-
-def backoff_delay(attempt: int, initial_s: float, max_s: float, rng: random.Random) -> float:
-    """Exponential backoff with equal jitter: half fixed, half random.
-
-    The random half spreads the reconnects of many gateways after a shared outage (a
-    switch reboot) so they do not hit the devices in lockstep.
-    """
-    ceiling = min(max_s, initial_s * 2 ** min(attempt, 30))
-    return float(ceiling / 2 + rng.uniform(0, ceiling / 2))
+_NOT_FINITE = q.make(q.BAD, q.Reason.NOT_FINITE)
 
 
 def describe_error(error: BaseException) -> str:
@@ -42,6 +47,37 @@ def describe_error(error: BaseException) -> str:
         error = error.exceptions[0]
     text = str(error) or repr(error)
     return f"{type(error).__name__}: {text}"
+
+
+def mark_not_finite(frame: Frame) -> int:
+    """Make the good and uncertain numeric samples whose value is NaN or infinite bad
+    (``not_finite``, value NaN, flags kept); returns how many.
+
+    The frame gets new value and quality columns rather than writes into the driver's,
+    which may share them between polls. Text samples carry NaN in the value column by
+    design and keep their quality. One ``isfinite`` pass over a frame whose values are
+    all finite; the rest only runs when one is not.
+    """
+    suspect = ~np.isfinite(frame.value)
+    if not suspect.any():
+        return 0
+    suspect &= frame.quality < q.BAD
+    if frame.text is not None:
+        suspect &= frame.text == None  # noqa: E711  (elementwise over the object column)
+    n = int(suspect.sum())
+    if n:
+        frame.value = np.where(suspect, math.nan, frame.value)
+        frame.quality = np.where(
+            suspect, (frame.quality & q.FLAG_MASK) | _NOT_FINITE, frame.quality
+        ).astype(frame.quality.dtype)
+    return n
+
+
+def degraded_after_s(config_rates_ns: list[int]) -> float:
+    """How long a source may deliver only bad samples before it is degraded: three
+    periods of its slowest tag (a slow tag's failed read must be seen more than once),
+    and never less than MIN_DEGRADED_AFTER_S (a blip of a fast source is not a fault)."""
+    return max(3 * max(config_rates_ns) / 1e9, MIN_DEGRADED_AFTER_S)
 
 
 class SourceRunner:
@@ -65,30 +101,93 @@ class SourceRunner:
         self.log = self.ctx.log
         self._sink = sink
         self._acquired = acquired
-        self._rng = rng or random.Random()
-        self._attempt = 0
+        self.backoff = Backoff(
+            self.config.backoff_initial / 1e9,
+            self.config.backoff_max / 1e9,
+            self.config.probe_interval / 1e9,
+            rng,
+        )
+        self._probe_address = driver.probe_address()
         self._all_tags = np.arange(len(driver.config.tags), dtype=np.int32)
         self._points_in = self.ctx.metrics.points_in.labels(self.config.name)
         self._failures = self.ctx.metrics.reconnects.labels(self.config.name)
+        self.degraded_after_s = degraded_after_s([tag.rate for tag in self.config.tags])
+        self._bad_since: float | None = None  # monotonic s of the first bad sample in a row
+        self._bad_reason = ""
+        self._error = ""  # why the last session failed
         self.points = 0
         self.failures = 0
+        self.degradations = 0  # times the source became degraded
+        self.not_finite = 0  # samples made bad for a NaN or infinite value
+        self._not_finite_at = 0.0  # monotonic s of the last one
+
+    def problem(self) -> str | None:
+        """None while the source is healthy, else what is wrong, in a few words.
+
+        A session that is up again is healthy before its first sample: an on-change
+        source (a subscription, a publisher) may stay quiet for long."""
+        if self.ctx.problems.is_open(SESSION) and not self.ctx.connected:
+            return f"session failed: {self._error}"
+        if self.ctx.problems.is_open(DEGRADED) and self._bad_since is not None:
+            lasted = time.monotonic() - self._bad_since
+            return f"degraded: no good sample for {lasted:.1f} s ({self._bad_reason})"
+        return None
 
     async def emit(self, frame: Frame) -> None:
-        """The driver's sink: clock, counters and data-quality tally, pipeline, then the
-        agent's queue (backpressure).
+        """The driver's sink: values checked, clock, counters, health and data-quality
+        tally, pipeline, then the agent's queue (backpressure).
 
-        Received samples and recovery are judged on what the driver delivered, bad samples
-        on what the pipeline passes on (it flags some, and drops or compresses others).
+        Received samples, health and recovery are judged on what the driver delivered, bad
+        samples counted on what the pipeline passes on (it flags some, and drops or
+        compresses others).
         """
+        self._check_values(frame)
         frame = self.clock.process(frame)
         delivered = self._count_in(frame)
+        if len(frame):
+            self._judge(frame, delivered)
         if self._acquired is not None:
             self._acquired(self.index, frame)
         frame = self.pipeline.process(frame)
         self._count_bad(frame)
-        if delivered and self.ctx.problems.ok(SESSION):
-            self._attempt = 0
         await self._sink(self.index, frame)
+
+    def _check_values(self, frame: Frame) -> None:
+        """Non-finite values made bad, counted, and logged once until they stop for a while
+        (an intermittent NaN must not log every other poll)."""
+        n = mark_not_finite(frame)
+        if n:
+            self.not_finite += n
+            self._not_finite_at = time.monotonic()
+            self.ctx.problems.fail(NOT_FINITE, "non-finite values stored as bad", samples=n)
+        elif self._not_finite_at and time.monotonic() - self._not_finite_at > NOT_FINITE_QUIET_S:
+            self._not_finite_at = 0.0
+            self.ctx.problems.ok(NOT_FINITE)
+
+    def _judge(self, frame: Frame, delivered: bool) -> None:
+        """Health from a frame of the driver's: any sample shows the session is up, a good
+        one that the source works; only bad ones for too long, that it is degraded."""
+        self.ctx.problems.ok(SESSION)
+        if delivered:
+            self.backoff.reset()
+            self._bad_since = None
+            self.ctx.problems.ok(DEGRADED)
+            return
+        now = time.monotonic()
+        if self._bad_since is None:
+            self._bad_since = now
+        elif now - self._bad_since > self.degraded_after_s and not self.ctx.problems.is_open(
+            DEGRADED
+        ):
+            reasons = np.bincount(frame.quality & q.REASON_MASK, minlength=1)
+            self._bad_reason = q.reason_name(int(reasons.argmax()))
+            self.degradations += 1
+            self.ctx.problems.fail(
+                DEGRADED,
+                "source degraded: only bad samples",
+                reason=self._bad_reason,
+                for_s=round(now - self._bad_since, 1),
+            )
 
     def _dropped(self, reason: str, n: int) -> None:
         if n:
@@ -125,13 +224,8 @@ class SourceRunner:
     async def _session_failed(self, error: str) -> None:
         self.failures += 1
         self._failures.inc()
-        delay = backoff_delay(
-            self._attempt,
-            self.config.backoff_initial / 1e9,
-            self.config.backoff_max / 1e9,
-            self._rng,
-        )
-        self._attempt += 1
+        self._error = error
+        delay = self.backoff.next_delay()
         if self.ctx.problems.fail(
             SESSION, "source failed", error=error, retry_in_s=round(delay, 2)
         ):
@@ -142,4 +236,5 @@ class SourceRunner:
             await self._sink(self.index, marker)
         else:
             self.log.debug("source still failing", error=error, retry_in_s=round(delay, 2))
-        await asyncio.sleep(delay)
+        if await self.backoff.wait(delay, self._probe_address):
+            self.log.debug("endpoint accepts again: retrying now", address=self._probe_address)

@@ -80,6 +80,7 @@ class DriverContext:
         self._emit = emit
         self._stats: dict[str, PollStats] = {}
         self._up = self.metrics.source_up.labels(config.name)
+        self.connected = False  # a session is up (set by the driver through set_connected)
 
     async def emit(self, frame: Frame) -> None:
         """Hand a frame to the agent; waits while the agent's queue is full."""
@@ -96,6 +97,7 @@ class DriverContext:
         return dict(self._stats)
 
     def set_connected(self, connected: bool) -> None:
+        self.connected = connected
         self._up.set(1 if connected else 0)
 
 
@@ -110,6 +112,13 @@ class Driver(ABC):
     @abstractmethod
     async def run(self, ctx: DriverContext) -> None:
         """Acquire data until cancelled; raise to report a failed session."""
+
+    def probe_address(self) -> tuple[str, int] | None:
+        """The TCP ``(host, port)`` the source connects to, or None (a serial line, no
+        network peer). While a long reconnect backoff runs, the agent tests this address
+        with a bare TCP connect every ``probe_interval`` and retries as soon as a peer that
+        refused comes back, instead of waiting out the backoff."""
+        return None
 
     def describe(self) -> str:
         """Extra words for ``edge-agent check`` (e.g. ", 3 block reads per cycle")."""

@@ -6,8 +6,12 @@ unmapped hole (hr 64-199) makes over-wide block reads fail as on real PLCs. Valu
 refreshed from :class:`CncSignals` at a 10 ms PLC scan, so ``truth(name, t)`` says exactly
 what any request at time ``t`` was served.
 
-Faults for tests and demos: exception responses and timeouts with a seeded probability,
-periodic disconnects, and ``stop()``/``start()`` for a PLC that goes away and comes back.
+Faults for tests and demos: exception responses and timeouts with a seeded probability
+(``exception_rate`` and ``timeout_rate`` may be changed while it runs), periodic
+disconnects, values held at anything a register can carry (``hold``, e.g. a float32 NaN),
+and ``stop()``/``start()`` or ``restart(downtime_s)`` for a PLC that goes away and comes
+back on the same port (the listener sets SO_REUSEADDR, as asyncio servers do on POSIX, so
+the port is free again at once).
 """
 
 from __future__ import annotations
@@ -180,9 +184,20 @@ class ModbusPLCSimulator:
         self.exceptions = 0  # requests answered with an injected exception
         self.served_sequence: list[int] = []  # numbers served from SEQUENCE_AREA
         self.write_attempts = 0
+        self.host = "127.0.0.1"
         self.port = 0
+        self.held: dict[str, float] = {}  # point name -> value served instead of its signal
 
     # -- truth --------------------------------------------------------------------------
+
+    def hold(self, name: str, value: float | None) -> None:
+        """Serve ``value`` for a register point from now on (None: its signal again); for
+        float points any float, NaN and infinities included. ``truth`` ignores it."""
+        if value is None:
+            self.held.pop(name, None)
+        else:
+            self.held[name] = value
+        self._images.clear()
 
     def truth(self, name: str, t_ns: np.ndarray | int) -> np.ndarray:
         """The engineering value a request at ``t_ns`` was served, as the agent decodes it."""
@@ -227,7 +242,10 @@ class ModbusPLCSimulator:
                         text, ">u2"
                     )
                     continue
-                words = encode_words(point, float(self.signals.functions[point.signal](t)[0]))
+                value = self.held.get(point.name)
+                if value is None:
+                    value = float(self.signals.functions[point.signal](t)[0])
+                words = encode_words(point, value)
                 registers[point.index : point.index + len(words)] = words
             words = registers.tolist()
         self._images[table] = (scan, words)
@@ -332,6 +350,7 @@ class ModbusPLCSimulator:
         await server.serve_forever(background=True)
         self._server = server
         listener: Any = server.transport
+        self.host = host
         self.port = int(listener.sockets[0].getsockname()[1])
         if self.disconnect_every_s:
             self._disconnector = asyncio.create_task(self._disconnect_periodically())
@@ -360,6 +379,13 @@ class ModbusPLCSimulator:
         if self._server is not None:
             await self._server.shutdown()  # type: ignore[no-untyped-call]
             self._server = None
+
+    async def restart(self, downtime_s: float = 0.0) -> None:
+        """Power off, stay off ``downtime_s``, and listen again on the same host and port."""
+        await self.stop()
+        if downtime_s:
+            await asyncio.sleep(downtime_s)
+        await self.start(self.host, self.port)
 
     async def __aenter__(self) -> Self:
         await self.start()

@@ -103,6 +103,9 @@ class ModbusDriver(PollingDriver):
             f"{reads} block reads in {len(self.plans)} poll groups"
         )
 
+    def probe_address(self) -> tuple[str, int] | None:
+        return None if self.config.is_serial else (self.config.host, self.config.port)
+
     async def run(self, ctx: DriverContext) -> None:
         self._ctx = ctx
         await super().run(ctx)

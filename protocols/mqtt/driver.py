@@ -44,6 +44,9 @@ class MqttDriver(Driver):
             f"{len(self.decoder.filters())} subscriptions"
         )
 
+    def probe_address(self) -> tuple[str, int] | None:
+        return (self.config.host, self.config.port)
+
     async def run(self, ctx: DriverContext) -> None:
         session = MqttSession(self.config, self.decoder, ctx)
         try:

@@ -19,6 +19,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 from asyncua import Client, ua
@@ -35,6 +36,7 @@ from protocols.sdk import DriverContext, PollGroup, PollingDriver, Tick
 _TIMEOUT = q.make(q.BAD, q.Reason.TIMEOUT)
 _REFUSED = q.make(q.BAD, q.Reason.SOURCE_STATUS)
 _CLOSE_TIMEOUT_S = 0.5
+_DEFAULT_PORT = 4840  # opc.tcp's registered port, for a url without one
 _LIMITS = (
     ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxNodesPerRead,
     ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxMonitoredItemsPerCall,
@@ -99,6 +101,10 @@ class OpcUaDriver(PollingDriver):
 
     def describe(self) -> str:
         return f", {self.config.url}, {self.config.mode} mode, security {self.config.security_mode}"
+
+    def probe_address(self) -> tuple[str, int] | None:
+        parts = urlsplit(self.config.url)
+        return (parts.hostname or "", parts.port or _DEFAULT_PORT)
 
     # -- session -------------------------------------------------------------------------
 

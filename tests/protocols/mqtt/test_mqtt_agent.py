@@ -177,6 +177,7 @@ async def test_qos1_persistent_session_gets_what_was_published_during_a_broker_r
         f'[[sources]]\nname = "scada"\nprotocol = "mqtt"\nurl = "{mqtt_broker.url}"\n'
         f'mqtt_version = "{version}"\nclean_session = false\nqos = 1\n'
         'client_id = "gw-persistent"\nbackoff_initial = "5s"\nbackoff_max = "5s"\n'
+        'probe_interval = "0s"\n'  # the test needs the agent away while it publishes
         'topic = "plant/seq"\nvalue = "$.n"\n[[sources.tags]]\nname = "seq"\n'
     )
     config = agent_toml(tmp_path / "store", source, lateness="100ms")

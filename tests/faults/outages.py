@@ -1,0 +1,67 @@
+"""Helpers of the fault tests (and of a bench running them longer): a running agent, an
+outage length taken from the environment, waiting on conditions, and reading resumption
+off the store.
+
+``EDGE_AGENT_OUTAGE_S`` (default 10) sets how long the recovery tests keep a device, a
+server or the broker away; each such test prints one ``recovery:`` line with the measured
+time from the peer's return to the first good sample (or the collector's new session), so
+a bench can run ``pytest -s tests/faults/test_source_recovery.py`` with 60 and read them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tomllib
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from agent import quality as q
+from agent.config_load import parse_config
+from agent.runtime import Agent
+
+OUTAGE_S = float(os.environ.get("EDGE_AGENT_OUTAGE_S", "10"))
+RESUME_WITHIN_S = 5.0  # the issue's goal, with default settings
+
+
+@asynccontextmanager
+async def running_agent(text: str) -> AsyncIterator[Agent]:
+    """An agent running in this loop on a config text; stopped (flushing) at the end."""
+    agent = Agent(parse_config(tomllib.loads(text), Path("test.toml")))
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
+    try:
+        yield agent
+    finally:
+        stop.set()
+        await task
+
+
+async def wait_for(condition: Callable[[], bool], seconds: float, what: str) -> float:
+    """Poll ``condition`` every 20 ms; the seconds it took, or fail the test naming ``what``."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    while not condition():
+        if loop.time() - start > seconds:
+            pytest.fail(f"{what}: not within {seconds} s")
+        await asyncio.sleep(0.02)
+    return loop.time() - start
+
+
+def first_good_after(table: pa.Table, tag: str, after_ns: int) -> float:
+    """Seconds from ``after_ns`` to the first good sample of ``tag`` stamped later, or inf."""
+    rows = table.filter(pc.equal(table["tag"].cast(pa.string()), tag))
+    times = rows["time"].cast(pa.int64()).to_numpy()
+    good = (rows["quality"].to_numpy() & q.SEVERITY_MASK) == q.GOOD
+    later = times[good & (times > after_ns)]
+    return float((later.min() - after_ns) / 1e9) if later.size else float("inf")
+
+
+def report(kind: str, resumed_s: float) -> None:
+    """The line a bench greps for."""
+    print(f"\nrecovery: {kind} outage {OUTAGE_S:.0f} s, resumed {resumed_s:.2f} s after its return")
