@@ -55,6 +55,7 @@ class MqttDriver(Driver):
             path = ctx.data_dir / "mqtt" / f"{self.config.name}.delivered"
             self.delivered = DeliveredLog(path)
         session = MqttSession(self.config, self.decoder, ctx, self.delivered)
+        stopping = False
         try:
             await session.open()
             ctx.set_connected(True)
@@ -62,10 +63,15 @@ class MqttDriver(Driver):
                 tasks.create_task(session.emit_forever())
                 tasks.create_task(session.until_lost())
                 tasks.create_task(self._housekeeping(ctx))
+        except asyncio.CancelledError:
+            # the agent is stopping (not Task.cancelling(): on Python 3.11 a TaskGroup
+            # whose child failed leaves it raised)
+            stopping = True
+            raise
         finally:
             ctx.set_connected(False)
             try:
-                await session.close()
+                await session.close(stopping)
             finally:
                 if self.delivered is not None:
                     self.delivered.close()

@@ -53,19 +53,13 @@ def message_digest(topic: str, payload: bytes | bytearray) -> int:
 
 
 class DeliveredLog:
-    """Packet id -> digest of the last message with that id stored; persisted under
-    ``path`` (None: in memory only, for a test)."""
+    """Packet id -> digest of the last message with that id stored, persisted in ``path``."""
 
-    def __init__(self, path: Path | None) -> None:
+    def __init__(self, path: Path) -> None:
         self.path = path
         self._table: npt.NDArray[np.uint64] = np.zeros(_PACKET_IDS, np.uint64)
-        self._records = 0  # whole records in the file
         self._fd: int | None = None
         self.duplicates = 0  # redeliveries dropped, since the owner last took the count
-        if path is not None:
-            self._open(path)
-
-    def _open(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = self._file()
         with open(fd, "rb", closefd=False) as file:
@@ -78,7 +72,6 @@ class DeliveredLog:
     def _file(self) -> int:
         """The file's descriptor, opened again after :meth:`close` (the table stays)."""
         if self._fd is None:
-            assert self.path is not None
             flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
             self._fd = os.open(self.path, flags, 0o644)
         return self._fd
@@ -104,8 +97,6 @@ class DeliveredLog:
         records["mid"] = mids
         records["digest"] = digests
         self._set(records["mid"], records["digest"])
-        if self.path is None:
-            return
         if self._records + len(records) > _MAX_RECORDS:
             self._rewrite()
         else:
@@ -114,9 +105,8 @@ class DeliveredLog:
     def reset(self) -> None:
         """The broker kept no session: nothing known can be redelivered."""
         self._table[:] = 0
-        if self.path is not None:
-            os.ftruncate(self._file(), 0)
-            self._records = 0
+        os.ftruncate(self._file(), 0)
+        self._records = 0
 
     def take_duplicates(self) -> int:
         count, self.duplicates = self.duplicates, 0
@@ -142,7 +132,6 @@ class DeliveredLog:
 
     def _rewrite(self) -> None:
         """The file, from the table: write a new one beside it, then rename it over."""
-        assert self.path is not None
         mids = np.flatnonzero(self._table)
         records = np.empty(len(mids), RECORD)
         records["mid"] = mids

@@ -153,19 +153,17 @@ class MqttSession:
         """Return never; raise ConnectionError when the connection is gone."""
         raise ConnectionError(await self.connection.lost)
 
-    async def close(self) -> None:
-        """Disconnect; hand on what was decoded unless the agent is stopping (cancel)."""
+    async def close(self, stopping: bool) -> None:
+        """Disconnect; hand on what was decoded unless the agent is ``stopping`` (it must
+        not wait on its own queue then). A lost session's frames are still data; they
+        cannot be acknowledged any more, so a persistent session redelivers them, and
+        remembering them as stored drops that redelivery."""
         await self.connection.close()
         self._on_burst()
         left = [*self._emitting, *self.pending]
         self._emitting = []
         self.pending.clear()
-        task = asyncio.current_task()
-        if left and task is not None and not task.cancelling():
-            # a lost session: what was decoded before the end is still data (when
-            # cancelled, the agent is stopping and must not wait on its own queue). It
-            # cannot be acknowledged any more; a persistent session redelivers it, and
-            # remembering it as stored drops that redelivery.
+        if left and not stopping:
             await self._hand_on(left)
 
     async def emit_forever(self) -> None:
