@@ -88,19 +88,28 @@ class DeliveredLog:
         self.duplicates += 1
         return True
 
-    def record(self, mids: list[int], digests: list[int]) -> None:
-        """Remember messages as stored: in memory, then one write (raises OSError; the
-        memory still has them, so only a kill before the next good write can duplicate)."""
-        if not mids:
-            return
+    @staticmethod
+    def records(mids: list[int], digests: list[int]) -> npt.NDArray[np.void]:
+        """The records of messages to :meth:`record`, made before the frame is emitted so
+        that only the ``write()`` follows the frame log's."""
         records = np.empty(len(mids), RECORD)
         records["mid"] = mids
         records["digest"] = digests
-        self._set(records["mid"], records["digest"])
-        if self._records + len(records) > _MAX_RECORDS:
-            self._rewrite()
-        else:
-            self._append(records.tobytes())
+        return records
+
+    def record(self, records: npt.NDArray[np.void]) -> None:
+        """Remember messages as stored: one write, and in memory (raises OSError; memory
+        has them all the same, so only a kill before the next good write can duplicate)."""
+        if not len(records):
+            return
+        try:
+            if self._records + len(records) > _MAX_RECORDS:
+                self._set(records["mid"], records["digest"])
+                self._rewrite()
+            else:
+                self._append(records.tobytes())
+        finally:
+            self._set(records["mid"], records["digest"])
 
     def reset(self) -> None:
         """The broker kept no session: nothing known can be redelivered."""

@@ -184,15 +184,16 @@ class MqttSession:
 
     async def _hand_on(self, bursts: list[tuple[Frame | None, Received]]) -> Received:
         """Emit the bursts' frames as one, then remember their messages as stored."""
-        frames = [frame for frame, _ in bursts if frame is not None]
-        if frames:
-            await self.ctx.emit(concat(frames))
         received = Received()
         for _, burst in bursts:
             received.extend(burst)
+        records = DeliveredLog.records(received.mids, received.digests)
+        frames = [frame for frame, _ in bursts if frame is not None]
+        if frames:
+            await self.ctx.emit(concat(frames))
         if self.delivered is not None:
             try:
-                self.delivered.record(received.mids, received.digests)
+                self.delivered.record(records)
             except OSError as exc:  # the frames are stored: acknowledge them all the same
                 self.ctx.problems.fail(
                     "delivered-log",
