@@ -5,7 +5,10 @@ as configured), subscribe to every tag filter (as ``$share/<group>/...`` when sh
 then decode messages as they arrive until the connection is lost, which ends ``run`` with
 an error so the supervisor reconnects with backoff; the next session subscribes again.
 With ``clean_session = false`` the broker keeps the session meanwhile and delivers the
-QoS 1/2 messages it queued.
+QoS 1/2 messages it queued, and those the gateway had not acknowledged; the ones of those
+already stored are dropped (:mod:`protocols.mqtt.redelivery`), counted as
+``edge_agent_payload_errors{reason="duplicate"}`` and logged at info level: they are not
+lost, they are stored once.
 
 The decoder outlives sessions; its error counts are moved to
 ``edge_agent_payload_errors`` every second and each reason is logged once, until it has
@@ -20,11 +23,13 @@ from typing import Any
 
 from protocols.mqtt.config import MqttSourceConfig
 from protocols.mqtt.mapping import PayloadDecoder
+from protocols.mqtt.redelivery import DeliveredLog
 from protocols.mqtt.session import MqttSession
 from protocols.sdk import Driver, DriverContext
 
 _QUIET_S = 60.0
 _HOUSEKEEPING_S = 1.0
+DUPLICATE = "duplicate"  # payload_errors reason of a dropped redelivery
 
 
 class MqttDriver(Driver):
@@ -35,6 +40,7 @@ class MqttDriver(Driver):
         super().__init__(config)
         self.decoder = PayloadDecoder(config)
         self._last_error: dict[str, float] = {}  # reason -> monotonic time of last occurrence
+        self.delivered: DeliveredLog | None = None  # opened by the first persistent run
 
     def describe(self) -> str:
         config = self.config
@@ -48,7 +54,11 @@ class MqttDriver(Driver):
         return (self.config.host, self.config.port)
 
     async def run(self, ctx: DriverContext) -> None:
-        session = MqttSession(self.config, self.decoder, ctx)
+        if self.delivered is None and not self.config.clean_session:
+            path = ctx.data_dir / "mqtt" / f"{self.config.name}.delivered"
+            self.delivered = DeliveredLog(path)
+        session = MqttSession(self.config, self.decoder, ctx, self.delivered)
+        stopping = False
         try:
             await session.open()
             ctx.set_connected(True)
@@ -56,10 +66,19 @@ class MqttDriver(Driver):
                 tasks.create_task(session.emit_forever())
                 tasks.create_task(session.until_lost())
                 tasks.create_task(self._housekeeping(ctx))
+        except asyncio.CancelledError:
+            # the agent is stopping (not Task.cancelling(): on Python 3.11 a TaskGroup
+            # whose child failed leaves it raised)
+            stopping = True
+            raise
         finally:
             ctx.set_connected(False)
-            await session.close()
-            self._report_errors(ctx)
+            try:
+                await session.close(stopping)
+            finally:
+                if self.delivered is not None:
+                    self.delivered.close()
+                self._report_errors(ctx)
 
     async def _housekeeping(self, ctx: DriverContext) -> None:
         while True:
@@ -70,6 +89,9 @@ class MqttDriver(Driver):
         """Count the decoder's errors; log each reason once, and "recovered" when quiet."""
         errors, examples = self.decoder.take_errors()
         now = time.monotonic()
+        if self.delivered is not None and (duplicates := self.delivered.take_duplicates()):
+            ctx.metrics.payload_errors.labels(ctx.source, DUPLICATE).inc(duplicates)
+            ctx.log.info("redelivered messages dropped: stored already", messages=duplicates)
         for reason, count in errors.items():
             ctx.metrics.payload_errors.labels(ctx.source, reason).inc(count)
             self._last_error[reason] = now

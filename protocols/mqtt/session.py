@@ -5,6 +5,12 @@ lists; at the end of each network read burst the columns become one Frame, queue
 :meth:`MqttSession.emit_forever`, which awaits ``ctx.emit``. When the agent applies
 backpressure the queue grows, and past ``_MAX_QUEUED_SAMPLES`` the session stops reading
 the socket, so TCP holds the broker back instead of the gateway's memory growing.
+
+QoS 1/2 messages are acknowledged by hand (:mod:`protocols.mqtt.acking`), in the order they
+arrived, only after ``ctx.emit`` of the frame holding them returned, that is once the frame
+is in the agent's frame log: a gateway killed before that gets them again from its
+persistent session, and :mod:`protocols.mqtt.redelivery` drops those it had stored. If
+``ctx.emit`` raises, nothing is acknowledged and the session ends; the broker redelivers.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import asyncio
 import collections
 import ssl
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -24,9 +31,11 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from agent.config import MqttConnection
 from agent.frame import Frame, concat
+from protocols.mqtt.acking import DurableAckClient
 from protocols.mqtt.aio import AsyncMqttClient
 from protocols.mqtt.config import MqttSourceConfig
 from protocols.mqtt.mapping import DECODER_BUG, UNMAPPED_TOPIC, PayloadDecoder
+from protocols.mqtt.redelivery import DeliveredLog, message_digest
 from protocols.sdk import DriverContext
 
 _MAX_QUEUED_SAMPLES = 100_000  # decoded, not yet taken by the agent: then stop reading
@@ -54,8 +63,9 @@ def make_client(
 ) -> mqtt.Client:
     """A paho client for one connection (VERSION2 callbacks, no paho thread), with the TLS
     and credentials of ``config``; shared by the source, the mqtt uplink and the collector.
-    ``manual_ack``: PUBACK only when the owner calls ``client.ack`` (after a durable write)."""
-    client = mqtt.Client(
+    ``manual_ack``: QoS 1/2 acknowledged only when the owner calls ``client.ack`` (after a
+    durable write)."""
+    client = (DurableAckClient if manual_ack else mqtt.Client)(
         CallbackAPIVersion.VERSION2,
         client_id=client_id,
         clean_session=None if v5 else clean_session,
@@ -71,16 +81,42 @@ def make_client(
     return client
 
 
+@dataclass(slots=True)
+class Received:
+    """The QoS 1/2 messages of one or more read bursts, in arrival order."""
+
+    acks: list[tuple[int, int]] = field(default_factory=list)  # (packet id, QoS)
+    mids: list[int] = field(default_factory=list)  # of those to remember as stored:
+    digests: list[int] = field(default_factory=list)  # all but dropped redeliveries
+
+    def extend(self, other: Received) -> None:
+        self.acks += other.acks
+        self.mids += other.mids
+        self.digests += other.digests
+
+
 class MqttSession:
-    """The connection, the frames waiting for the agent, and the subscribe handshake."""
+    """The connection, the frames waiting for the agent, and the subscribe handshake.
+
+    ``delivered`` (persistent sessions only) remembers the stored messages across
+    sessions; it belongs to the driver.
+    """
 
     def __init__(
-        self, config: MqttSourceConfig, decoder: PayloadDecoder, ctx: DriverContext
+        self,
+        config: MqttSourceConfig,
+        decoder: PayloadDecoder,
+        ctx: DriverContext,
+        delivered: DeliveredLog | None = None,
     ) -> None:
         self.config = config
         self.decoder = decoder
         self.ctx = ctx
-        self.frames: collections.deque[Frame] = collections.deque()
+        self.delivered = delivered
+        # read bursts not yet handed to the agent, and those ctx.emit is taking now
+        self.pending: collections.deque[tuple[Frame | None, Received]] = collections.deque()
+        self._emitting: list[tuple[Frame | None, Received]] = []
+        self._received = Received()  # of the burst being read
         self._ready = asyncio.Event()
         self._subscribed: asyncio.Future[list[ReasonCode]] = (
             asyncio.get_running_loop().create_future()
@@ -90,6 +126,7 @@ class MqttSession:
             config.session_client_id,
             v5=config.mqtt_version == "5",
             clean_session=config.clean_session,
+            manual_ack=True,
         )
         self.connection = AsyncMqttClient(client, on_burst=self._on_burst)
         self.connection.client.on_message = self._on_message
@@ -100,7 +137,7 @@ class MqttSession:
     async def open(self) -> None:
         """Connect and subscribe; raises ConnectionError with the reason."""
         config = self.config
-        await self.connection.connect(
+        flags = await self.connection.connect(
             config.host,
             config.port,
             max(1, round(config.keepalive / 1e9)),
@@ -108,33 +145,64 @@ class MqttSession:
             clean_start=config.clean_session if config.mqtt_version == "5" else None,
             properties=self._connect_properties(),
         )
+        if self.delivered is not None and not flags.session_present:
+            self.delivered.reset()
         await self._subscribe()
 
     async def until_lost(self) -> None:
         """Return never; raise ConnectionError when the connection is gone."""
         raise ConnectionError(await self.connection.lost)
 
-    async def close(self) -> None:
-        """Disconnect; hand on what was decoded unless the agent is stopping (cancel)."""
+    async def close(self, stopping: bool) -> None:
+        """Disconnect; hand on what was decoded unless the agent is ``stopping`` (it must
+        not wait on its own queue then). A lost session's frames are still data; they
+        cannot be acknowledged any more, so a persistent session redelivers them, and
+        remembering them as stored drops that redelivery."""
         await self.connection.close()
         self._on_burst()
-        task = asyncio.current_task()
-        if self.frames and task is not None and not task.cancelling():
-            # a lost session: what was decoded before the end is still data (when
-            # cancelled, the agent is stopping and must not wait on its own queue)
-            await self.ctx.emit(concat(list(self.frames)))
-            self.frames.clear()
+        left = [*self._emitting, *self.pending]
+        self._emitting = []
+        self.pending.clear()
+        if left and not stopping:
+            await self._hand_on(left)
 
     async def emit_forever(self) -> None:
-        """Hand queued frames to the agent, joined, and resume reading once they are taken."""
+        """Hand queued frames to the agent, joined, and resume reading once they are taken;
+        acknowledge their messages once ``ctx.emit`` returned."""
         while True:
             await self._ready.wait()
             self._ready.clear()
-            while self.frames:
-                batch = list(self.frames)
-                self.frames.clear()
+            while self.pending:
+                self._emitting = list(self.pending)
+                self.pending.clear()
                 self.connection.resume_reading()
-                await self.ctx.emit(concat(batch))
+                received = await self._hand_on(self._emitting)
+                self._emitting = []
+                client = self.connection.client
+                for mid, qos in received.acks:
+                    client.ack(mid, qos)
+
+    async def _hand_on(self, bursts: list[tuple[Frame | None, Received]]) -> Received:
+        """Emit the bursts' frames as one, then remember their messages as stored."""
+        received = Received()
+        for _, burst in bursts:
+            received.extend(burst)
+        records = DeliveredLog.records(received.mids, received.digests)
+        frames = [frame for frame, _ in bursts if frame is not None]
+        if frames:
+            await self.ctx.emit(concat(frames))
+        if self.delivered is not None:
+            try:
+                self.delivered.record(records)
+            except OSError as exc:  # the frames are stored: acknowledge them all the same
+                self.ctx.problems.fail(
+                    "delivered-log",
+                    "cannot record stored MQTT messages; a kill now may store redeliveries twice",
+                    error=str(exc),
+                )
+            else:
+                self.ctx.problems.ok("delivered-log")
+        return received
 
     def _connect_properties(self) -> Properties | None:
         if self.config.mqtt_version != "5":
@@ -172,8 +240,12 @@ class MqttSession:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         try:
-            topic = message.topic
+            topic: str | None = message.topic
         except UnicodeDecodeError:  # brokers check this; a broken one might not
+            topic = None
+        if message.qos and not self._first_time(message, topic):
+            return
+        if topic is None:
             self.decoder.reject(UNMAPPED_TOPIC, "?", "topic is not UTF-8")
             return
         try:
@@ -181,13 +253,29 @@ class MqttSession:
         except Exception as exc:  # a decoder bug: count it, keep the session
             self.decoder.reject(DECODER_BUG, topic, repr(exc))
 
+    def _first_time(self, message: mqtt.MQTTMessage, topic: str | None) -> bool:
+        """Queue the QoS 1/2 message's acknowledgement; False if it is a redelivery of a
+        message stored already (then it is only acknowledged)."""
+        received = self._received
+        received.acks.append((message.mid, message.qos))
+        if self.delivered is None:
+            return True
+        digest = message_digest(topic or "", message.payload)
+        if message.dup and self.delivered.is_stored(message.mid, digest):
+            return False
+        received.mids.append(message.mid)
+        received.digests.append(digest)
+        return True
+
     def _on_burst(self) -> None:
         frame = self.decoder.take_frame(time.time_ns())
-        if frame is None:
+        received = self._received
+        if frame is None and not received.acks:
             return
-        self.frames.append(frame)
+        self._received = Received()
+        self.pending.append((frame, received))
         self._ready.set()
-        if sum(map(len, self.frames)) >= _MAX_QUEUED_SAMPLES:
+        if sum(len(frame) for frame, _ in self.pending if frame is not None) >= _MAX_QUEUED_SAMPLES:
             self.connection.pause_reading()
 
     def _on_subscribe(
