@@ -211,11 +211,12 @@ def install_stop_signals(stop: asyncio.Event) -> None:
         loop.add_signal_handler(signum, stop.set)
 
 
-def _until_stopped(command: str, main: Coroutine[Any, Any, None]) -> int:
-    """Run the agent or the collector until it stops. An OS error that ends it (nothing
-    inside handles it) is one log line naming where it came from, not a traceback."""
+def _until_stopped(command: str, main: Coroutine[Any, Any, int | None]) -> int:
+    """Run the agent or the collector until it stops; its status, or 0. An OS error that
+    ends it (nothing inside handles it) is one log line naming where it came from, not a
+    traceback."""
     try:
-        asyncio.run(main)
+        return asyncio.run(main) or 0
     except (OSError, sqlite3.OperationalError) as exc:
         log.error(
             "stopped by an operating-system error",
@@ -224,7 +225,6 @@ def _until_stopped(command: str, main: Coroutine[Any, Any, None]) -> int:
             at=_where(exc),
         )
         return EXIT_IO
-    return 0
 
 
 def _where(exc: BaseException) -> str:
@@ -238,12 +238,15 @@ def _where(exc: BaseException) -> str:
     return where
 
 
-async def _run(loaded: LoadedConfig) -> None:
+async def _run(loaded: LoadedConfig) -> int:
+    """1 when a task of the agent could not be kept alive: systemd restarts it."""
     from agent.runtime import Agent
 
     stop = asyncio.Event()
     install_stop_signals(stop)
-    await Agent(loaded).run(stop)
+    agent = Agent(loaded)
+    await agent.run(stop)
+    return 1 if agent.failed else 0
 
 
 def _collect(path: Path) -> int:

@@ -398,6 +398,21 @@ class SpoolSection(Section):
     drain_timeout: Duration = Field(
         default=10_000_000_000, description="on stop, how long uplinks get to take the spool"
     )
+    memory_max_bytes: int = Field(
+        default=64 << 20,
+        ge=1,
+        description="while storage fails: batches and frames held in memory before "
+        "acquisition pauses",
+    )
+
+
+class HealthSection(Section):
+    """When /healthz and the metrics call something down."""
+
+    uplink_max_age: Duration = Field(
+        default=60_000_000_000,
+        description="an uplink with batches to send that delivered none for this long is down",
+    )
 
 
 class BatchSection(Section):
@@ -405,7 +420,20 @@ class BatchSection(Section):
     lateness: Duration = Field(default=2_000_000_000)
 
 
-class ParquetUplinkConfig(Section):
+class UplinkRetry(Section):
+    """How an uplink retries: what counts as a hung send, and the backoff between tries."""
+
+    send_timeout: Duration = Field(
+        default=60_000_000_000, description="a send not acknowledged within this has failed"
+    )
+    backoff_initial: Duration = Field(default=500_000_000)
+    backoff_max: Duration = Field(
+        default=4_000_000_000,
+        description="longest pause between tries: a store that is back is used within it",
+    )
+
+
+class ParquetUplinkConfig(UplinkRetry):
     """A dataset on a local path, or on S3-compatible storage with ``path = "s3://..."``."""
 
     type: Literal["parquet"] = "parquet"
@@ -464,7 +492,7 @@ class ParquetUplinkConfig(Section):
         return self.path
 
 
-class MqttUplinkConfig(MqttConnection):
+class MqttUplinkConfig(MqttConnection, UplinkRetry):
     """Batches published to a central broker, read there by ``edge-agent collect``."""
 
     type: Literal["mqtt"] = "mqtt"
@@ -488,7 +516,7 @@ class MqttUplinkConfig(MqttConnection):
         return f"{self.url} {self.topic_prefix}/<gateway>/batches"
 
 
-class PostgresUplinkConfig(UserCredentials):
+class PostgresUplinkConfig(UserCredentials, UplinkRetry):
     """Samples COPYed into PostgreSQL (TimescaleDB when present); needs the postgres extra."""
 
     type: Literal["postgres"] = "postgres"
@@ -571,6 +599,7 @@ class AgentConfig(Section):
     uplinks: list[UplinkConfig] = Field(default_factory=_default_uplinks)
     resample: ResampleSection | None = None
     spool: SpoolSection = Field(default_factory=SpoolSection)
+    health: HealthSection = Field(default_factory=HealthSection)
 
     @model_validator(mode="after")
     def _resample_grid(self) -> AgentConfig:

@@ -140,6 +140,7 @@ class FrameLog:
             )
         self.next_id = self._segments[-1].last_id + 1 if self._segments else 1
         self._fd: int | None = None
+        self._size = 0  # bytes of whole records in the open segment
 
     @property
     def torn_records(self) -> int:
@@ -150,10 +151,24 @@ class FrameLog:
         even when every segment that held it is gone."""
         self.next_id = max(self.next_id, frame_id + 1)
 
-    def append(self, source: int, max_time: int, payload: Sequence[bytes | memoryview]) -> int:
+    def append(
+        self,
+        source: int,
+        max_time: int,
+        payload: Sequence[bytes | memoryview],
+        frame_id: int | None = None,
+    ) -> int:
         """Write one frame, given as the buffers its payload is made of (gathered by
-        ``writev``, not joined first: a 1,000-tag poll is 22 kB)."""
-        frame_id = self.next_id
+        ``writev``, not joined first: a 1,000-tag poll is 22 kB); ``frame_id`` re-writes
+        a frame an earlier failed write had reserved its id for (:meth:`reserve_id`).
+
+        A failed write (disk full, I/O error) raises ``OSError`` and leaves the segment
+        as it was: what part of the record reached the file is cut off again, so the
+        next record does not follow a torn one; a segment that cannot even be cut is
+        closed and the next record starts a new one.
+        """
+        if frame_id is None:
+            frame_id = self.reserve_id()
         crc = zlib.crc32(_CHECKED.pack(frame_id, source, max_time))
         size = 0
         for part in payload:
@@ -163,17 +178,37 @@ class FrameLog:
         if self._fd is None:
             path = self.directory / f"{frame_id:020d}.log"
             self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            self._size = 0
             self._segments.append(_Segment(path, frame_id, max_time))
-        written = os.writev(self._fd, record)
-        if written < _HEADER.size + size:  # a short write: finish it, or the log is torn here
-            rest = b"".join(record)[written:]
-            while rest:
-                rest = rest[os.write(self._fd, rest) :]
+        try:
+            written = os.writev(self._fd, record)
+            if written < _HEADER.size + size:  # a short write: finish it, or the log is torn
+                rest = b"".join(record)[written:]
+                while rest:
+                    rest = rest[os.write(self._fd, rest) :]
+        except OSError:
+            self._cut_back()
+            raise
+        self._size += _HEADER.size + size
         segment = self._segments[-1]
-        segment.last_id = frame_id
+        segment.last_id = max(segment.last_id, frame_id)
         segment.max_time = max(segment.max_time, max_time)
+        return frame_id
+
+    def reserve_id(self) -> int:
+        """The next frame id, taken: frame ids stay in acquisition order even for a frame
+        whose write failed and that is written later."""
+        frame_id = self.next_id
         self.next_id = frame_id + 1
         return frame_id
+
+    def _cut_back(self) -> None:
+        """After a failed write: truncate the open segment to its last whole record."""
+        assert self._fd is not None
+        try:
+            os.ftruncate(self._fd, self._size)
+        except OSError:
+            self.rotate()  # leave the torn tail to the CRC check at the next open
 
     def rotate(self) -> None:
         """Later frames go to a new segment, so that this one can be retired whole."""
@@ -189,9 +224,12 @@ class FrameLog:
         for segment in self._segments:
             done = segment.last_id <= last_frame and segment.max_time < closed_until
             if done and segment is not open_segment:
-                segment.path.unlink(missing_ok=True)
-            else:
-                kept.append(segment)
+                try:
+                    segment.path.unlink(missing_ok=True)
+                    continue
+                except OSError:  # a read-only or failing disk: retired at a later commit
+                    pass
+            kept.append(segment)
         self._segments = kept
 
     def frames(self) -> Iterator[LoggedFrame]:

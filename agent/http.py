@@ -24,6 +24,11 @@ class StatusServer:
         self._server = await asyncio.start_server(self._handle, host, port)
         return int(self._server.sockets[0].getsockname()[1])
 
+    async def serve_forever(self) -> None:
+        """Until cancelled; the server's sockets stay open after (see ``stop``)."""
+        assert self._server is not None, "start() first"
+        await asyncio.Event().wait()
+
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()

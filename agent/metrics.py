@@ -153,6 +153,47 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.uplink_up = Gauge(
+            "edge_agent_uplink_up",
+            "1 while the uplink delivers (or has nothing to deliver); 0 when it has not "
+            "delivered for longer than health.uplink_max_age, or its task is failing",
+            ["uplink"],
+            registry=r,
+        )
+        self.spool_oldest_age = Gauge(
+            "edge_agent_spool_oldest_age_seconds",
+            "Age of the oldest batch held in the spool (0 when empty)",
+            registry=r,
+        )
+        self.task_failures = Counter(
+            "edge_agent_task_failures",
+            "Long-lived agent tasks that ended in an exception and were restarted",
+            ["task"],
+            registry=r,
+        )
+        self.storage_errors = Counter(
+            "edge_agent_storage_errors",
+            "Failed writes to the frame log or the spool (disk full, I/O error), by operation",
+            ["operation"],
+            registry=r,
+        )
+        self.points_at_risk = Gauge(
+            "edge_agent_points_at_risk",
+            "Samples held only in memory because storage fails: a kill now would lose them",
+            registry=r,
+        )
+        self.batches_quarantined = Counter(
+            "edge_agent_batches_quarantined",
+            "Batches moved to the quarantine (corrupt, or rejected by an uplink for good)",
+            ["uplink", "reason"],
+            registry=r,
+        )
+        self.source_healthy = Gauge(
+            "edge_agent_source_healthy",
+            "1 while the source delivers good samples; 0 when failing or degraded",
+            ["source"],
+            registry=r,
+        )
         self.late_points = Counter(
             "edge_agent_points_late",
             "Samples that arrived after their window closed (sent in the next batch)",

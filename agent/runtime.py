@@ -5,21 +5,33 @@ which slows the pollers instead of growing memory. A closer task cuts aligned wi
 the wall clock, and a writer task hands batches to the uplinks in order, retrying with
 backoff. On stop, sources are cancelled first, the queue is drained and every open window
 is flushed, so SIGTERM loses nothing that was acquired.
+
+Every long-lived task runs under :class:`agent.tasks.TaskSupervisor` (restarted when it
+fails; the agent exits non-zero when one cannot be kept alive), and the systemd watchdog is
+fed only while none is failing or stalled.
+
+Storage faults (disk full, I/O errors, a read-only filesystem) never stop acquisition: a
+frame the frame log cannot take, and a batch the spool cannot take, are held in memory and
+written as soon as storage accepts them again (what only memory holds is in the at-risk
+ledger, :mod:`agent.atrisk`); past ``spool.memory_max_bytes`` held, acquisition pauses
+until storage recovers, so nothing acquired is dropped uncounted.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import random
+import sqlite3
 import time
+from collections.abc import Awaitable, Callable, Coroutine
 from functools import partial
 from typing import Any
 
 import structlog
 
 from agent import systemd
+from agent.backoff import backoff_delay
 from agent.batch import Batch, Batcher, TagTable
 from agent.config import ParquetUplinkConfig
 from agent.config_load import LoadedConfig
@@ -30,15 +42,19 @@ from agent.frame import Frame
 from agent.health import ProblemLog
 from agent.http import StatusServer
 from agent.metrics import Metrics
+from agent.quarantine import Quarantine
 from agent.resample import Resampler
 from agent.spool import Spool
-from agent.supervisor import SESSION, SourceRunner
+from agent.supervisor import SourceRunner
+from agent.tasks import Heartbeat, TaskSupervisor
 from agent.uplinks import Uplink, make_uplink
 from protocols.sdk import DriverContext
 
 log = structlog.get_logger()
 
 _STOP_SOURCES_S = 1.0
+_GAUGES_EVERY_S = 1.0
+_RESUME_BELOW = 0.9  # a full spool is over once back under 90 % of its caps
 
 
 class Agent:
@@ -75,7 +91,9 @@ class Agent:
             self.wide_uplinks = [make_uplink(wide)]
         self.spool = Spool(config.agent.data_dir / "spool.sqlite", [u.name for u in self.uplinks])
         self.spool_config = config.spool
+        self.health_config = config.health
         self.uplink_problems = ProblemLog(log)
+        self.storage_problems = ProblemLog(log)
         self.forwarder = Forwarder(
             self.spool,
             self.uplinks,
@@ -84,12 +102,19 @@ class Agent:
             config.spool.replay_rate,
             2 * config.batch.window + config.batch.lateness,
             self._delivered,
+            self.storage_problems,
+            Quarantine(config.agent.data_dir / "quarantine"),
         )
+        self.tasks = TaskSupervisor(self.metrics.task_failures)
         self._acquiring = asyncio.Event()
         self._acquiring.set()
-        self._spool_problems = ProblemLog(log)
-        # resampled (wide) batches for their own uplink; None ends the writer
-        self._wide: asyncio.Queue[Batch | None] = asyncio.Queue()
+        self._paused: set[str] = set()  # why acquisition waits: "overflow", "storage"
+        self._spool_problems = ProblemLog(log, summary_s=60.0)
+        # closed batches the spool could not take yet (storage failing), oldest first
+        self._held: list[Batch] = []
+        self.failed: str | None = None  # why the agent gave up, for a non-zero exit
+        # resampled (wide) batches for their own uplink
+        self._wide: asyncio.Queue[Batch] = asyncio.Queue()
         self.runners = [
             SourceRunner(
                 index,
@@ -126,8 +151,9 @@ class Agent:
 
     def _publish(self, batches: list[Batch]) -> None:
         """Closed batches into the spool (fsync) before anything is sent; their quality
-        figures to the metrics; the caps enforced; the forwarder woken."""
-        if not batches:
+        figures to the metrics; the caps enforced; the forwarder woken. Batches the spool
+        cannot take (storage failing) are held and committed with the next ones."""
+        if not batches and not self._held:
             return
         for batch in batches:
             for source, figures in (batch.quality or {}).get("sources", {}).items():
@@ -137,72 +163,182 @@ class Agent:
                     self.metrics.validity.labels(source).set(figures["validity"])
                 if "latency_max_ms" in figures:
                     self.metrics.latency.labels(source).set(figures["latency_max_ms"] / 1e3)
-        closed_until = self.batcher.closed_until
-        assert closed_until is not None  # set by the close that produced the batches
-        encoded = [dataclasses.replace(b, data=encode(b.table)) for b in batches]
-        self.spool.commit_batches(encoded, closed_until)
-        for batch in encoded:
-            self.forwarder.remember(batch)
-        self._enforce_caps()
-        self.forwarder.wake()
         if self.resampler is not None:
             for batch in batches:
                 for wide in self.resampler.feed(batch):
                     self._wide.put_nowait(wide)
+        if self._paused:  # windows of a paused acquisition hold nothing: not worth a byte
+            batches = [batch for batch in batches if batch.points]
+        closed_until = self.batcher.closed_until
+        assert closed_until is not None  # set by the close that produced the batches
+        held = [*self._held, *(dataclasses.replace(b, data=encode(b.table)) for b in batches)]
+        if not held:
+            return
+        try:
+            self.spool.commit_batches(held, closed_until)
+        except (OSError, sqlite3.Error) as exc:
+            self._held = held
+            self._storage_failed("spool_commit", exc)
+            self.spool.reclaim()
+            return
+        self._held = []
+        if self.storage_problems.is_open("spool_commit"):
+            self._storage_ok("spool_commit")
+        if lost := self.spool.record_carried_loss():
+            self.metrics.points_lost.labels("storage").inc(lost)
+        for batch in held:
+            self.forwarder.remember(batch)
+        self._enforce_caps()
+        self.forwarder.wake()
+
+    def _storage_failed(self, operation: str, error: BaseException | None) -> None:
+        """Count and log (once per outage) a failed write; pause acquisition when memory
+        holds more than ``spool.memory_max_bytes`` for want of storage."""
+        self.metrics.storage_errors.labels(operation).inc()
+        held_bytes = sum(len(b.data or b"") for b in self._held) + self.spool.unlogged_bytes
+        self.storage_problems.fail(
+            operation,
+            "storage failing: data held in memory and retried",
+            error=str(error),
+            held_bytes=held_bytes,
+        )
+        self.metrics.points_at_risk.set(self.spool.at_risk_points)
+        if held_bytes > self.spool_config.memory_max_bytes:
+            self._pause("storage", "storage failing and memory full: acquisition paused")
+
+    def _storage_ok(self, operation: str) -> None:
+        self.storage_problems.ok(operation)
+        self.metrics.points_at_risk.set(self.spool.at_risk_points)
+        if not self.storage_problems.open_keys and not self._held and not self.spool.unlogged:
+            self._resume("storage")
+
+    def _pause(self, reason: str, event: str) -> None:
+        if reason not in self._paused:
+            log.warning(event)
+        self._paused.add(reason)
+        self._acquiring.clear()
+
+    def _resume(self, reason: str) -> None:
+        if reason in self._paused:
+            self._paused.discard(reason)
+            log.info("acquisition resumed", reason=reason)
+        if not self._paused:
+            self._acquiring.set()
 
     def _enforce_caps(self) -> None:
         config = self.spool_config
         count, size, oldest = self.spool.size()
         now = time.time_ns()
-        full = size > config.max_bytes or (oldest is not None and now - oldest > config.max_age)
+        age = 0 if oldest is None else now - oldest
+        full = size > config.max_bytes or age > config.max_age
         if full and config.overflow == "drop_oldest":
-            dropped, points = self.spool.drop_oldest(config.max_bytes, config.max_age, now)
+            dropped, points = self.spool.drop_oldest(
+                config.max_bytes, config.max_age, now, self.forwarder.in_flight.values()
+            )
             self.metrics.points_lost.labels("overflow").inc(points)
             self._spool_problems.fail(
-                "overflow", "spool full: oldest batches dropped", batches=dropped, points=points
+                "overflow",
+                "spool full: oldest batches dropped",
+                totals={"batches_dropped": dropped, "points_dropped": points},
             )
-            count, size, _ = self.spool.size()
+            count, size, oldest = self.spool.size()
         elif full:
-            self._acquiring.clear()
             self._spool_problems.fail("overflow", "spool full: acquisition paused", bytes=size)
-        else:
-            self._acquiring.set()
+            self._pause("overflow", "acquisition paused: the spool is full")
+        elif size <= _RESUME_BELOW * config.max_bytes and age <= _RESUME_BELOW * config.max_age:
             self._spool_problems.ok("overflow")
+            self._resume("overflow")
         self.metrics.spool_batches.set(count)
         self.metrics.spool_bytes.set(size)
+        self.metrics.spool_oldest_age.set(0 if oldest is None else (now - oldest) / 1e9)
 
     def _delivered(self, batch: Batch) -> None:
         """Every uplink has the batch and the spool let it go."""
         self.batches_written += 1
         self.points_written += batch.points
         self.written = [*self.written[-63:], batch]
-        if not self._acquiring.is_set():
+        if "overflow" in self._paused:
             self._enforce_caps()
 
     async def _enqueue(self, index: int, frame: Frame) -> None:
         """Every source's sink: the frame log, then the batcher, in the source's own task.
         (Both are synchronous: a queue and a consumer task in between cost a task switch
         per poll and bought nothing on one event loop.)"""
-        await self._acquiring.wait()  # a full spool with overflow = "stop_acquiring"
-        self.spool.append_frame(index, frame)
+        await self._acquiring.wait()  # a full spool, or storage failing with memory full
+        if self.spool.append_frame(index, frame):
+            if self.storage_problems.is_open("frame_log"):
+                self._storage_ok("frame_log")
+        else:
+            self._storage_failed("frame_log", self.spool.last_error)
         self.batcher.add(index, frame)
 
     def health(self) -> dict[str, Any]:
-        sources = {
-            runner.config.name: not runner.ctx.problems.is_open(SESSION) for runner in self.runners
-        }
-        uplinks_ok = not self.uplink_problems.open_keys
+        """Every check by name, "ok" or what is wrong; ``ok`` only when all are."""
+        checks: dict[str, str] = {}
+        sources: dict[str, bool] = {}
+        tasks = self.tasks.problems()
+        for runner in self.runners:
+            name = runner.config.name
+            problem = tasks.get(f"source:{name}") or runner.problem()
+            checks[f"source:{name}"] = problem or "ok"
+            sources[name] = problem is None
+        max_age_s = self.health_config.uplink_max_age / 1e9
+        for uplink in self.uplinks:
+            problem = tasks.get(f"uplink:{uplink.name}") or self.forwarder.problem(
+                uplink.name, max_age_s
+            )
+            checks[f"uplink:{uplink.name}"] = problem or "ok"
+        for operation in self.storage_problems.open_keys:
+            checks[f"storage:{operation}"] = f"failing: {self.spool.last_error or 'see log'}"
+        if self._spool_problems.is_open("overflow"):
+            dropping = self.spool_config.overflow == "drop_oldest"
+            checks["spool"] = (
+                "full: oldest batches dropped" if dropping else "full: acquisition paused"
+            )
+        for name, problem in tasks.items():
+            checks.setdefault(f"task:{name}", problem)
+        failed = [name for name, state in checks.items() if state != "ok"]
         return {
-            "ok": all(sources.values()) and uplinks_ok,
+            "ok": not failed,
+            "failed": failed,
+            "checks": checks,
             "sources": sources,
-            "uplinks_ok": uplinks_ok,
+            "uplinks_ok": not any(name.startswith("uplink:") for name in failed),
             "pending_points": self.batcher.pending_points,
+            "points_at_risk": self.spool.at_risk_points,
             "batches_written": self.batches_written,
+            "quarantine": self._quarantine_summary(),
         }
 
+    def _quarantine_summary(self) -> dict[str, Any]:
+        """Poison batches kept on disk (of this run and earlier ones): plant IT's to look at."""
+        batches, points = self.forwarder.quarantine.count()
+        summary: dict[str, Any] = {"batches": batches, "points": points}
+        if batches:
+            summary["newest"] = self.forwarder.quarantine.entries(3)
+        return summary
+
+    def _refresh_gauges(self) -> None:
+        """The health gauges, on the closer's clock (a scrape only reads them)."""
+        report = self.health()
+        for uplink in self.uplinks:
+            up = report["checks"][f"uplink:{uplink.name}"] == "ok"
+            self.metrics.uplink_up.labels(uplink.name).set(1 if up else 0)
+        for name, healthy in report["sources"].items():
+            self.metrics.source_healthy.labels(name).set(1 if healthy else 0)
+        self.metrics.points_at_risk.set(report["points_at_risk"])
+        _, _, oldest = self.spool.size()
+        age = 0.0 if oldest is None else (time.time_ns() - oldest) / 1e9
+        self.metrics.spool_oldest_age.set(age)
+
+    def _unwell(self) -> dict[str, str]:
+        """What withholds the watchdog: tasks failing or stalled (the closer among them).
+        A failing device or uplink does not: a restart would not mend it."""
+        return {name: p for name, p in self.tasks.problems().items() if name != "watchdog"}
+
     async def run(self, stop: asyncio.Event) -> None:
-        """Run until ``stop`` is set, then flush and return."""
-        status = await self._start_status_server()
+        """Run until ``stop`` is set (or a task cannot be kept alive: then ``failed``
+        says why), then flush and return."""
         log.info(
             "agent started",
             gateway=self.loaded.config.agent.gateway_id,
@@ -210,62 +346,64 @@ class Agent:
             tags=len(self.tag_table),
             config_hash=self.loaded.config_hash,
         )
+        status = StatusServer(self.metrics.registry, self.health)
+        if self.loaded.config.agent.metrics:
+            self.tasks.start("status", partial(self._serve_status, status))
         self._recover()
-        sources = [
-            asyncio.create_task(runner.run(), name=f"source:{runner.config.name}")
-            for runner in self.runners
-        ]
-        closer = asyncio.create_task(self._close_windows(), name="closer")
-        forwarders = [
-            asyncio.create_task(self.forwarder.run(uplink), name=f"uplink:{uplink.name}")
-            for uplink in self.uplinks
-        ]
-        writer = asyncio.create_task(self._write_wide(), name="wide-writer")
-        watchdog = None
+        sources = [f"source:{runner.config.name}" for runner in self.runners]
+        for name, runner in zip(sources, self.runners, strict=True):
+            self.tasks.start(name, partial(_run_source, runner))
+        period = min(self.batcher.window_ns / 1e9 / 4, 0.25)
+        self.tasks.start("closer", partial(self._close_windows, period), max(1.0, 8 * period))
+        uplink_tasks = [f"uplink:{uplink.name}" for uplink in self.uplinks]
+        for name, uplink in zip(uplink_tasks, self.uplinks, strict=True):
+            deadline = self.forwarder.stall_deadline_s(uplink)
+            self.tasks.start(name, partial(self.forwarder.run, uplink), deadline)
+        self.tasks.start("wide-writer", self._write_wide)
         if (interval := systemd.watchdog_interval_s()) is not None:
-            watchdog = asyncio.create_task(systemd.keep_watchdog_fed(interval), name="watchdog")
+            self.tasks.start("watchdog", partial(_feed_watchdog, interval, self._unwell))
         systemd.notify("READY=1")
         try:
-            await stop.wait()
+            await _first(stop.wait(), self.tasks.fatal_event.wait())
         finally:
-            log.info("agent stopping")
+            self.failed = self.tasks.fatal
+            log.info("agent stopping", reason=self.failed or "stop requested")
             systemd.notify("STOPPING=1")
+            self._paused.clear()
             self._acquiring.set()  # a frame held back by a full spool is kept, not lost
-            for task in sources:
-                task.cancel()
-            await asyncio.wait(sources, timeout=_STOP_SOURCES_S)
-            closer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await closer
+            await _within(self.tasks.stop(sources), _STOP_SOURCES_S)
+            await self.tasks.stop(["closer"])
             for runner in self.runners:  # what deadband/swinging door/features still hold
                 self.batcher.add(runner.index, runner.pipeline.flush())
             self._publish(self.batcher.flush())
             for wide in self.resampler.flush() if self.resampler is not None else []:
                 self._wide.put_nowait(wide)
-            self._wide.put_nowait(None)
-            await self._drain(forwarders, writer)
-            if status is not None:
-                await status.stop()
-            if watchdog is not None:
-                watchdog.cancel()
+            await self._drain(uplink_tasks)
+            await self.tasks.stop()
+            await status.stop()
             log.info(
                 "agent stopped",
                 batches_written=self.batches_written,
                 points_written=self.points_written,
             )
 
-    async def _start_status_server(self) -> StatusServer | None:
+    async def _serve_status(self, server: StatusServer, heartbeat: Heartbeat) -> None:
+        """The /metrics and /healthz endpoint, tried again until its port is free."""
         listen = self.loaded.config.agent.metrics
-        if not listen:
-            return None
         host, _, port = listen.rpartition(":")
-        server = StatusServer(self.metrics.registry, self.health)
-        try:
-            self.status_port = await server.start(host.strip("[]"), int(port))
-        except OSError as exc:
-            log.warning("metrics endpoint not started", listen=listen, error=str(exc))
-            return None
-        return server
+        problems = ProblemLog(log)
+        rng = random.Random()
+        attempt = 0
+        while True:
+            try:
+                self.status_port = await server.start(host.strip("[]"), int(port))
+                break
+            except OSError as exc:
+                problems.fail("status", "metrics endpoint not started", listen=listen, error=exc)
+                await asyncio.sleep(backoff_delay(attempt, 1.0, 30.0, rng))
+                attempt += 1
+        problems.ok("status")
+        await server.serve_forever()
 
     def _recover(self) -> None:
         """Put back what the spool held when the agent last stopped (or was killed)."""
@@ -285,44 +423,86 @@ class Agent:
         self.metrics.spool_batches.set(count)
         self.metrics.spool_bytes.set(size)
 
-    async def _drain(
-        self, forwarders: list[asyncio.Task[None]], writer: asyncio.Task[None]
-    ) -> None:
+        if lost := self.spool.record_carried_loss():
+            self.metrics.points_lost.labels("storage").inc(lost)
+
+    async def _drain(self, uplink_tasks: list[str]) -> None:
         """Give the uplinks until the deadline to take what is spooled; the rest stays in
         the spool for the next start."""
         timeout_s = self.spool_config.drain_timeout / 1e9
         deadline = time.monotonic() + timeout_s
         await self.forwarder.drain(timeout_s)
-        for task in forwarders:
-            task.cancel()
-        await asyncio.gather(*forwarders, return_exceptions=True)
-        try:
-            await asyncio.wait_for(writer, max(0.1, deadline - time.monotonic()))
-        except TimeoutError:
+        await self.tasks.stop(uplink_tasks)
+        if not await _within(self._wide.join(), max(0.1, deadline - time.monotonic())):
             log.error("resample output flush timed out", unsent_batches=self._wide.qsize())
         for uplink in [*self.uplinks, *self.wide_uplinks]:
             await uplink.close()
+        if self._held:
+            log.error(
+                "storage failing at stop: batches not committed; their frames in the frame "
+                "log are replayed at the next start, the samples only memory held are lost "
+                "and counted then",
+                batches=len(self._held),
+                points=sum(batch.points for batch in self._held),
+                points_lost=self.spool.at_risk_points,
+            )
         unsent, size, _ = self.spool.size()
         if unsent:
             log.warning("batches left in the spool for the next start", batches=unsent, bytes=size)
         self.spool.close()
 
-    async def _close_windows(self) -> None:
-        period = min(self.batcher.window_ns / 1e9 / 4, 0.25)
+    async def _close_windows(self, period: float, heartbeat: Heartbeat) -> None:
+        gauges_due = 0.0
         while True:
             await asyncio.sleep(period)
+            heartbeat.beat()
             late_before = self.batcher.late_points
             self._publish(self.batcher.close_due(time.time_ns()))
             self.metrics.late_points.inc(self.batcher.late_points - late_before)
+            if (now := time.monotonic()) >= gauges_due:
+                gauges_due = now + _GAUGES_EVERY_S
+                self._refresh_gauges()
 
-    async def _write_wide(self) -> None:
+    async def _write_wide(self, heartbeat: Heartbeat) -> None:
         """The resampled output: written with retries, not spooled (it is derived from
         the spooled long form)."""
         rng = random.Random()
         while True:
+            heartbeat.rest()
             batch = await self._wide.get()
-            if batch is None:
-                return
+            heartbeat.beat()
             for uplink in self.wide_uplinks:
-                await send_with_retry(uplink, batch, self.uplink_problems, self.metrics, rng)
+                await send_with_retry(
+                    uplink, batch, self.uplink_problems, self.metrics, rng, heartbeat
+                )
             self.wide_written = [*self.wide_written[-63:], batch]
+            self._wide.task_done()
+
+
+async def _run_source(runner: SourceRunner, heartbeat: Heartbeat) -> None:
+    await runner.run()
+
+
+async def _feed_watchdog(
+    interval_s: float, unwell: Callable[[], dict[str, str]], heartbeat: Heartbeat
+) -> None:
+    await systemd.keep_watchdog_fed(interval_s, unwell)
+
+
+async def _first(*waits: Coroutine[Any, Any, Any]) -> None:
+    """Wait until the first of ``waits`` is done; cancel the others."""
+    tasks = [asyncio.ensure_future(wait) for wait in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+async def _within(awaitable: Awaitable[Any], timeout_s: float) -> bool:
+    """Await with a deadline; False if it was not done in time (it is then cancelled)."""
+    try:
+        await asyncio.wait_for(awaitable, timeout_s)
+    except TimeoutError:
+        return False
+    return True

@@ -48,9 +48,12 @@ process holds open is not touched: :class:`SpoolInUse`.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import sqlite3
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from zlib import crc32
@@ -59,6 +62,7 @@ import numpy as np
 import pyarrow as pa
 import structlog
 
+from agent.atrisk import AtRiskLedger, SpaceReserve, UnloggedFrame
 from agent.batch import Batch
 from agent.encoding import batch_of, decode, encoded
 from agent.frame import Frame
@@ -118,6 +122,16 @@ class Recovered:
     frames: list[tuple[int, Frame]]
     closed_until: int | None
 
+
+_WAL_LIMIT = 4 << 20  # bytes the WAL file keeps after a checkpoint
+_RESERVE_BYTES = 1 << 20  # freed to open the spool on a full disk (see agent.atrisk)
+# SQLite's answers that say the disk refused, not that the database is damaged
+_STORAGE_REFUSED = {
+    sqlite3.SQLITE_FULL,
+    sqlite3.SQLITE_IOERR,
+    sqlite3.SQLITE_READONLY,
+    sqlite3.SQLITE_CANTOPEN,
+}
 
 _FIXED = (("tag", "<i4"), ("time", "<i8"), ("value", "<f8"), ("quality", "<u2"))
 _STAMP = "<i8"
@@ -198,18 +212,33 @@ class Spool:
         self.uplinks = uplinks
         path.parent.mkdir(parents=True, exist_ok=True)
         self.recovery_losses: dict[str, int] = dict.fromkeys(RECOVERY_KEYS, 0)
+        self.reserve = SpaceReserve(path.with_name(f"{path.stem}.reserve"), _RESERVE_BYTES)
         self.salvaged = self._open_checked()
+        self.reserve.ensure()
         self.frame_log = FrameLog(path.with_name(f"{path.stem}.frames"), frame_rows)
         self._count_frame_log_damage()
         row = self.db.execute("SELECT value FROM state WHERE key = 'last_frame'").fetchone()
         self.frame_log.start_after(int(row[0]) if row else 0)
         self._last_frame = 0
+        # frames whose write failed, oldest first (agent.atrisk), and the ledger of what a
+        # kill would lose of them plus what a kill of the last run lost, not yet recorded
+        self.unlogged: list[UnloggedFrame] = []
+        self.last_error: OSError | None = None
+        self.ledger = AtRiskLedger(path.with_name(f"{path.stem}.at-risk"))
+        self.carried_loss = self.ledger.found
+        self._committed: tuple[int, int | None] = (0, None)  # last_frame, closed_until
 
     # -- opening and salvage ----------------------------------------------------------------
 
     def _connect(self, path: Path) -> sqlite3.Connection:
         db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        # pages freed by delivered batches can be handed back to the filesystem (a new
+        # database only: an existing one keeps its mode), and a checkpoint shrinks the WAL
+        # file again: on a full disk that space is what the frame log needs
+        if db.execute("PRAGMA page_count").fetchone()[0] == 0:
+            db.execute("PRAGMA auto_vacuum=INCREMENTAL")
         db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA journal_size_limit={_WAL_LIMIT}")
         db.execute("PRAGMA synchronous=NORMAL")
         db.executescript(_SCHEMA)
         columns = {row[1] for row in db.execute("PRAGMA table_info(batches)")}
@@ -231,10 +260,20 @@ class Spool:
             db = self._connect(self.path)
             verdict = db.execute("PRAGMA quick_check").fetchone()[0]
         except sqlite3.DatabaseError as exc:
-            if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY:
+            code = getattr(exc, "sqlite_errorcode", 0) & 0xFF  # the primary result code
+            if code == sqlite3.SQLITE_BUSY:
                 raise SpoolInUse(
                     f"{self.path} is locked by another process: is another agent running "
                     "on this data_dir, or the previous one still stopping?"
+                ) from exc
+            if code in _STORAGE_REFUSED:
+                # not damage: the disk is full or failing. Opening needs a little space
+                # (the WAL's index and log files): the reserve made for this moment
+                if self.reserve.release():
+                    return self._open_checked()
+                raise OSError(
+                    errno.ENOSPC if code == sqlite3.SQLITE_FULL else errno.EIO,
+                    f"cannot open the spool {self.path}: {exc}",
                 ) from exc
             verdict, db = str(exc), None
         if db is not None and verdict == "ok":
@@ -301,8 +340,71 @@ class Spool:
 
     # -- frames ------------------------------------------------------------------------------
 
-    def append_frame(self, source: int, frame: Frame) -> None:
-        self._last_frame = self.frame_log.append(source, int(frame.time.max()), frame_parts(frame))
+    def append_frame(self, source: int, frame: Frame) -> bool:
+        """Log a frame; False if it could not be written (``last_error`` says why): it is
+        then held in memory and written before the next frame that can be."""
+        max_time = int(frame.time.max())
+        parts = frame_parts(frame)
+        if not self.unlogged or self._write_unlogged():
+            try:
+                self._last_frame = self.frame_log.append(source, max_time, parts)
+                self.last_error = None
+                return True
+            except OSError as exc:
+                self.last_error = exc
+        frame_id = self.frame_log.reserve_id()
+        self.unlogged.append(
+            UnloggedFrame(frame_id, source, max_time, frame.time.copy(), b"".join(parts))
+        )
+        self._last_frame = frame_id
+        self._update_ledger()
+        return False
+
+    def _write_unlogged(self) -> bool:
+        """Write the held frames in order; True once none is left."""
+        while self.unlogged:
+            held = self.unlogged[0]
+            try:
+                self.frame_log.append(held.source, held.max_time, [held.payload], held.frame_id)
+            except OSError as exc:
+                self.last_error = exc
+                return False
+            self.unlogged.pop(0)
+        self._update_ledger()
+        return True
+
+    @property
+    def at_risk_points(self) -> int:
+        """Samples only memory holds: a kill now would lose them."""
+        last_frame, closed_until = self._committed
+        return sum(held.at_risk(last_frame, closed_until) for held in self.unlogged)
+
+    @property
+    def unlogged_bytes(self) -> int:
+        return sum(len(held.payload) for held in self.unlogged)
+
+    def _update_ledger(self) -> None:
+        self.ledger.write(self.carried_loss + self.at_risk_points)
+
+    def record_carried_loss(self) -> int:
+        """Put what a kill of the last run lost into ``losses`` (reason ``storage``);
+        returns the samples recorded now (0 if none, or if the disk still refuses)."""
+        points = self.carried_loss
+        if not points:
+            return 0
+        try:
+            with _transaction(self.db):
+                _count_loss(self.db, "storage", 0, points)
+        except sqlite3.Error as exc:
+            log.warning("a loss of the last run not yet recorded", points=points, error=str(exc))
+            return 0
+        log.error(
+            "samples lost: the agent was stopped while storage failed and only memory held them",
+            points=points,
+        )
+        self.carried_loss = 0
+        self._update_ledger()
+        return points
 
     def recover(self) -> Recovered:
         """The frames a restart must feed the batcher again (see the module docstring)."""
@@ -317,13 +419,16 @@ class Spool:
             if len(frame):
                 frames.append((logged.source, frame))
             self._last_frame = logged.frame_id
+        self._committed = (last_frame, closed_until)
         return Recovered(frames, closed_until)
 
     # -- batches -----------------------------------------------------------------------------
 
     def commit_batches(self, batches: list[Batch], closed_until: int) -> None:
         """Store closed batches (their encoded bytes) with fsync, then retire the frame
-        log's segments they hold entirely."""
+        log's segments (and held frames) they hold entirely. Raises ``sqlite3.Error`` or
+        ``OSError`` when storage fails; nothing is committed then, and the same batches
+        (with any closed since) can be committed again later."""
         now = time.time_ns()
         self.db.execute("PRAGMA synchronous=FULL")
         try:
@@ -342,9 +447,25 @@ class Spool:
                     [("closed_until", closed_until), ("last_frame", self._last_frame)],
                 )
         finally:
-            self.db.execute("PRAGMA synchronous=NORMAL")
+            with contextlib.suppress(sqlite3.Error):
+                self.db.execute("PRAGMA synchronous=NORMAL")
+        self._committed = (self._last_frame, closed_until)
+        self.reserve.ensure()
+        self.unlogged = [
+            held
+            for held in self.unlogged
+            if held.frame_id > self._last_frame or held.max_time >= closed_until
+        ]
+        self._update_ledger()
         self.frame_log.rotate()
         self.frame_log.retire(self._last_frame, closed_until)
+
+    def reclaim(self) -> None:
+        """Hand space back to the filesystem: checkpoint and truncate the WAL, return
+        free pages. Called while storage fails; errors are expected then and ignored."""
+        with contextlib.suppress(sqlite3.Error):
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self.db.execute("PRAGMA incremental_vacuum")
 
     def pending(
         self, uplink: str, created_from: int | None = None, limit: int = 16
@@ -427,8 +548,12 @@ class Spool:
         ).fetchone()
         return int(count), int(size), None if oldest is None else int(oldest)
 
-    def drop_oldest(self, max_bytes: int, max_age_ns: int, now_ns: int) -> tuple[int, int]:
-        """Delete the oldest batches until within the caps; returns (batches, points) lost."""
+    def drop_oldest(
+        self, max_bytes: int, max_age_ns: int, now_ns: int, keep: Collection[int] = ()
+    ) -> tuple[int, int]:
+        """Delete the oldest batches until within the caps; returns (batches, points) lost.
+        Batches in ``keep`` (in flight to an uplink: they may yet be delivered, and must
+        not be both delivered and counted lost) are spared."""
         dropped_batches = dropped_points = 0
         with _transaction(self.db):
             _, size, _ = self.size()
@@ -437,6 +562,8 @@ class Spool:
             ).fetchall():
                 if size <= max_bytes and now_ns - created <= max_age_ns:
                     break
+                if seq in keep:
+                    continue
                 self.db.execute("DELETE FROM batches WHERE seq = ?", (seq,))
                 self.db.execute("DELETE FROM delivered WHERE seq = ?", (seq,))
                 size -= nbytes
@@ -451,6 +578,7 @@ class Spool:
 
     def close(self) -> None:
         self.frame_log.close()
+        self.ledger.close()
         self.db.close()
 
 
@@ -464,7 +592,20 @@ class _transaction:
         self.db.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, kind: object, *rest: object) -> None:
-        self.db.execute("COMMIT" if kind is None else "ROLLBACK")
+        if kind is None:
+            try:
+                self.db.execute("COMMIT")
+                return
+            except sqlite3.Error:
+                self._rollback()
+                raise
+        self._rollback()
+
+    def _rollback(self) -> None:
+        # a failed COMMIT (disk full) may have ended the transaction already
+        if self.db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self.db.execute("ROLLBACK")
 
 
 def _count_loss(db: sqlite3.Connection, reason: str, batches: int, points: int) -> None:

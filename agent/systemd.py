@@ -2,7 +2,7 @@
 
 The protocol is one datagram per message to $NOTIFY_SOCKET, which does not earn a
 dependency. The watchdog ping runs on the agent's event loop, so a loop that hangs stops
-pinging and systemd restarts the service.
+pinging and systemd restarts the service; so does one whose tasks are failing or stalled.
 """
 
 from __future__ import annotations
@@ -10,6 +10,11 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+from collections.abc import Callable
+
+import structlog
+
+log = structlog.get_logger()
 
 
 def notify(message: str) -> bool:
@@ -37,7 +42,18 @@ def watchdog_interval_s() -> float | None:
     return int(usec) / 2e6
 
 
-async def keep_watchdog_fed(interval_s: float) -> None:
+async def keep_watchdog_fed(interval_s: float, unwell: Callable[[], dict[str, str]]) -> None:
+    """Ping every ``interval_s`` while ``unwell()`` is empty (every task alive, windows
+    closing): a stalled or crash-looping agent stops pinging, and systemd restarts it."""
+    withheld = False
     while True:
-        notify("WATCHDOG=1")
+        problems = unwell()
+        if not problems:
+            notify("WATCHDOG=1")
+            if withheld:
+                log.info("watchdog fed again")
+            withheld = False
+        elif not withheld:
+            log.error("watchdog not fed: the agent is not making progress", problems=problems)
+            withheld = True
         await asyncio.sleep(interval_s)

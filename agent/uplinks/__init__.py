@@ -8,11 +8,18 @@ from agent.batch import Batch
 from agent.config import MqttUplinkConfig, ParquetUplinkConfig, PostgresUplinkConfig, UplinkConfig
 
 
+class RejectedBatch(Exception):
+    """The uplink refuses this batch for good, for what it holds (too large, a format the
+    store rejects), not for an outage: sending it again would fail again. The forwarder
+    quarantines it and goes on with the next batch; any other exception is retried."""
+
+
 class Uplink(Protocol):
     name: str
 
     async def send(self, batch: Batch) -> None:
-        """Deliver the batch durably; return only once it is acknowledged, else raise."""
+        """Deliver the batch durably; return only once it is acknowledged, else raise
+        (RejectedBatch when retrying cannot help)."""
 
     async def close(self) -> None:
         """Release connections on stop; must not raise."""

@@ -25,8 +25,13 @@ from paho.mqtt.reasoncodes import ReasonCode
 from agent.batch import Batch
 from agent.config import MqttUplinkConfig
 from agent.encoding import MEDIA_TYPE, encoded
+from agent.uplinks import RejectedBatch
 from protocols.mqtt.aio import AsyncMqttClient
 from protocols.mqtt.session import make_client
+
+# PUBACK reasons that refuse the batch itself: Packet too large, Payload format invalid
+# (others, such as Not authorized or Quota exceeded, are the broker's state: retried)
+_REJECTS_THE_BATCH = frozenset({0x95, 0x99})
 
 BATCH_SCHEMA = "edge-agent.batch/1"  # the SCHEMA of agent.batch; bump when it changes
 BATCH_ENCODING = "parquet+zstd"
@@ -92,6 +97,8 @@ class MqttUplink:
             self._acks.pop(info.mid, None)
         if acked in done:
             reason = acked.result()
+            if reason.value in _REJECTS_THE_BATCH:
+                raise RejectedBatch(f"the broker refused batch {batch.batch_id}: {reason}")
             if reason.is_failure:
                 raise ConnectionError(f"the broker refused batch {batch.batch_id}: {reason}")
             return

@@ -36,6 +36,7 @@ import structlog
 
 from agent.batch import Batch
 from agent.config import PostgresUplinkConfig
+from agent.uplinks import RejectedBatch
 
 if TYPE_CHECKING:
     import psycopg
@@ -87,10 +88,16 @@ class PostgresUplink:
         self._lock = asyncio.Lock()
 
     async def send(self, batch: Batch) -> None:
+        import psycopg
+
         async with self._lock:
             connection = await self._connected()
             try:
                 await self._write(connection, batch)
+            except psycopg.errors.DataError as exc:
+                # SQLSTATE class 22 (a value the column cannot hold): this batch's content,
+                # not the connection; the same rows would fail again
+                raise RejectedBatch(f"{type(exc).__name__}: {exc}") from exc
             except BaseException:
                 if connection.closed or connection.broken:
                     self._connection = None
