@@ -256,10 +256,12 @@ def _collect(path: Path) -> int:
     require_writable(path, collect_dirs(config), keep=True)
     configure(config.log_level, config.log_format)
 
-    async def collect() -> None:
+    async def collect() -> int:
         stop = asyncio.Event()
         install_stop_signals(stop)
-        await Collector(config).run(stop)
+        collector = Collector(config)
+        await collector.run(stop)
+        return 1 if collector.failed else 0
 
     return _until_stopped("collect", collect())
 

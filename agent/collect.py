@@ -29,6 +29,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
+from prometheus_client import CollectorRegistry, Counter
 from pydantic import ValidationError
 
 from agent.backoff import Backoff
@@ -37,6 +38,7 @@ from agent.config import CollectConfig
 from agent.config_load import ConfigError, read_toml, validation_problems
 from agent.encoding import batch_of, decode
 from agent.health import ProblemLog
+from agent.tasks import TaskSupervisor, first_of
 from agent.uplinks import Uplink, make_uplink
 from agent.uplinks.mqtt import BATCH_SCHEMA
 from protocols.mqtt.aio import AsyncMqttClient
@@ -93,6 +95,7 @@ class Collector:
         self.subscribed = asyncio.Event()  # set while a session is subscribed
         self.problems = ProblemLog(log)
         self.backoff = self._backoff()  # of broker reconnects
+        self.failed: str | None = None  # why the collector gave up, for a non-zero exit
 
     def _backoff(self) -> Backoff:
         broker = self.config.broker
@@ -101,7 +104,21 @@ class Collector:
         )
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Collect until ``stop`` is set, reconnecting with backoff."""
+        """Collect until ``stop`` is set, reconnecting with backoff. An unexpected failure
+        is logged with its traceback and the collector started again; one that keeps
+        failing sets ``failed`` and returns (the command then exits non-zero)."""
+        failures = Counter(
+            "edge_agent_task_failures", "Collector restarts", ["task"], registry=CollectorRegistry()
+        )
+        supervisor = TaskSupervisor(failures)
+        supervisor.start("collector", lambda _: self._collect(stop), finishes=True)
+        task = supervisor.task("collector")
+        assert task is not None
+        await first_of(task, supervisor.fatal_event.wait())
+        await supervisor.stop()
+        self.failed = supervisor.fatal
+
+    async def _collect(self, stop: asyncio.Event) -> None:
         broker = (self.config.broker.host, self.config.broker.port)
         while not stop.is_set():
             try:

@@ -24,7 +24,7 @@ import dataclasses
 import random
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
@@ -46,7 +46,7 @@ from agent.quarantine import Quarantine
 from agent.resample import Resampler
 from agent.spool import Spool
 from agent.supervisor import SourceRunner
-from agent.tasks import Heartbeat, TaskSupervisor
+from agent.tasks import Heartbeat, TaskSupervisor, first_of
 from agent.uplinks import Uplink, make_uplink
 from protocols.sdk import DriverContext
 
@@ -364,7 +364,7 @@ class Agent:
             self.tasks.start("watchdog", partial(_feed_watchdog, interval, self._unwell))
         systemd.notify("READY=1")
         try:
-            await _first(stop.wait(), self.tasks.fatal_event.wait())
+            await first_of(stop.wait(), self.tasks.fatal_event.wait())
         finally:
             self.failed = self.tasks.fatal
             log.info("agent stopping", reason=self.failed or "stop requested")
@@ -425,6 +425,9 @@ class Agent:
 
         if lost := self.spool.record_carried_loss():
             self.metrics.points_lost.labels("storage").inc(lost)
+        damage = self.spool.recovery_losses
+        if corrupt := damage["spool_corrupt_points"] + damage["frame_log_corrupt_points"]:
+            self.metrics.points_lost.labels("spool_corrupt").inc(corrupt)
 
     async def _drain(self, uplink_tasks: list[str]) -> None:
         """Give the uplinks until the deadline to take what is spooled; the rest stays in
@@ -487,16 +490,6 @@ async def _feed_watchdog(
     interval_s: float, unwell: Callable[[], dict[str, str]], heartbeat: Heartbeat
 ) -> None:
     await systemd.keep_watchdog_fed(interval_s, unwell)
-
-
-async def _first(*waits: Coroutine[Any, Any, Any]) -> None:
-    """Wait until the first of ``waits`` is done; cancel the others."""
-    tasks = [asyncio.ensure_future(wait) for wait in waits]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
 
 
 async def _within(awaitable: Awaitable[Any], timeout_s: float) -> bool:

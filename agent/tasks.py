@@ -23,6 +23,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 from prometheus_client import Counter
@@ -65,6 +66,7 @@ class _Task:
     name: str
     run: Callable[[Heartbeat], Awaitable[None]]
     heartbeat: Heartbeat
+    finishes: bool = False  # returning is its normal end, not a failure
     task: asyncio.Task[None] | None = None
     failing_since: float | None = None  # monotonic time of the first failure of a run
     error: str = ""
@@ -99,10 +101,12 @@ class TaskSupervisor:
         name: str,
         run: Callable[[Heartbeat], Awaitable[None]],
         deadline_s: float = float("inf"),
+        finishes: bool = False,
     ) -> Heartbeat:
         """Run ``run(heartbeat)`` under supervision. A task that never beats should keep
-        the default deadline (it cannot stall, only fail)."""
-        entry = _Task(name, run, Heartbeat(deadline_s))
+        the default deadline (it cannot stall, only fail). A task that ``finishes`` may
+        return (it is done then); any other long-lived task returning is a failure."""
+        entry = _Task(name, run, Heartbeat(deadline_s), finishes)
         self._tasks[name] = entry
         entry.task = asyncio.create_task(self._keep(entry), name=name)
         return entry.heartbeat
@@ -114,7 +118,7 @@ class TaskSupervisor:
         for name, entry in self._tasks.items():
             if entry.failing_since is not None:
                 found[name] = f"failing: {entry.error}"
-            elif entry.task is not None and entry.task.done():
+            elif entry.task is not None and entry.task.done() and not entry.finishes:
                 found[name] = "ended"
             elif (silent := entry.heartbeat.stalled_for(now)) is not None:
                 found[name] = f"stalled: no progress for {silent:.1f} s"
@@ -144,6 +148,8 @@ class TaskSupervisor:
                         self._recovered(entry)
                         attempt = 0
                 await run
+                if entry.finishes:
+                    return
                 error: BaseException = RuntimeError("the task returned")
             except asyncio.CancelledError:
                 run.cancel()
@@ -188,3 +194,13 @@ class TaskSupervisor:
         )
         entry.failing_since = None
         entry.error = ""
+
+
+async def first_of(*waits: Awaitable[Any]) -> None:
+    """Wait until the first of ``waits`` is done; cancel the others."""
+    tasks = [asyncio.ensure_future(wait) for wait in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
