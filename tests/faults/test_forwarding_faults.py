@@ -159,17 +159,18 @@ async def test_the_spool_cap_holds_and_every_drop_is_counted(tmp_path: Path, ove
         stop = asyncio.Event()
         task = asyncio.create_task(agent.run(stop))
         sizes: list[int] = []
-        empty_while_paused = 0
+        paused_at: int | None = None  # time.time_ns() when the pause was first seen
         deadline = time.monotonic() + 12.0
         while time.monotonic() < deadline:
             sizes.append(agent.spool.size()[1])
-            with sqlite3.connect(tmp_path / "state" / "spool.sqlite") as db:
-                empty_while_paused += (
-                    db.execute("SELECT count(*) FROM batches WHERE points = 0").fetchone()[0]
-                    if agent._paused
-                    else 0
-                )
+            if paused_at is None and agent._paused:
+                paused_at = time.time_ns()
             await asyncio.sleep(0.2)
+        with sqlite3.connect(tmp_path / "state" / "spool.sqlite") as db:
+            empty_while_paused = db.execute(
+                "SELECT count(*) FROM batches WHERE points = 0 AND created_ns > ?",
+                (paused_at or time.time_ns(),),
+            ).fetchone()[0]
         assert "spool" in agent.health()["failed"]
         blocker.unlink()
         await until(lambda: agent.spool.size()[0] == 0, 20)
