@@ -51,8 +51,17 @@ async def until(condition: object, timeout_s: float = 15.0) -> None:
         await asyncio.sleep(0.05)
 
 
-async def test_injected_enospc_holds_in_memory_and_resumes_with_nothing_lost(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("code", "sqlite_error"),
+    [
+        (errno.ENOSPC, "database or disk is full"),
+        (errno.EIO, "disk I/O error"),
+        (errno.EROFS, "attempt to write a readonly database"),
+    ],
+    ids=["ENOSPC", "EIO", "EROFS"],
+)
+async def test_injected_storage_errors_hold_in_memory_and_resume_with_nothing_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int, sqlite_error: str
 ) -> None:
     failing = {"on": False}
     real_writev = os.writev
@@ -60,12 +69,12 @@ async def test_injected_enospc_holds_in_memory_and_resumes_with_nothing_lost(
 
     def writev(fd: int, buffers: list[bytes]) -> int:
         if failing["on"]:
-            raise OSError(errno.ENOSPC, "No space left on device")
+            raise OSError(code, os.strerror(code))
         return real_writev(fd, buffers)
 
     def commit(self: Spool, *args: object) -> None:
         if failing["on"]:
-            raise sqlite3.OperationalError("database or disk is full")
+            raise sqlite3.OperationalError(sqlite_error)
         real_commit(self, *args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(framelog.os, "writev", writev)
@@ -177,3 +186,55 @@ async def test_a_real_full_disk_a_kill_while_full_and_a_clean_stop_balance_the_b
     assert losses.get("storage", 0) > 0, "the kill while full lost what only memory held"
     # each start/stop may lose the poll in flight: the request served, its frame not taken
     assert 0 <= books.unaccounted <= 2, books
+
+
+async def test_a_stop_while_storage_fails_is_clean_and_the_next_start_counts_the_loss(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM's path (stop, flush) while nothing can be written: no exception, exit
+    clean; what only memory held is counted lost by the next start, exactly."""
+    failing = {"on": False}
+    real_writev = os.writev
+    real_commit = Spool.commit_batches
+
+    def writev(fd: int, buffers: list[bytes]) -> int:
+        if failing["on"]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_writev(fd, buffers)
+
+    def commit(self: Spool, *args: object) -> None:
+        if failing["on"]:
+            raise sqlite3.OperationalError("database or disk is full")
+        real_commit(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(framelog.os, "writev", writev)
+    monkeypatch.setattr(Spool, "commit_batches", commit)
+    store, state = tmp_path / "store", tmp_path / "state"
+    async with ModbusPLCSimulator(seed=13) as plc:
+        text = config_text(store, state, plc.port)
+        agent = Agent(parse_config(tomllib.loads(text), Path("t.toml")))
+        stop = asyncio.Event()
+        task = asyncio.create_task(agent.run(stop))
+        await asyncio.sleep(1.5)
+        failing["on"] = True
+        await asyncio.sleep(2.0)
+        at_risk = agent.spool.at_risk_points
+        stop.set()
+        await asyncio.wait_for(task, 30)  # no exception escapes
+        assert agent.failed is None
+        failing["on"] = False
+        again = Agent(parse_config(tomllib.loads(text), Path("t.toml")))
+        stop = asyncio.Event()
+        task = asyncio.create_task(again.run(stop))
+        await asyncio.sleep(2.0)
+        stop.set()
+        await asyncio.wait_for(task, 30)
+        served = list(plc.served_sequence)
+    losses = spool_losses(state)
+    assert at_risk > 0
+    assert losses == {"storage": losses["storage"]}
+    assert again.metrics.points_lost.labels("storage")._value.get() == losses["storage"]
+    books = balance(served, store, lost=losses["storage"])
+    assert books.duplicates == 0
+    assert books.invented == 0
+    assert 0 <= books.unaccounted <= 2, books  # the polls in flight at the two stops
