@@ -62,11 +62,7 @@ class AtRiskLedger:
         self.found = 0  # what the last run left: samples lost, not yet recorded
         try:
             self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-            data = os.pread(self._fd, _RECORD.size, 0)
-            if len(data) == _RECORD.size:
-                magic, points, crc = _RECORD.unpack(data)
-                if magic == _MAGIC and crc == zlib.crc32(data[:16]) and points > 0:
-                    self.found = points
+            self.found = _decode(os.pread(self._fd, _RECORD.size, 0))
             if os.fstat(self._fd).st_size < _SIZE:
                 os.posix_fallocate(self._fd, 0, _SIZE)
                 os.fsync(self._fd)
@@ -79,6 +75,12 @@ class AtRiskLedger:
                 error=str(exc),
             )
             self.close()
+
+    def read(self) -> int:
+        """The count on disk now (another process's ledger, for a test or a bench)."""
+        if self._fd is None:
+            return 0
+        return _decode(os.pread(self._fd, _RECORD.size, 0))
 
     def write(self, points: int) -> None:
         """Record the count; only writes when it changed, and never raises (the
@@ -96,6 +98,16 @@ class AtRiskLedger:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def _decode(data: bytes) -> int:
+    """The count of a ledger record; 0 for none, or one that fails its check."""
+    if len(data) != _RECORD.size:
+        return 0
+    magic, points, crc = _RECORD.unpack(data)
+    if magic != _MAGIC or crc != zlib.crc32(data[:16]) or points < 0:
+        return 0
+    return int(points)
 
 
 class SpaceReserve:

@@ -149,7 +149,8 @@ class Metrics:
         )
         self.points_lost = Counter(
             "edge_agent_points_lost",
-            "Acquired samples that will never reach an uplink, by reason",
+            "Acquired samples that will not reach an uplink (for 'rejected': the uplink that "
+            "refused them), by reason",
             ["reason"],
             registry=r,
         )

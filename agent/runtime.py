@@ -1,10 +1,12 @@
 """The agent: sources -> pipeline -> batcher -> uplinks, wired together and stopped cleanly.
 
-Frames from every source meet in one bounded queue; when it is full, ``ctx.emit`` waits,
-which slows the pollers instead of growing memory. A closer task cuts aligned windows on
-the wall clock, and a writer task hands batches to the uplinks in order, retrying with
-backoff. On stop, sources are cancelled first, the queue is drained and every open window
-is flushed, so SIGTERM loses nothing that was acquired.
+Each source's task hands its frames straight to the frame log and the batcher
+(``_enqueue``); ``ctx.emit`` waits only while acquisition is paused (a full spool with
+``overflow = "stop_acquiring"``, or storage failing with memory full). A closer task cuts
+aligned windows on the wall clock and commits them to the spool; one forwarder task per
+uplink sends them in order, retrying with backoff. On stop, sources are cancelled first,
+what the pipelines hold is flushed and every open window closed, so SIGTERM loses nothing
+that was acquired.
 
 Every long-lived task runs under :class:`agent.tasks.TaskSupervisor` (restarted when it
 fails; the agent exits non-zero when one cannot be kept alive), and the systemd watchdog is
@@ -281,6 +283,7 @@ class Agent:
             name = runner.config.name
             problem = tasks.get(f"source:{name}") or runner.problem()
             checks[f"source:{name}"] = problem or "ok"
+            tasks.pop(f"source:{name}", None)
             sources[name] = problem is None
         max_age_s = self.health_config.uplink_max_age / 1e9
         for uplink in self.uplinks:
@@ -288,6 +291,7 @@ class Agent:
                 uplink.name, max_age_s
             )
             checks[f"uplink:{uplink.name}"] = problem or "ok"
+            tasks.pop(f"uplink:{uplink.name}", None)
         for operation in self.storage_problems.open_keys:
             checks[f"storage:{operation}"] = f"failing: {self.spool.last_error or 'see log'}"
         if self._spool_problems.is_open("overflow"):

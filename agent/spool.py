@@ -50,7 +50,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Collection
@@ -87,9 +89,10 @@ CREATE TABLE IF NOT EXISTS losses (
 """
 
 
-class SpoolInUse(RuntimeError):
-    """Another process holds the spool database open (another agent on the same
-    ``data_dir``, or one still stopping): it is neither opened nor salvaged."""
+class SpoolInUse(OSError):
+    """Another process holds the spool (another agent on the same ``data_dir``, or one
+    still stopping): it is neither opened nor salvaged. An OSError, so that ``run`` exits
+    with one line and a status systemd retries (the other one may be on its way out)."""
 
 
 class CorruptBatch(Exception):
@@ -125,12 +128,18 @@ class Recovered:
 
 _WAL_LIMIT = 4 << 20  # bytes the WAL file keeps after a checkpoint
 _RESERVE_BYTES = 1 << 20  # freed to open the spool on a full disk (see agent.atrisk)
-# SQLite's answers that say the disk refused, not that the database is damaged
+# SQLite's answers that say the disk refused a write, not that the database is damaged
+# (a truncated file is an I/O error too, SQLITE_IOERR_SHORT_READ: damage, salvaged)
 _STORAGE_REFUSED = {
     sqlite3.SQLITE_FULL,
-    sqlite3.SQLITE_IOERR,
     sqlite3.SQLITE_READONLY,
     sqlite3.SQLITE_CANTOPEN,
+    sqlite3.SQLITE_IOERR_WRITE,
+    sqlite3.SQLITE_IOERR_FSYNC,
+    sqlite3.SQLITE_IOERR_TRUNCATE,
+    sqlite3.SQLITE_IOERR_SHMOPEN,
+    sqlite3.SQLITE_IOERR_SHMSIZE,
+    sqlite3.SQLITE_IOERR_NOMEM,
 }
 
 _FIXED = (("tag", "<i4"), ("time", "<i8"), ("value", "<f8"), ("quality", "<u2"))
@@ -212,8 +221,13 @@ class Spool:
         self.uplinks = uplinks
         path.parent.mkdir(parents=True, exist_ok=True)
         self.recovery_losses: dict[str, int] = dict.fromkeys(RECOVERY_KEYS, 0)
+        self._lock = _lock_exclusively(path.with_name(f"{path.stem}.lock"))
         self.reserve = SpaceReserve(path.with_name(f"{path.stem}.reserve"), _RESERVE_BYTES)
-        self.salvaged = self._open_checked()
+        try:
+            self.salvaged = self._open_checked()
+        except BaseException:
+            os.close(self._lock)
+            raise
         self.reserve.ensure()
         self.frame_log = FrameLog(path.with_name(f"{path.stem}.frames"), frame_rows)
         self._count_frame_log_damage()
@@ -232,11 +246,8 @@ class Spool:
 
     def _connect(self, path: Path) -> sqlite3.Connection:
         db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        # pages freed by delivered batches can be handed back to the filesystem (a new
-        # database only: an existing one keeps its mode), and a checkpoint shrinks the WAL
-        # file again: on a full disk that space is what the frame log needs
-        if db.execute("PRAGMA page_count").fetchone()[0] == 0:
-            db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        # a checkpoint shrinks the WAL file back to this: on a full disk, that space is
+        # what the frame log needs (pages freed inside the database are reused by SQLite)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA journal_size_limit={_WAL_LIMIT}")
         db.execute("PRAGMA synchronous=NORMAL")
@@ -260,13 +271,15 @@ class Spool:
             db = self._connect(self.path)
             verdict = db.execute("PRAGMA quick_check").fetchone()[0]
         except sqlite3.DatabaseError as exc:
-            code = getattr(exc, "sqlite_errorcode", 0) & 0xFF  # the primary result code
+            extended = getattr(exc, "sqlite_errorcode", 0)
+            code = extended & 0xFF  # the primary result code
             if code == sqlite3.SQLITE_BUSY:
                 raise SpoolInUse(
+                    errno.EBUSY,
                     f"{self.path} is locked by another process: is another agent running "
-                    "on this data_dir, or the previous one still stopping?"
+                    "on this data_dir, or the previous one still stopping?",
                 ) from exc
-            if code in _STORAGE_REFUSED:
+            if code in _STORAGE_REFUSED or extended in _STORAGE_REFUSED:
                 # not damage: the disk is full or failing. Opening needs a little space
                 # (the WAL's index and log files): the reserve made for this moment
                 if self.reserve.release():
@@ -461,11 +474,10 @@ class Spool:
         self.frame_log.retire(self._last_frame, closed_until)
 
     def reclaim(self) -> None:
-        """Hand space back to the filesystem: checkpoint and truncate the WAL, return
-        free pages. Called while storage fails; errors are expected then and ignored."""
+        """Hand space back to the filesystem: checkpoint the WAL and truncate it. Called
+        while storage fails; errors are expected then and ignored."""
         with contextlib.suppress(sqlite3.Error):
             self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            self.db.execute("PRAGMA incremental_vacuum")
 
     def pending(
         self, uplink: str, created_from: int | None = None, limit: int = 16
@@ -580,6 +592,28 @@ class Spool:
         self.frame_log.close()
         self.ledger.close()
         self.db.close()
+        os.close(self._lock)
+
+
+def _lock_exclusively(path: Path) -> int:
+    """An exclusive lock on ``path`` for as long as the process holds the spool: SQLite
+    in WAL mode lets a second agent open a healthy spool, and two agents writing one frame
+    log would corrupt it. The kernel drops the lock when the process dies."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        # a POSIX record lock: held per process, so one process may open its spool again
+        # (as tests of a restart do); another process may not
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno not in (errno.EAGAIN, errno.EACCES):
+            raise
+        raise SpoolInUse(
+            errno.EBUSY,
+            f"{path.parent} is in use by another process: is another agent running on this "
+            "data_dir, or the previous one still stopping?",
+        ) from None
+    return fd
 
 
 class _transaction:

@@ -135,7 +135,8 @@ class SourceRunner:
 
     async def emit(self, frame: Frame) -> None:
         """The driver's sink: values checked, clock, counters, health and data-quality
-        tally, pipeline, then the agent's queue (backpressure).
+        tally, pipeline, then the agent's sink (frame log and batcher; it waits while
+        acquisition is paused).
 
         Received samples, health and recovery are judged on what the driver delivered, bad
         samples counted on what the pipeline passes on (it flags some, and drops or

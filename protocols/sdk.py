@@ -83,7 +83,9 @@ class DriverContext:
         self.connected = False  # a session is up (set by the driver through set_connected)
 
     async def emit(self, frame: Frame) -> None:
-        """Hand a frame to the agent; waits while the agent's queue is full."""
+        """Hand a frame to the agent; returns once it is in the frame log (or, while the
+        disk refuses writes, held in memory and counted at risk); waits while the agent
+        pauses acquisition."""
         await self._emit(frame)
 
     def poll_stats(self, group: str) -> PollStats:

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from agent import framelog
+from agent.atrisk import AtRiskLedger
 from agent.config_load import parse_config
 from agent.runtime import Agent
 from agent.spool import Spool
@@ -146,10 +147,11 @@ def fill(disk: Path) -> Path:
     return filler
 
 
-async def start_agent(config: Path) -> asyncio.subprocess.Process:
+async def start_agent(config: Path, log: Path | None = None) -> asyncio.subprocess.Process:
+    stderr = asyncio.subprocess.PIPE if log is None else log.open("ab")
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "agent.cli", "run", "-c", str(config),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.DEVNULL, stderr=stderr,
     )  # fmt: skip
 
 
@@ -166,7 +168,14 @@ async def test_a_real_full_disk_a_kill_while_full_and_a_clean_stop_balance_the_b
         agent = await start_agent(config)
         await asyncio.sleep(2.0)
         filler = fill(small_disk)
-        await asyncio.sleep(2.5)
+        ledger = AtRiskLedger(state / "spool.at-risk")  # what the agent's own ledger says
+        deadline = time.monotonic() + 15.0
+        while not ledger.read() and time.monotonic() < deadline:
+            await asyncio.sleep(0.3)
+            fill(small_disk)  # again: the agent gives back its WAL's space, and uses it
+        assert ledger.read(), "samples held in memory only, on the books"
+        ledger.close()
+        await asyncio.sleep(0.5)
         agent.send_signal(signal.SIGKILL)
         await agent.wait()
         agent = await start_agent(config)  # still full

@@ -1,0 +1,39 @@
+"""Two agents on one data_dir would write one frame log over each other: the second one
+to start is refused with one line, and a status systemd retries (the first may be on its
+way out)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from pathlib import Path
+
+from simulators.modbus_plc import ModbusPLCSimulator
+from tests.faults.harness import sequence_source
+
+EXIT_IO = 74
+
+
+async def test_a_second_agent_on_the_same_data_dir_is_refused_in_one_line(
+    tmp_path: Path,
+) -> None:
+    async with ModbusPLCSimulator(seed=11) as plc:
+        config = tmp_path / "agent.toml"
+        config.write_text(
+            f'[agent]\nmetrics = ""\ndata_dir = "{tmp_path / "state"}"\nlog_format = "json"\n'
+            f'[[uplinks]]\ntype = "parquet"\npath = "{tmp_path / "store"}"\n\n'
+            + sequence_source(plc.port)
+        )
+        command = [sys.executable, "-m", "agent.cli", "run", "-c", str(config)]
+        first = await asyncio.create_subprocess_exec(*command, stderr=asyncio.subprocess.DEVNULL)
+        await asyncio.sleep(2.0)
+        second = await asyncio.create_subprocess_exec(*command, stderr=asyncio.subprocess.PIPE)
+        _, stderr = await asyncio.wait_for(second.communicate(), 30)
+        first.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(first.wait(), 30) == 0
+    lines = stderr.decode().strip().splitlines()
+    assert second.returncode == EXIT_IO
+    assert b"Traceback" not in stderr
+    assert "another agent running on this data_dir" in lines[-1]
+    assert len([line for line in lines if '"level": "error"' in line]) == 1
