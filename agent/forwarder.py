@@ -106,8 +106,11 @@ class Forwarder:
         self.storage = storage
         self.quarantine = quarantine
         self._new = {uplink.name: asyncio.Event() for uplink in uplinks}
-        # acknowledgements the spool could not record yet, per uplink
-        self._unrecorded: dict[str, set[int]] = {uplink.name: set() for uplink in uplinks}
+        # acknowledgements the spool could not record yet, per uplink: seq -> (batch id,
+        # the batch if it was delivered rather than quarantined)
+        self._unrecorded: dict[str, dict[int, tuple[str, Batch | None]]] = {
+            uplink.name: {} for uplink in uplinks
+        }
         # for health: when each uplink last delivered, and whether it has work waiting
         self._delivered_at = {uplink.name: time.monotonic() for uplink in uplinks}
         self._busy = dict.fromkeys(self._new, False)
@@ -232,7 +235,7 @@ class Forwarder:
         try:
             gone = self.spool.acknowledge(uplink, seq)
         except sqlite3.Error as exc:
-            self._unrecorded[uplink].add(seq)
+            self._unrecorded[uplink][seq] = (batch_id, delivered)
             self.metrics.storage_errors.labels("spool_acknowledge").inc()
             self.storage.fail(
                 "spool_acknowledge",
@@ -240,12 +243,8 @@ class Forwarder:
                 error=str(exc),
             )
             return
-        self._unrecorded[uplink].discard(seq)
-        if (
-            not self._unrecorded[uplink]
-            and self.storage.is_open("spool_acknowledge")
-            and not any(self._unrecorded.values())
-        ):
+        self._unrecorded[uplink].pop(seq, None)
+        if not any(self._unrecorded.values()) and self.storage.is_open("spool_acknowledge"):
             self.storage.ok("spool_acknowledge")
         if gone:
             self._recent.pop(batch_id, None)
@@ -253,8 +252,8 @@ class Forwarder:
                 self.delivered(delivered)
 
     def _record_acknowledgements(self, uplink: str) -> None:
-        for seq in sorted(self._unrecorded[uplink]):
-            self._acknowledge(uplink, seq, "", None)
+        for seq, (batch_id, delivered) in sorted(self._unrecorded[uplink].items()):
+            self._acknowledge(uplink, seq, batch_id, delivered)
             if seq in self._unrecorded[uplink]:
                 return  # storage still fails
 

@@ -5,11 +5,14 @@ The simulator fixtures (``modbus_plc``) come from the ``simulators.pytest_plugin
 from __future__ import annotations
 
 import asyncio
+import os
 import tomllib
+from collections.abc import Generator
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.dataset as ds
+import pytest
 
 from agent.config_load import parse_config
 from agent.runtime import Agent
@@ -46,3 +49,17 @@ async def run_agent(text: str, seconds: float, stop_after: asyncio.Event | None 
 def read_store(store: Path) -> pa.Table:
     """Everything in a Parquet store, as the central side would read it."""
     return ds.dataset(store, format="parquet", partitioning="hive").to_table()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, None]:
+    """With ``EDGE_AGENT_FAIL_ON_SKIP=1`` (CI sets it) a skipped test fails: a test that
+    needs root, a service or a tool must run there, not pass by skipping."""
+    outcome = yield
+    report = outcome.get_result()
+    strict = os.environ.get("EDGE_AGENT_FAIL_ON_SKIP") == "1"
+    if strict and report.skipped and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = f"skipped, but EDGE_AGENT_FAIL_ON_SKIP=1: {report.longrepr}"

@@ -9,6 +9,7 @@ mount (root only). The commands run as real processes, as systemd starts them.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import json
 import os
@@ -84,6 +85,13 @@ def _unprivileged() -> list[str]:
     if NOBODY is None or shutil.which("setpriv") is None:
         pytest.skip("running as root, and no user nobody or no setpriv to drop to it")
     prefix = ["setpriv", f"--reuid={NOBODY.pw_uid}", f"--regid={NOBODY.pw_gid}", "--clear-groups"]
+    problem = _cannot_import(prefix, _unprivileged_code())
+    if problem:
+        pytest.skip(f"nobody cannot run this checkout: {problem}")
+    return prefix
+
+
+def _cannot_import(prefix: list[str], pythonpath: Path) -> str:
     probe = subprocess.run(
         [*prefix, sys.executable, "-c", "import os, agent.paths; print(os.geteuid())"],
         capture_output=True,
@@ -91,11 +99,23 @@ def _unprivileged() -> list[str]:
         timeout=120,
         check=False,
         cwd="/",
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        env={**os.environ, "PYTHONPATH": str(pythonpath)},
     )
-    if probe.stdout.strip() != str(NOBODY.pw_uid):
-        pytest.skip(f"nobody cannot run this checkout: {probe.stderr.strip()[-200:]}")
-    return prefix
+    return "" if probe.stdout.strip() == str(NOBODY and NOBODY.pw_uid) else probe.stderr[-200:]
+
+
+@functools.cache
+def _unprivileged_code() -> Path:
+    """This checkout's packages where nobody can read them: the checkout itself, or a
+    copy when it lies in a folder private to root (a CI clone under /root)."""
+    copy = Path(tempfile.mkdtemp(prefix="edge-agent-code-"))
+    atexit.register(shutil.rmtree, copy, True)
+    copy.chmod(0o755)
+    for package in ("agent", "protocols", "simulators"):
+        shutil.copytree(REPO / package, copy / package)
+    for folder, _, _ in os.walk(copy):
+        os.chmod(folder, 0o755)
+    return copy
 
 
 def _give_to_unprivileged(path: Path) -> None:
@@ -123,7 +143,7 @@ def edge_agent(
         timeout=120,
         check=False,
         cwd=config.parent,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        env={**os.environ, "PYTHONPATH": str(_unprivileged_code() if unprivileged else REPO)},
     )
 
 
