@@ -24,6 +24,7 @@ import pytest
 from agent import quality as q
 from agent.config_load import parse_config
 from agent.runtime import Agent
+from simulators.mqtt_broker import PrivateBroker
 
 OUTAGE_S = float(os.environ.get("EDGE_AGENT_OUTAGE_S", "10"))
 RESUME_WITHIN_S = 5.0  # the issue's goal, with default settings
@@ -60,6 +61,15 @@ def first_good_after(table: pa.Table, tag: str, after_ns: int) -> float:
     good = (rows["quality"].to_numpy() & q.SEVERITY_MASK) == q.GOOD
     later = times[good & (times > after_ns)]
     return float((later.min() - after_ns) / 1e9) if later.size else float("inf")
+
+
+def mqtt_level_source(broker: PrivateBroker) -> str:
+    """An MQTT source of one tag, ``level``, on ``plant/level`` of the broker."""
+    return (
+        f'[[sources]]\nname = "scada"\nprotocol = "mqtt"\nurl = "{broker.url}"\n'
+        f'mqtt_version = "{broker.mqtt_version()}"\ntopic = "plant/{{tag}}"\n'
+        '[[sources.tags]]\nname = "level"\n'
+    )
 
 
 def report(kind: str, resumed_s: float) -> None:

@@ -11,7 +11,6 @@ import asyncio
 import sqlite3
 import time
 import tomllib
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from agent.config_load import parse_config
 from agent.runtime import Agent
 from simulators.modbus_plc import ModbusPLCSimulator
 from tests.faults.harness import balance, sequence_source, spool_losses
+from tests.faults.outages import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -40,13 +40,6 @@ def uplink_down(tmp_path: Path) -> Path:
     blocker = tmp_path / "store"
     blocker.write_bytes(b"not a folder")
     return blocker
-
-
-async def until(condition: Callable[[], object], timeout_s: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.05)
 
 
 async def run_for(agent: Agent, seconds: float) -> None:
@@ -82,7 +75,9 @@ async def test_a_flipped_byte_in_a_spooled_batch_is_quarantined_and_the_rest_del
         agent = make_agent(tmp_path, plc.port)
         stop = asyncio.Event()
         task = asyncio.create_task(agent.run(stop))
-        await until(lambda: agent.spool.size()[0] == 0 and agent.batches_written > 3)
+        await wait_for(
+            lambda: agent.spool.size()[0] == 0 and agent.batches_written > 3, 15.0, "spool emptied"
+        )
         report = agent.health()
         stop.set()
         await asyncio.wait_for(task, 30)
@@ -108,15 +103,21 @@ async def test_an_uplink_down_too_long_is_reported_and_recovers_within_its_backo
         agent = make_agent(tmp_path, plc.port)
         stop = asyncio.Event()
         task = asyncio.create_task(agent.run(stop))
-        await until(lambda: "uplink:parquet" in agent.health()["failed"], 10)
-        await until(lambda: agent.metrics.uplink_up.labels("parquet")._value.get() == 0, 3)
+        await wait_for(
+            lambda: "uplink:parquet" in agent.health()["failed"], 10.0, "uplink reported down"
+        )
+        await wait_for(
+            lambda: agent.metrics.uplink_up.labels("parquet")._value.get() == 0, 3.0, "uplink_up 0"
+        )
         assert agent.metrics.spool_oldest_age._value.get() > 1.0
         assert not agent.health()["uplinks_ok"]
         blocker.unlink()
         back = time.monotonic()
-        await until(lambda: agent.health()["ok"], 10)
+        await wait_for(lambda: agent.health()["ok"], 10.0, "healthy again")
         resumed_s = time.monotonic() - back
-        await until(lambda: agent.metrics.uplink_up.labels("parquet")._value.get() == 1, 5)
+        await wait_for(
+            lambda: agent.metrics.uplink_up.labels("parquet")._value.get() == 1, 5.0, "uplink_up 1"
+        )
         stop.set()
         await asyncio.wait_for(task, 30)
     assert resumed_s < 5.0
@@ -139,7 +140,7 @@ async def test_a_crashing_forwarder_is_restarted_and_a_crash_loop_ends_the_agent
         agent.spool.pending = pending  # type: ignore[method-assign]
         stop = asyncio.Event()
         task = asyncio.create_task(agent.run(stop))
-        await until(lambda: agent.batches_written >= 3)
+        await wait_for(lambda: agent.batches_written >= 3, 15.0, "batches delivered")
         assert agent.metrics.task_failures.labels("uplink:parquet")._value.get() == 1
         crashes["left"] = 10**6  # now it cannot be kept alive
         await asyncio.wait_for(agent.tasks.fatal_event.wait(), 60)  # the agent gives up
@@ -173,7 +174,7 @@ async def test_the_spool_cap_holds_and_every_drop_is_counted(tmp_path: Path, ove
             ).fetchone()[0]
         assert "spool" in agent.health()["failed"]
         blocker.unlink()
-        await until(lambda: agent.spool.size()[0] == 0, 20)
+        await wait_for(lambda: agent.spool.size()[0] == 0, 20.0, "spool emptied")
         stop.set()
         await asyncio.wait_for(task, 30)
         served = list(plc.served_sequence)

@@ -19,7 +19,7 @@ from agent.supervisor import mark_not_finite
 from simulators.modbus_plc import POINTS_BY_NAME, ModbusPLCSimulator
 from simulators.mqtt_broker import PrivateBroker
 from tests.conftest import agent_toml, read_store, run_agent
-from tests.faults.outages import running_agent, wait_for
+from tests.faults.outages import mqtt_level_source, running_agent, wait_for
 from tests.protocols.mqtt.helpers import publisher_on
 
 NOT_FINITE = q.make(q.BAD, q.Reason.NOT_FINITE)
@@ -119,11 +119,7 @@ async def test_mqtt_plain_text_nan_and_infinities_are_stored_bad(
     tmp_path: Path, mqtt_broker: PrivateBroker
 ) -> None:
     spellings = ["NaN", "Infinity", "-Infinity", "1e999", "-1e999"]  # numbers to JSON
-    source = (
-        f'[[sources]]\nname = "scada"\nprotocol = "mqtt"\nurl = "{mqtt_broker.url}"\n'
-        f'mqtt_version = "{mqtt_broker.mqtt_version()}"\ntopic = "plant/{{tag}}"\n'
-        '[[sources.tags]]\nname = "level"\n'
-    )
+    source = mqtt_level_source(mqtt_broker)
     async with running_agent(agent_toml(tmp_path / "store", source)) as agent:
         runner = agent.runners[0]
         await wait_for(lambda: _up(agent), 10.0, "subscribed")

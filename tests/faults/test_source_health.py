@@ -24,7 +24,7 @@ from protocols.sdk import DriverContext
 from simulators.modbus_plc import POINTS, ModbusPLCSimulator
 from simulators.mqtt_broker import PrivateBroker
 from tests.conftest import agent_toml
-from tests.faults.outages import running_agent, wait_for
+from tests.faults.outages import mqtt_level_source, running_agent, wait_for
 
 S = 1_000_000_000
 EXCEPTION = q.make(q.BAD, q.Reason.DEVICE_EXCEPTION)
@@ -62,11 +62,7 @@ async def test_a_plc_answering_only_exceptions_is_degraded_then_healthy_again(
 async def test_a_quiet_on_change_source_is_healthy_once_its_session_is_back(
     tmp_path: Path, mqtt_broker: PrivateBroker
 ) -> None:
-    source = (
-        f'[[sources]]\nname = "scada"\nprotocol = "mqtt"\nurl = "{mqtt_broker.url}"\n'
-        f'mqtt_version = "{mqtt_broker.mqtt_version()}"\ntopic = "plant/{{tag}}"\n'
-        '[[sources.tags]]\nname = "level"\n'
-    )
+    source = mqtt_level_source(mqtt_broker)
     async with running_agent(agent_toml(tmp_path / "store", source)) as agent:
         runner = agent.runners[0]
         await wait_for(lambda: runner.ctx.connected, 10.0, "connected")

@@ -28,6 +28,7 @@ from tests.faults.outages import (
     OUTAGE_S,
     RESUME_WITHIN_S,
     first_good_after,
+    mqtt_level_source,
     report,
     running_agent,
     wait_for,
@@ -199,11 +200,7 @@ async def test_collector_resumes_within_5s_of_the_broker_return(
 async def test_mqtt_source_resubscribes_within_5s_of_the_broker_return(
     mqtt_broker: PrivateBroker, tmp_path: Path
 ) -> None:
-    source = (
-        f'[[sources]]\nname = "scada"\nprotocol = "mqtt"\nurl = "{mqtt_broker.url}"\n'
-        f'mqtt_version = "{mqtt_broker.mqtt_version()}"\ntopic = "plant/{{tag}}"\n'
-        '[[sources.tags]]\nname = "level"\n'
-    )
+    source = mqtt_level_source(mqtt_broker)
     async with running_agent(agent_toml(tmp_path / "store", source)) as agent:
         runner = agent.runners[0]
         await wait_for(lambda: runner.ctx.connected, 10.0, "connected")

@@ -16,7 +16,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,11 +23,10 @@ import pytest
 
 from agent import framelog
 from agent.atrisk import AtRiskLedger
-from agent.config_load import parse_config
-from agent.runtime import Agent
 from agent.spool import Spool
 from simulators.modbus_plc import ModbusPLCSimulator
 from tests.faults.harness import balance, sequence_source, spool_losses
+from tests.faults.outages import running_agent, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -45,50 +43,58 @@ def config_text(store: Path, state: Path, port: int, memory: str = "64MiB") -> s
     )
 
 
-async def until(condition: object, timeout_s: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.05)
+class Injected:
+    """Storage that refuses writes while ``on``: the frame log's ``writev`` raises
+    ``OSError(code)``, a batch commit raises SQLite's error of the same kind."""
+
+    def __init__(self, code: int, sqlite_error: str) -> None:
+        self.on = False
+        self.code = code
+        self.sqlite_error = sqlite_error
+
+
+@pytest.fixture
+def injected(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Injected:
+    fault = Injected(*getattr(request, "param", (errno.ENOSPC, "database or disk is full")))
+    real_writev = os.writev
+    real_commit = Spool.commit_batches
+
+    def writev(fd: int, buffers: list[bytes]) -> int:
+        if fault.on:
+            raise OSError(fault.code, os.strerror(fault.code))
+        return real_writev(fd, buffers)
+
+    def commit(self: Spool, *args: object) -> None:
+        if fault.on:
+            raise sqlite3.OperationalError(fault.sqlite_error)
+        real_commit(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(framelog.os, "writev", writev)
+    monkeypatch.setattr(Spool, "commit_batches", commit)
+    return fault
 
 
 @pytest.mark.parametrize(
-    ("code", "sqlite_error"),
+    "injected",
     [
         (errno.ENOSPC, "database or disk is full"),
         (errno.EIO, "disk I/O error"),
         (errno.EROFS, "attempt to write a readonly database"),
     ],
     ids=["ENOSPC", "EIO", "EROFS"],
+    indirect=True,
 )
 async def test_injected_storage_errors_hold_in_memory_and_resume_with_nothing_lost(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int, sqlite_error: str
+    tmp_path: Path, injected: Injected
 ) -> None:
-    failing = {"on": False}
-    real_writev = os.writev
-    real_commit = Spool.commit_batches
-
-    def writev(fd: int, buffers: list[bytes]) -> int:
-        if failing["on"]:
-            raise OSError(code, os.strerror(code))
-        return real_writev(fd, buffers)
-
-    def commit(self: Spool, *args: object) -> None:
-        if failing["on"]:
-            raise sqlite3.OperationalError(sqlite_error)
-        real_commit(self, *args)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(framelog.os, "writev", writev)
-    monkeypatch.setattr(Spool, "commit_batches", commit)
     store, state = tmp_path / "store", tmp_path / "state"
-    async with ModbusPLCSimulator(seed=3) as plc:
-        text = config_text(store, state, plc.port)
-        agent = Agent(parse_config(tomllib.loads(text), Path("t.toml")))
-        stop = asyncio.Event()
-        task = asyncio.create_task(agent.run(stop))
+    async with (
+        ModbusPLCSimulator(seed=3) as plc,
+        running_agent(config_text(store, state, plc.port)) as agent,
+    ):
         await asyncio.sleep(1.5)
-        failing["on"] = True
-        await until(lambda: agent.storage_problems.open_keys)
+        injected.on = True
+        await wait_for(lambda: bool(agent.storage_problems.open_keys), 15.0, "storage failing")
         served_before = len(plc.served_sequence)
         await asyncio.sleep(2.0)
         report = agent.health()
@@ -97,14 +103,17 @@ async def test_injected_storage_errors_hold_in_memory_and_resume_with_nothing_lo
         assert report["points_at_risk"] > 0, "what only memory holds is on the books"
         assert len(plc.served_sequence) > served_before + 10, "acquisition went on"
         assert agent.metrics.storage_errors.labels("frame_log")._value.get() > 0
-        failing["on"] = False
-        await until(lambda: not agent.storage_problems.open_keys)
-        await until(lambda: agent.health()["ok"])
+        injected.on = False
+        await wait_for(lambda: not agent.storage_problems.open_keys, 15.0, "storage recovered")
+        await wait_for(lambda: agent.health()["ok"], 15.0, "healthy again")
         assert agent.spool.at_risk_points == 0
         await asyncio.sleep(1.0)
-        stop.set()
-        await asyncio.wait_for(task, 30)
-        served = list(plc.served_sequence)
+    assert_stored_once(list(plc.served_sequence), store, state)
+
+
+def assert_stored_once(served: list[int], store: Path, state: Path) -> None:
+    """Every number served is in the store exactly once, nothing counted lost (the one
+    allowed gap: the poll in flight when the agent stopped)."""
     books = balance(served, store, lost=sum(spool_losses(state).values()))
     assert books.duplicates == 0
     assert books.invented == 0
@@ -196,46 +205,22 @@ async def test_a_real_full_disk_a_kill_while_full_and_a_clean_stop_balance_the_b
 
 
 async def test_a_stop_while_storage_fails_is_clean_and_the_next_start_counts_the_loss(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, injected: Injected
 ) -> None:
     """SIGTERM's path (stop, flush) while nothing can be written: no exception, exit
     clean; what only memory held is counted lost by the next start, exactly."""
-    failing = {"on": False}
-    real_writev = os.writev
-    real_commit = Spool.commit_batches
-
-    def writev(fd: int, buffers: list[bytes]) -> int:
-        if failing["on"]:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real_writev(fd, buffers)
-
-    def commit(self: Spool, *args: object) -> None:
-        if failing["on"]:
-            raise sqlite3.OperationalError("database or disk is full")
-        real_commit(self, *args)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(framelog.os, "writev", writev)
-    monkeypatch.setattr(Spool, "commit_batches", commit)
     store, state = tmp_path / "store", tmp_path / "state"
     async with ModbusPLCSimulator(seed=13) as plc:
         text = config_text(store, state, plc.port)
-        agent = Agent(parse_config(tomllib.loads(text), Path("t.toml")))
-        stop = asyncio.Event()
-        task = asyncio.create_task(agent.run(stop))
-        await asyncio.sleep(1.5)
-        failing["on"] = True
-        await asyncio.sleep(2.0)
-        at_risk = agent.spool.at_risk_points
-        stop.set()
-        await asyncio.wait_for(task, 30)  # no exception escapes
-        assert agent.failed is None
-        failing["on"] = False
-        again = Agent(parse_config(tomllib.loads(text), Path("t.toml")))
-        stop = asyncio.Event()
-        task = asyncio.create_task(again.run(stop))
-        await asyncio.sleep(2.0)
-        stop.set()
-        await asyncio.wait_for(task, 30)
+        async with running_agent(text) as agent:
+            await asyncio.sleep(1.5)
+            injected.on = True
+            await asyncio.sleep(2.0)
+            at_risk = agent.spool.at_risk_points
+        assert agent.failed is None  # the stop above raised nothing either
+        injected.on = False
+        async with running_agent(text) as again:
+            await asyncio.sleep(2.0)
         served = list(plc.served_sequence)
     losses = spool_losses(state)
     assert at_risk > 0
@@ -261,26 +246,20 @@ async def test_acknowledgements_the_spool_cannot_record_are_held_and_nothing_is_
     monkeypatch.setattr(Spool, "acknowledge", acknowledge)
     store, state = tmp_path / "store", tmp_path / "state"
     async with ModbusPLCSimulator(seed=14) as plc:
-        agent = Agent(parse_config(tomllib.loads(config_text(store, state, plc.port)), Path("t")))
-        stop = asyncio.Event()
-        task = asyncio.create_task(agent.run(stop))
-        await asyncio.sleep(1.5)
-        failing["on"] = True
-        await until(lambda: "storage:spool_acknowledge" in agent.health()["failed"])
-        sent_before = agent.metrics.batches.labels("parquet")._value.get()
-        await asyncio.sleep(2.0)
-        assert agent.metrics.batches.labels("parquet")._value.get() > sent_before + 2, (
-            "live batches still go out while their acknowledgements wait"
-        )
-        failing["on"] = False
-        await until(lambda: agent.health()["ok"])
-        await until(lambda: agent.spool.size()[0] == 0)
-        stop.set()
-        await asyncio.wait_for(task, 30)
+        async with running_agent(config_text(store, state, plc.port)) as agent:
+            await asyncio.sleep(1.5)
+            failing["on"] = True
+            failed = "storage:spool_acknowledge"
+            await wait_for(lambda: failed in agent.health()["failed"], 15.0, "acks failing")
+            sent_before = agent.metrics.batches.labels("parquet")._value.get()
+            await asyncio.sleep(2.0)
+            assert agent.metrics.batches.labels("parquet")._value.get() > sent_before + 2, (
+                "live batches still go out while their acknowledgements wait"
+            )
+            failing["on"] = False
+            await wait_for(lambda: agent.health()["ok"], 15.0, "healthy again")
+            await wait_for(lambda: agent.spool.size()[0] == 0, 15.0, "spool emptied")
         served = list(plc.served_sequence)
     sent = agent.metrics.batches.labels("parquet")._value.get()
     assert agent.batches_written == sent, "every batch sent once, each counted delivered"
-    books = balance(served, store, lost=sum(spool_losses(state).values()))
-    assert books.duplicates == 0
-    assert books.lost == 0
-    assert books.missing == [] or books.missing == served[-1:], books.missing
+    assert_stored_once(served, store, state)
