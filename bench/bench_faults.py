@@ -20,6 +20,9 @@ the agent in the middle of the fault (``+kill``):
 - **resume s**: from the fault's end (space freed, the peer back, or, for damage found at
   start, the agent's last start) to the store's file holding the first number served
   after it (its mtime): includes the 500 ms window and 200 ms lateness;
+- **caught up s**: from the fault's end until the spool holds at most one batch (the
+  backlog delivered; replay is capped at ``spool.replay_rate``, 10 batches/s by default).
+  The agent is stopped only then, so that nothing is left in its spool at the count;
 - **RSS MiB**: the highest ``VmHWM`` of the row's agent processes.
 
 Faults: ``disk`` (data_dir on a 4 MiB tmpfs filled ~10 s, then freed; needs root),
@@ -30,7 +33,7 @@ restarted on its port), ``broker`` (an mqtt uplink's private mosquitto stopped a
 started; a collector in this process writes to Parquet). Default settings throughout
 except the 500 ms windows and a 300 ms Modbus timeout.
 
-    python bench/bench_faults.py                  # every row, about 15 minutes
+    python bench/bench_faults.py                  # every row, about 8 minutes
     python bench/bench_faults.py --short          # 10 s outages only
     python bench/bench_faults.py --only disk,bitrot --no-kill
 """
@@ -44,6 +47,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -215,6 +219,29 @@ def newest_number(path: Path) -> int:
     return int(values.max()) if values.size else 0
 
 
+def spooled_batches(state: Path) -> int | None:
+    """Batches in the spool not yet delivered (None if it cannot be read just now)."""
+    try:
+        with contextlib.closing(
+            sqlite3.connect(f"file:{state / 'spool.sqlite'}?mode=ro", uri=True, timeout=1)
+        ) as db:
+            return int(db.execute("SELECT count(*) FROM batches").fetchone()[0])
+    except sqlite3.Error:
+        return None
+
+
+async def caught_up(run: Run, since_ns: int) -> float | None:
+    """Seconds from ``since_ns`` until the spool holds at most the live batch (the backlog
+    delivered); None if not within RESUME_TIMEOUT_S. The final stop waits for this: a
+    stop before leaves batches in the spool, neither stored nor lost."""
+    deadline = time.monotonic() + RESUME_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if (count := spooled_batches(run.state)) is not None and count <= 1:
+            return max(0.0, (time.time_ns() - since_ns) / 1e9)
+        await run.sleep(0.25)
+    return None
+
+
 async def started(run: Run) -> None:
     """The agent started, and its first batch stored."""
     await run.start()
@@ -246,6 +273,7 @@ class Row:
     unaccounted: int = 0
     duplicates: int = 0
     resume_s: float | None = None
+    caught_up_s: float | None = None
     rss_mib: float = 0.0
     notes: list[str] = field(default_factory=list)
 
@@ -386,6 +414,7 @@ async def run_row(fault: Fault, directory: Path, seed: int) -> Row:
         try:
             after, since_ns = await fault.scenario(run)
             row.resume_s = await resumed_after(store, after, since_ns)
+            row.caught_up_s = await caught_up(run, since_ns)
             await run.sleep(2.0)
         finally:
             if run.process is not None:
@@ -455,6 +484,8 @@ def balance_row(row: Row, run: Run) -> None:
         row.notes.append(f"SIGTERM exit codes {run.return_codes}")
     if tracebacks := run.log.read_text(errors="replace").count("Traceback"):
         row.notes.append(f"{tracebacks} tracebacks in the agent's log")
+    if row.caught_up_s is None:
+        row.notes.append(f"the spool's backlog not delivered within {RESUME_TIMEOUT_S:.0f} s")
     if row.resume_s is None:
         row.notes.append(f"no new sample stored within {RESUME_TIMEOUT_S:.0f} s of the fault's end")
 
@@ -500,7 +531,7 @@ def lost_text(lost: dict[str, int]) -> str:
 
 HEADER = (
     "fault", "acquired", "stored", "lost (counted)", "in flight", "size unknown",
-    "unaccounted", "dup", "resume s", "RSS MiB",
+    "unaccounted", "dup", "resume s", "caught up s", "RSS MiB",
 )  # fmt: skip
 
 
@@ -509,11 +540,13 @@ def table_line(cells: tuple[str, ...] | list[str]) -> str:
 
 
 def row_cells(row: Row) -> list[str]:
-    resume = "-" if row.resume_s is None else f"{row.resume_s:.2f}"
+    resume, caught_up = (
+        "-" if seconds is None else f"{seconds:.2f}" for seconds in (row.resume_s, row.caught_up_s)
+    )
     return [
         row.fault, str(row.acquired), str(row.stored), lost_text(row.lost), str(row.in_flight),
         str(row.size_unknown), str(row.unaccounted), str(row.duplicates), resume,
-        f"{row.rss_mib:.0f}",
+        caught_up, f"{row.rss_mib:.0f}",
     ]  # fmt: skip
 
 
