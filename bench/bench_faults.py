@@ -88,15 +88,12 @@ class Skip(Exception):
     """A row that cannot run here, with the reason."""
 
 
-def until_true(condition: Callable[[], bool], seconds: float, what: str) -> Awaitable[None]:
-    async def poll() -> None:
-        deadline = time.monotonic() + seconds
-        while not condition():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{what}: not within {seconds:.0f} s")
-            await asyncio.sleep(0.1)
-
-    return poll()
+async def until_true(condition: Callable[[], bool], seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not within {seconds:.0f} s")
+        await asyncio.sleep(0.1)
 
 
 # -- the agent as its own process ---------------------------------------------------------
@@ -275,6 +272,7 @@ class Row:
     resume_s: float | None = None
     caught_up_s: float | None = None
     rss_mib: float = 0.0
+    complete: bool = True
     notes: list[str] = field(default_factory=list)
 
 
@@ -559,6 +557,8 @@ async def run_matrix(matrix: list[Fault], keep: bool) -> list[Row]:
             row = await run_row(fault, directory, seed)
         except Skip as skipped:
             row = Row(fault.title, notes=[f"skipped: {skipped}"])
+        except TimeoutError as stuck:  # the agent never got as far as the fault needs
+            row = Row(fault.title, complete=False, notes=[f"did not complete: {stuck}"])
         if keep:
             row.notes.append(f"kept in {directory}")
         else:
@@ -593,7 +593,7 @@ def main() -> int:
         for note in row.notes:
             print(f"- {row.fault}: {note}")
     print(f"({time.monotonic() - started:.0f} s)")
-    bad = [r for r in rows if r.unaccounted or r.duplicates]
+    bad = [r for r in rows if r.unaccounted or r.duplicates or not r.complete]
     return 1 if bad else 0
 
 
