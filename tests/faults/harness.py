@@ -8,6 +8,7 @@ Also used by ``bench/bench_faults.py``.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +22,13 @@ from agent import quality as q
 from simulators.modbus_plc import SEQUENCE_AREA
 
 
-def sequence_source(port: int, rate: str = "100ms") -> str:
+def sequence_source(port: int, rate: str = "100ms", short_backoff: bool = True) -> str:
+    """The source config; ``short_backoff=False`` keeps the default backoff (a bench
+    measuring recovery time with default settings)."""
+    backoff = 'backoff_initial = "100ms"\nbackoff_max = "500ms"\n' if short_backoff else ""
     return (
         f'[[sources]]\nname = "plc"\nprotocol = "modbus"\n'
-        f'url = "modbus+tcp://127.0.0.1:{port}"\ntimeout = "300ms"\n'
-        'backoff_initial = "100ms"\nbackoff_max = "500ms"\n'
+        f'url = "modbus+tcp://127.0.0.1:{port}"\ntimeout = "300ms"\n{backoff}'
         f'[[sources.tags]]\nname = "seq"\naddress = "hr:{SEQUENCE_AREA}"\ntype = "uint32"\n'
         f'rate = "{rate}"\n'
     )
@@ -51,6 +54,13 @@ def spool_losses(data_dir: Path) -> dict[str, int]:
         return {reason: int(points) for reason, points in db.execute(
             "SELECT reason, points FROM losses"
         )}  # fmt: skip
+
+
+def quarantined_points(data_dir: Path) -> int:
+    """Points of the batches in ``<data_dir>/quarantine`` (their sidecars survive restarts;
+    the spool's ``losses`` table does not count them)."""
+    sidecars = (data_dir / "quarantine").glob("*.json")
+    return sum(int(json.loads(path.read_text()).get("points", 0)) for path in sidecars)
 
 
 @dataclass(frozen=True)
