@@ -7,9 +7,11 @@ Batches are found by two independent routes, so that a damaged page of one does 
 what the other still knows: the ``batches`` table's rowids (``min``/``max`` walk only the
 edges of its tree) and the ``batch_id`` index (its own pages), which lists which rowids
 existed. A row that cannot be read is a lost batch; its ``points`` column is read alone
-(it lies before the data blob, often on a page that survived), else it is a batch of
-unknown size. A row whose CRC fails is lost too. Rows not found by either route at the
-end of the table cannot be counted: ``end_unreadable`` says that more may be gone.
+(it lies before the data blob, often on a page that survived), else looked up by its
+batch id in the size log (:class:`SizeLog`, a plain file beside the database, untouched
+by whatever damaged it); only a batch found in neither is of unknown size. A row whose
+CRC fails is lost too. Rows not found by either route at the end of the table cannot be
+counted: ``end_unreadable`` says that more may be gone.
 
 A zero-length database file beside a write-ahead log (a file truncated after a kill):
 SQLite takes an empty file for a new database and deletes the log, losing every batch
@@ -27,6 +29,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import structlog
+
+log = structlog.get_logger()
+
 _WAL_HEADER = struct.Struct(">IIII")  # magic, version, page size, checkpoint sequence
 _WAL_FRAME = struct.Struct(">II")  # page number, database size in pages (commit frames)
 _WAL_MAGIC = (0x377F0682, 0x377F0683)
@@ -43,6 +49,67 @@ class Salvaged:
     unknown_size_batches: int = 0  # of lost_batches, those whose points could not be read
     end_unreadable: bool = False  # the end of the table is gone: more may be lost, uncounted
     lost_other_rows: int = 0  # rows of delivered/state/losses that could not be read
+
+
+class SizeLog:
+    """``<batch_id> <points>`` lines, one per committed batch, appended beside the spool so
+    that a salvage can count in points the batches whose rows are gone. Kept short: once it
+    holds ``rewrite_after`` lines it is rewritten with the batches still spooled."""
+
+    def __init__(self, path: Path, rewrite_after: int = 10_000) -> None:
+        self.path = path
+        self.rewrite_after = rewrite_after
+        self._lines = _count_lines(path)
+        self._failing = False
+
+    def append(self, sizes: list[tuple[str, int]]) -> None:
+        """Before the batches' commit (a line for a batch never committed is harmless).
+        Never raises: it helps a salvage, and must not stop a commit."""
+        text = "".join(f"{batch_id} {points}\n" for batch_id, points in sizes)
+        try:
+            with self.path.open("a", encoding="ascii") as out:
+                out.write(text)
+        except OSError as exc:
+            if not self._failing:  # once per outage: the spool's own errors say the rest
+                log.warning("batch size log not written", path=str(self.path), error=str(exc))
+            self._failing = True
+            return
+        self._lines += len(sizes)
+        self._failing = False
+
+    def due(self) -> bool:
+        return self._lines >= self.rewrite_after
+
+    def rewrite(self, sizes: list[tuple[str, int]]) -> None:
+        """Replace the log by the sizes of the batches still spooled (atomically)."""
+        temporary = self.path.with_name(self.path.name + ".tmp")
+        try:
+            temporary.write_text("".join(f"{b} {p}\n" for b, p in sizes), encoding="ascii")
+            temporary.replace(self.path)
+            self._lines = len(sizes)
+        except OSError as exc:
+            log.warning("batch size log not rewritten", path=str(self.path), error=str(exc))
+
+    def read(self) -> dict[str, int]:
+        """Every whole, readable line; a damaged one is skipped, and so is a torn last
+        one ("b 12" cut to "b 1" must not read as 1)."""
+        sizes: dict[str, int] = {}
+        try:
+            text = self.path.read_bytes().decode("ascii", errors="replace")
+        except OSError:
+            return sizes
+        for line in text.split("\n")[:-1]:
+            batch_id, _, points = line.partition(" ")
+            if points.isdigit():
+                sizes[batch_id] = int(points)
+        return sizes
+
+
+def _count_lines(path: Path) -> int:
+    try:
+        return path.read_bytes().count(b"\n")
+    except OSError:
+        return 0
 
 
 def open_damaged(path: Path) -> sqlite3.Connection | None:
@@ -88,9 +155,12 @@ def _pad_to_wal(path: Path) -> None:
             file.truncate(pages * page_size)
 
 
-def salvage(old: sqlite3.Connection | None, new: sqlite3.Connection) -> Salvaged:
+def salvage(
+    old: sqlite3.Connection | None, new: sqlite3.Connection, sizes: dict[str, int]
+) -> Salvaged:
     """Copy every readable row of ``old`` into ``new`` (same schema, possibly without the
-    newer columns) and count what could not be copied."""
+    newer columns) and count what could not be copied (``sizes``: the size log's points
+    by batch id)."""
     result = Salvaged()
     if old is None:
         result.end_unreadable = True
@@ -101,13 +171,15 @@ def salvage(old: sqlite3.Connection | None, new: sqlite3.Connection) -> Salvaged
                 result.lost_other_rows += 1
             else:
                 _insert(new, table, row)
-    _salvage_batches(old, new, result)
+    _salvage_batches(old, new, result, sizes)
     # a lost batch's seq may be handed out again: no acknowledgement may carry over to it
     new.execute("DELETE FROM delivered WHERE seq NOT IN (SELECT seq FROM batches)")
     return result
 
 
-def _salvage_batches(old: sqlite3.Connection, new: sqlite3.Connection, out: Salvaged) -> None:
+def _salvage_batches(
+    old: sqlite3.Connection, new: sqlite3.Connection, out: Salvaged, sizes: dict[str, int]
+) -> None:
     indexed, index_complete = _indexed_rowids(old)
     low, high = _one(old, "min(rowid)"), _one(old, "max(rowid)")
     ends = (low, high, min(indexed, default=None), max(indexed, default=None))
@@ -123,6 +195,8 @@ def _salvage_batches(old: sqlite3.Connection, new: sqlite3.Connection, out: Salv
             if index_complete and rowid not in indexed:
                 continue  # a gap (a batch deleted once delivered) on a damaged page
             points = _one(old, "points", rowid)
+            if points is None and rowid in indexed:
+                points = sizes.get(indexed[rowid])
             out.lost_batches += 1
             out.lost_points += points or 0
             out.unknown_size_batches += points is None
@@ -139,15 +213,15 @@ def _salvage_batches(old: sqlite3.Connection, new: sqlite3.Connection, out: Salv
         out.kept_batches += 1
 
 
-def _indexed_rowids(db: sqlite3.Connection) -> tuple[set[int], bool]:
-    """The rowids the ``batch_id`` index lists, as far as it can be read; and whether to
-    its end."""
-    found: set[int] = set()
+def _indexed_rowids(db: sqlite3.Connection) -> tuple[dict[int, str], bool]:
+    """The rowids the ``batch_id`` index lists, with their batch ids, as far as it can be
+    read; and whether to its end."""
+    found: dict[int, str] = {}
     try:
-        for (rowid,) in db.execute(
-            "SELECT rowid FROM batches INDEXED BY sqlite_autoindex_batches_1"
+        for rowid, batch_id in db.execute(
+            "SELECT rowid, batch_id FROM batches INDEXED BY sqlite_autoindex_batches_1"
         ):
-            found.add(int(rowid))
+            found[int(rowid)] = str(batch_id)
     except sqlite3.DatabaseError:
         return found, False
     return found, True

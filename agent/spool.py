@@ -69,7 +69,7 @@ from agent.batch import Batch
 from agent.encoding import batch_of, decode, encoded
 from agent.frame import Frame
 from agent.framelog import FrameLog
-from agent.salvage import Salvaged, open_damaged, salvage, wal_database_pages
+from agent.salvage import Salvaged, SizeLog, open_damaged, salvage, wal_database_pages
 
 log = structlog.get_logger()
 
@@ -223,6 +223,7 @@ class Spool:
         self.recovery_losses: dict[str, int] = dict.fromkeys(RECOVERY_KEYS, 0)
         self._lock = _lock_exclusively(path.with_name(f"{path.stem}.lock"))
         self.reserve = SpaceReserve(path.with_name(f"{path.stem}.reserve"), _RESERVE_BYTES)
+        self.sizes = SizeLog(path.with_name(f"{path.stem}.sizes"))
         try:
             self.salvaged = self._open_checked()
         except BaseException:
@@ -312,7 +313,7 @@ class Spool:
         self.db = self._connect(self.path)
         old = open_damaged(damaged)
         with _transaction(self.db):
-            result = salvage(old, self.db)
+            result = salvage(old, self.db, self.sizes.read())
             _count_loss(self.db, "spool_corrupt", result.lost_batches, result.lost_points)
         if old is not None:
             old.close()
@@ -443,6 +444,9 @@ class Spool:
         ``OSError`` when storage fails; nothing is committed then, and the same batches
         (with any closed since) can be committed again later."""
         now = time.time_ns()
+        if self.sizes.due():
+            self.sizes.rewrite(self.db.execute("SELECT batch_id, points FROM batches").fetchall())
+        self.sizes.append([(b.batch_id, b.points) for b in batches])
         self.db.execute("PRAGMA synchronous=FULL")
         try:
             with _transaction(self.db):

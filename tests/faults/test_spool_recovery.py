@@ -13,7 +13,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from agent.salvage import wal_database_pages
+from agent.salvage import SizeLog, wal_database_pages
 from agent.spool import Spool, SpoolInUse
 from simulators.modbus_plc import POINTS as MODBUS_POINTS
 from simulators.modbus_plc import ModbusPLCSimulator
@@ -67,6 +67,7 @@ def test_a_half_truncated_spool_keeps_the_first_half_and_counts_the_rest(
     assert 0 < len(batch_ids(spool)) < BATCHES
     assert spool.recovery_losses["spool_corrupt_batches"] > 0
     assert spool.recovery_losses["spool_end_unreadable"] == 0, "the batch_id index knew them"
+    assert spool.recovery_losses["spool_unknown_size_batches"] == 0, "the size log knew them"
     assert_accounted(spool)
     out = capsys.readouterr().out
     assert out.count("spool damaged") == 1, "one log line"
@@ -205,3 +206,31 @@ async def test_an_agent_on_a_truncated_spool_runs_and_sends_what_was_kept(
     sources = table["source"].cast(pa.string()).to_pylist()
     assert sources.count("dev") == kept * POINTS, "the kept batches went out"
     assert sources.count("plc1") == agent.runners[0].points, "and acquisition ran on"
+
+
+def test_without_its_size_log_a_truncated_spool_reports_the_batches_of_unknown_size(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "spool.sqlite"
+    spool_with_batches(path, BATCHES).close()
+    path.with_name("spool.sizes").unlink()
+    spool = damaged_then_reopened(path, None, path.stat().st_size // 2)
+    losses = spool.recovery_losses
+    assert losses["spool_unknown_size_batches"] > 0
+    assert_accounted(spool)
+
+
+def test_the_size_log_skips_a_torn_line_and_is_rewritten_short(tmp_path: Path) -> None:
+    sizes = SizeLog(tmp_path / "spool.sizes", rewrite_after=3)
+    sizes.append([("a", 10), ("b", 20)])
+    with sizes.path.open("a") as out:
+        out.write("c 3")  # torn: "c 35\n" cut short must not read as 3
+    assert SizeLog(sizes.path).read() == {"a": 10, "b": 20}
+    with sizes.path.open("a") as out:
+        out.write("x\n")  # and a damaged line is skipped
+    assert SizeLog(sizes.path).read() == {"a": 10, "b": 20}
+    sizes.append([("d", 4)])
+    assert sizes.due()
+    sizes.rewrite([("d", 4)])
+    assert sizes.read() == {"d": 4}
+    assert not sizes.due()
