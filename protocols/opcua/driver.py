@@ -251,21 +251,16 @@ class OpcUaDriver(PollingDriver):
             indices.extend(members)
             for part in chunks(requests, self.max_items_per_call):
                 results.extend(await subscription.create_monitored_items(part))
-        refused = [
-            index
-            for index, result in zip(indices, results, strict=True)
-            if isinstance(result, ua.StatusCode)
-        ]
+        refused: list[int] = []
         for index, result in zip(indices, results, strict=True):
+            key = f"item:{tags[index].name}"
             if isinstance(result, ua.StatusCode):
+                refused.append(index)
                 ctx.problems.fail(
-                    f"item:{tags[index].name}",
-                    "monitored item refused",
-                    node=tags[index].node,
-                    status=str(result),
+                    key, "monitored item refused", node=tags[index].node, status=result.name
                 )
             else:
-                ctx.problems.ok(f"item:{tags[index].name}")
+                ctx.problems.ok(key)
         if refused:  # the refusal is data too: those tags get one bad sample now
             await ctx.emit(
                 Frame.uniform(np.array(refused, np.int32), time.time_ns(), math.nan, _REFUSED)
