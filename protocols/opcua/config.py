@@ -23,7 +23,10 @@ class OpcUaTagConfig(TagConfig):
         default=None, description="server-side sampling (subscribe mode); default: rate"
     )
     queue_size: int | None = Field(
-        default=None, ge=1, le=10_000, description="default: samples per publishing interval"
+        default=None,
+        ge=1,
+        le=10_000,
+        description="default: the samples the rate owes per publishing interval (1)",
     )
     server_deadband: float | str | None = Field(
         default=None, description='DataChangeFilter deadband: absolute (0.5) or percent ("1%")'
@@ -84,7 +87,9 @@ class OpcUaSourceConfig(SourceConfig, UserCredentials):
     mode: Literal["subscribe", "poll"] = "subscribe"
     timestamp: Literal["source", "server", "gateway"] = "source"
     publishing_interval: Duration | None = Field(
-        default=None, description="subscription publishing interval; default: fastest tag rate"
+        default=None,
+        description="publishing interval of each rate group's subscription, if longer than "
+        "its rate (several samples per message); default: the group's rate",
     )
     timeout: Duration = Field(default=5_000_000_000, description="per-request timeout")
     watchdog: Duration = Field(

@@ -1,8 +1,11 @@
 """OPC UA driver (asyncua): subscriptions or polled reads, secure sessions, recovery.
 
-Subscribe mode creates one subscription with a monitored item per tag (sampling interval,
-queue size and deadband filter per tag) and turns each publish response into one frame in
-a single pass, without asyncua's per-item callbacks. Poll mode issues one Read per rate
+Subscribe mode creates one subscription per rate group, publishing at that rate, with a
+monitored item per tag whose queue holds what the rate owes per publish (one by default):
+the publishing interval bounds what is delivered even from a server that reports every
+change rather than sampling at the requested interval, and tags of different rates do not
+share the fastest one's publishing. Each publish response becomes one frame in a single
+pass, without asyncua's per-item callbacks. Poll mode issues one Read per rate
 group, split to the server's MaxNodesPerRead. Either way a dead session (asyncua's
 watchdog probe fails, the connection drops, the server restarts) ends ``run`` with an
 error; the supervisor then reconnects with backoff and a fresh session re-resolves every
@@ -28,10 +31,10 @@ from asyncua.common.subscription import Subscription
 from agent import quality as q
 from agent.frame import Frame, concat
 from agent.metrics import PollStats
-from protocols.opcua.config import OpcUaSourceConfig
+from protocols.opcua.config import OpcUaSourceConfig, OpcUaTagConfig
 from protocols.opcua.security import SecurityError, configure_client
 from protocols.opcua.values import ValueDecoder
-from protocols.sdk import DriverContext, PollGroup, PollingDriver, Tick
+from protocols.sdk import DriverContext, PollGroup, PollingDriver, Tick, groups_by_rate
 
 _TIMEOUT = q.make(q.BAD, q.Reason.TIMEOUT)
 _REFUSED = q.make(q.BAD, q.Reason.SOURCE_STATUS)
@@ -46,6 +49,16 @@ _ACCESS_CODES = {
     ua.StatusCodes.BadIdentityTokenInvalid,
     ua.StatusCodes.BadIdentityTokenRejected,
 }
+
+
+def queue_size(publishing_ns: int, rate_ns: int) -> int:
+    """How many samples a monitored item may hand over per publish: what its rate owes.
+
+    Not one more for jitter: a server that does not sample at the requested interval but
+    queues every change (asyncua's does; many embedded servers do) fills any queue, so each
+    spare slot is a sample above the rate. With DiscardOldest the queue keeps the latest.
+    """
+    return max(1, math.ceil(publishing_ns / rate_ns))
 
 
 def chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
@@ -97,7 +110,7 @@ class OpcUaDriver(PollingDriver):
         self._lost: asyncio.Future[str] | None = None
         self.max_nodes_per_read = 0
         self.max_items_per_call = 0
-        self.subscription: _FrameSubscription | None = None
+        self.subscriptions: list[_FrameSubscription] = []  # one per rate group
 
     def describe(self) -> str:
         return f", {self.config.url}, {self.config.mode} mode, security {self.config.security_mode}"
@@ -160,7 +173,8 @@ class OpcUaDriver(PollingDriver):
             await asyncio.wait_for(client.disconnect(), _CLOSE_TIMEOUT_S)
 
     async def close(self) -> None:
-        client, self._client, self.subscription = self._client, None, None
+        client, self._client = self._client, None
+        self.subscriptions = []
         if client is None:
             return
         try:
@@ -210,14 +224,6 @@ class OpcUaDriver(PollingDriver):
     async def _subscribe(self, ctx: DriverContext) -> None:
         client = self._require_client()
         tags = self.config.tags
-        publishing_ns = self.config.publishing_interval or min(tag.rate for tag in tags)
-        params = ua.CreateSubscriptionParameters()
-        params.RequestedPublishingInterval = publishing_ns / 1e6
-        params.RequestedLifetimeCount = 10_000
-        params.RequestedMaxKeepAliveCount = client.get_keepalive_count(publishing_ns / 1e6)
-        params.MaxNotificationsPerPublish = 0  # no limit: one publish carries a whole cycle
-        params.PublishingEnabled = True
-        params.Priority = 0
 
         async def on_items(items: list[ua.MonitoredItemNotification]) -> None:
             received = time.time_ns()
@@ -231,51 +237,58 @@ class OpcUaDriver(PollingDriver):
             if self._lost is not None and not self._lost.done():
                 self._lost.set_result(f"subscription ended by the server: {status}")
 
-        subscription = _FrameSubscription(client, params, on_items, on_status)
-        await subscription.init()
-        self.subscription = subscription
-        requests = []
-        for index, tag in enumerate(tags):
-            sampling_ns = tag.sampling_interval or tag.rate
-            queue = tag.queue_size or max(1, math.ceil(publishing_ns / sampling_ns)) + 1
-            requests.append(
-                self._item_request(index, tag.node_id, sampling_ns, queue, tag.deadband_filter)
-            )
+        indices: list[int] = []
         results: list[Any] = []
-        for part in chunks(requests, self.max_items_per_call):
-            results.extend(await subscription.create_monitored_items(part))
-        refused = [i for i, result in enumerate(results) if isinstance(result, ua.StatusCode)]
-        for index in refused:
-            ctx.problems.fail(
-                f"item:{tags[index].name}",
-                "monitored item refused",
-                node=tags[index].node,
-                status=str(results[index]),
-            )
+        for group in groups_by_rate(tags):
+            publishing_ns = max(group.period_ns, self.config.publishing_interval or 0)
+            params = self._subscription_params(client, publishing_ns)
+            subscription = _FrameSubscription(client, params, on_items, on_status)
+            await subscription.init()
+            self.subscriptions.append(subscription)
+            queue = queue_size(publishing_ns, group.period_ns)
+            members = group.tags.tolist()
+            requests = [self._item_request(index, tags[index], queue) for index in members]
+            indices.extend(members)
+            for part in chunks(requests, self.max_items_per_call):
+                results.extend(await subscription.create_monitored_items(part))
+        refused: list[int] = []
+        for index, result in zip(indices, results, strict=True):
+            key = f"item:{tags[index].name}"
+            if isinstance(result, ua.StatusCode):
+                refused.append(index)
+                ctx.problems.fail(
+                    key, "monitored item refused", node=tags[index].node, status=result.name
+                )
+            else:
+                ctx.problems.ok(key)
         if refused:  # the refusal is data too: those tags get one bad sample now
             await ctx.emit(
                 Frame.uniform(np.array(refused, np.int32), time.time_ns(), math.nan, _REFUSED)
             )
-        for index in set(range(len(tags))) - set(refused):
-            ctx.problems.ok(f"item:{tags[index].name}")
 
     @staticmethod
-    def _item_request(
-        index: int,
-        node_id: ua.NodeId,
-        sampling_ns: int,
-        queue: int,
-        data_filter: ua.DataChangeFilter | None,
-    ) -> ua.MonitoredItemCreateRequest:
+    def _subscription_params(client: Client, publishing_ns: int) -> ua.CreateSubscriptionParameters:
+        params = ua.CreateSubscriptionParameters()
+        params.RequestedPublishingInterval = publishing_ns / 1e6
+        params.RequestedLifetimeCount = 10_000
+        params.RequestedMaxKeepAliveCount = client.get_keepalive_count(publishing_ns / 1e6)
+        params.MaxNotificationsPerPublish = 0  # no limit: one publish carries a whole cycle
+        params.PublishingEnabled = True
+        params.Priority = 0
+        return params
+
+    @staticmethod
+    def _item_request(index: int, tag: OpcUaTagConfig, queue: int) -> ua.MonitoredItemCreateRequest:
         parameters = ua.MonitoringParameters()
         parameters.ClientHandle = index + 1
-        parameters.SamplingInterval = sampling_ns / 1e6
-        parameters.QueueSize = queue
+        parameters.SamplingInterval = (tag.sampling_interval or tag.rate) / 1e6
+        parameters.QueueSize = tag.queue_size or queue
         parameters.DiscardOldest = True
+        data_filter = tag.deadband_filter
         if data_filter is not None:
             parameters.Filter = data_filter
         request = ua.MonitoredItemCreateRequest()
-        request.ItemToMonitor = OpcUaDriver._read_value_id(node_id)
+        request.ItemToMonitor = OpcUaDriver._read_value_id(tag.node_id)
         request.MonitoringMode = ua.MonitoringMode.Reporting
         request.RequestedParameters = parameters
         return request

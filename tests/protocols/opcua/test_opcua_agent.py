@@ -334,3 +334,42 @@ async def test_a_refused_read_gives_bad_samples_once_logged_and_the_session_live
     refused = [entry for entry in logs if entry["event"] == "read refused"]
     assert len(refused) == 1
     assert "BadTooManyOperations" in refused[0]["detail"]
+
+
+async def test_a_refused_monitored_item_is_one_bad_sample_among_rate_groups(
+    tmp_path: Path,
+) -> None:
+    # three rate groups, so three subscriptions: the refusal must land on the right tag
+    simulator = OpcUaCncSimulator(seed=10)
+    await simulator.start("127.0.0.1", 0)
+    missing = Node("missing", "ns=2;s=CNC.NoSuchNode", "Double", "axis_x")
+    sources = simulator.agent_config("100ms", nodes=MOVING)
+    sources += "\n" + missing.toml("1s") + "\n\n" + NODES[0].toml("200ms") + "\n"
+    source = parse_config(tomllib.loads(sources), Path("t.toml")).config.sources[0]
+    frames: list[Frame] = []
+
+    async def collect(frame: Frame) -> None:
+        frames.append(frame)
+
+    def count(tag: int) -> int:
+        return sum(int((frame.tag == tag).sum()) for frame in frames)
+
+    driver = OpcUaDriver(source)
+    with structlog.testing.capture_logs() as logs:
+        task = asyncio.create_task(driver.run(DriverContext(source, collect, data_dir=tmp_path)))
+        deadline = time.monotonic() + 30.0
+        while count(0) < 10 or count(2) < 3:
+            assert time.monotonic() < deadline, "no data"
+            assert not task.done(), "the session failed"
+            await asyncio.sleep(0.1)
+        assert len(driver.subscriptions) == 3
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    await simulator.stop()
+    tags = np.concatenate([frame.tag for frame in frames])
+    qualities = np.concatenate([frame.quality for frame in frames])
+    assert (qualities[tags == 1] == q.make(q.BAD, q.Reason.SOURCE_STATUS)).tolist() == [True]
+    assert (qualities[tags != 1] == q.GOOD).all()
+    refused = [entry for entry in logs if entry["event"] == "monitored item refused"]
+    assert [entry["node"] for entry in refused] == [missing.node_id]
+    assert refused[0]["status"] == "BadNodeIdUnknown"
