@@ -854,10 +854,15 @@ class OpcUaCncSimulator:
         nodes: tuple[Node, ...] = NODES,
         extra: str = "",
     ) -> str:
-        """A [[sources]] TOML block that reads ``nodes`` from this simulator."""
+        """A [[sources]] TOML block that reads ``nodes`` from this simulator. The vibration
+        waveform is read at the server's block period whatever ``rate`` says: a subscription
+        delivers one value per rate, and a slower rate would skip whole blocks."""
         header = f'[[sources]]\nname = "{source}"\nprotocol = "opcua"\nurl = "{self.url}"\n{extra}'
         spacing = f'\nsample_interval = "{round(1e9 / self.vibration_rate_hz)}ns"'
-        blocks = [node.toml(rate) + (spacing if node.array else "") for node in nodes]
+        block_rate = f"{self.update_ns}ns"
+        blocks = [
+            node.toml(block_rate) + spacing if node.array else node.toml(rate) for node in nodes
+        ]
         return header + "\n" + "\n\n".join(blocks) + "\n"
 
 

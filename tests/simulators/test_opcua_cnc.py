@@ -444,7 +444,8 @@ def test_agent_config_lists_every_node_with_its_unit() -> None:
     assert set(tags) == set(NODES_BY_NAME)
     for node in NODES:
         assert tags[node.name]["node"] == node.node_id
-        assert tags[node.name]["rate"] == "250ms"
+        # the waveform at its block period: a slower rate would skip whole blocks
+        assert tags[node.name]["rate"] == ("50000000ns" if node.array else "250ms")
         assert tags[node.name].get("unit") == node.unit
     bulk = tomllib.loads(simulator.agent_config(nodes=simulator.bulk_nodes()))
     assert [tag["node"] for tag in bulk["sources"][0]["tags"]] == [
