@@ -113,8 +113,11 @@ class ClockModel:
         if kept.sum() >= 3 and not kept.all():
             x, offsets = x[kept], offsets[kept]
             offset, drift = _line(x, offsets)
-        residual = float(np.abs(offsets - (offset + drift * x)).max())
-        return ClockEstimate(offset, drift, at, residual)
+        # Every observation is the true offset less a delay: the line is raised until it
+        # touches the least delayed one, not left through the middle of the buckets' delays.
+        residuals = offsets - (offset + drift * x)
+        highest = float(residuals.max())
+        return ClockEstimate(offset + highest, drift, at, highest - float(residuals.min()))
 
 
 def _line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
