@@ -85,6 +85,10 @@ def _parser() -> argparse.ArgumentParser:
     opcua.add_argument("--user", action="append", default=[], help="NAME:PASSWORD (repeatable)")
     opcua.add_argument("--clock-offset", default="0s", help='source clock skew, e.g. "5s"')
     opcua.add_argument("--clock-drift-ppm", type=float, default=0.0)
+    opcua.add_argument(
+        "--server-clock-offset", default="0s", help='server clock skew (both stamps), e.g. "5s"'
+    )
+    opcua.add_argument("--server-clock-drift-ppm", type=float, default=0.0)
     opcua.add_argument("--bulk-tags", type=int, default=0, help="extra Double variables")
     opcua.add_argument("--update", default="50ms", help="how often values change")
 
@@ -296,6 +300,10 @@ async def _simulate_opcua(args: argparse.Namespace) -> None:
         users=users,
         clock_offset_ns=parse_duration(args.clock_offset) if args.clock_offset != "0s" else 0,
         clock_drift_ppm=args.clock_drift_ppm,
+        server_clock_offset_ns=(
+            parse_duration(args.server_clock_offset) if args.server_clock_offset != "0s" else 0
+        ),
+        server_clock_drift_ppm=args.server_clock_drift_ppm,
         bulk_tags=args.bulk_tags,
         update_ns=parse_duration(args.update),
     )

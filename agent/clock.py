@@ -1,12 +1,14 @@
 """Per-source clock model: maps a device's clock onto the gateway's reference clock.
 
 A device that stamps its own samples (OPC UA SourceTimestamp, an MQTT payload time) may run
-seconds fast and drift by tens of ppm. Each frame gives one observation: the largest
-``device stamp - reference stamp`` among its rows, the sample that travelled with the least
-delay. The reference is the OPC UA ServerTimestamp when the server sends one (it stamps as
-the value arrives, next to the device) and otherwise the gateway's receive time. This is the
-NTP clock-filter idea: delays only ever add, so the minimum-delay observation is the one
-nearest to the true offset.
+seconds fast and drift by tens of ppm; so may an OPC UA server, which then stamps both
+SourceTimestamp and ServerTimestamp with its wrong clock. The reference is always the
+gateway's receive time. Each frame gives one observation per clock: the largest
+``stamp - reference`` among its rows, the sample that travelled with the least delay. This is
+the NTP clock-filter idea: delays only ever add, so the minimum-delay observation is the one
+nearest to the true offset. Where a server sends ServerTimestamps, two clocks are modelled:
+the server's against the gateway and the device's against the server's (which stamps next to
+the device, so that model is precise even when the network path is not).
 
 Observations fall into buckets of ``bucket_ns`` (1 s); each bucket keeps its minimum-delay one,
 and a least-squares line through the buckets of the last ``window_ns`` gives the offset
@@ -38,6 +40,7 @@ _PROBLEM = "clock"
 _MIN_TOLERANCE_NS = 1_000_000.0  # delay jitter below this is never called an outlier
 _SETTLING_OBSERVATIONS = 10
 _FIT_BUCKETS = 10  # drift is fitted once the buckets span ten seconds
+_SYNCHRONISED_NS = 5_000_000  # a server clock this close to the gateway's is left alone
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,8 +113,11 @@ class ClockModel:
         if kept.sum() >= 3 and not kept.all():
             x, offsets = x[kept], offsets[kept]
             offset, drift = _line(x, offsets)
-        residual = float(np.abs(offsets - (offset + drift * x)).max())
-        return ClockEstimate(offset, drift, at, residual)
+        # Every observation is the true offset less a delay: the line is raised until it
+        # touches the least delayed one, not left through the middle of the buckets' delays.
+        residuals = offsets - (offset + drift * x)
+        highest = float(residuals.max())
+        return ClockEstimate(offset + highest, drift, at, highest - float(residuals.min()))
 
 
 def _line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
@@ -128,13 +134,21 @@ class SourceClock:
     device's clock (``Frame.device_clock``) is corrected when ``correct_clock`` is set;
     with ``snap`` it is rounded to each tag's sampling grid (polled frames were already put
     on their scheduled tick by the poller).
+
+    Two clocks, once a server sends ServerTimestamps: the server's against the gateway's
+    receive time, and the device's against the server's. The server stamps next to the
+    device, so the second is precise to well under a millisecond; the first is what catches
+    a server (a PLC's embedded one) whose own clock is off as a whole, which the second
+    cannot see. A device time goes device -> server -> gateway. Without ServerTimestamps the
+    device clock is modelled against the gateway directly.
     """
 
     def __init__(self, config: SourceConfig, metrics: Metrics, problems: ProblemLog) -> None:
         self.correct = config.correct_clock
         self.snap = config.snap
         self.threshold_ns = config.clock_threshold
-        self.model = ClockModel(config.clock_window)
+        self.model = ClockModel(config.clock_window)  # the device against its reference
+        self.server = ClockModel(config.clock_window)  # the server against the gateway
         self.grid_ns = np.array([tag.sampling_grid_ns() for tag in config.tags], np.int64)
         self.problems = problems
         labels = (config.name,)
@@ -142,11 +156,20 @@ class SourceClock:
         self._drift = metrics.clock_drift.labels(*labels)
         self._uncertainty = metrics.clock_uncertainty.labels(*labels)
 
+    @property
+    def via_server(self) -> bool:
+        """Whether device times reach the gateway through the server's clock."""
+        return self.server.estimate is not None
+
     def process(self, frame: Frame) -> Frame:
         if not len(frame):
             return frame
+        if frame.sent > 0:  # the server's clock at sending: no queueing delay in it
+            self.server.observe(frame.received, frame.sent - frame.received)
+        elif frame.server_time is not None:
+            _observe(self.server, frame.server_time, frame.received)
         if frame.source_time is not None:
-            self._observe(frame)
+            self._observe_device(frame)
         if frame.device_clock and self.model.estimate is not None:
             self._apply(frame, self.model.estimate)
         if self.snap and frame.device_clock:
@@ -154,44 +177,84 @@ class SourceClock:
             frame.time = (frame.time + grid // 2) // grid * grid
         return frame
 
-    def _observe(self, frame: Frame) -> None:
+    def _observe_device(self, frame: Frame) -> None:
         device = frame.source_time
         assert device is not None
-        reference = np.full(len(frame), frame.received, np.int64)
-        if frame.server_time is not None:
-            reference = np.where(frame.server_time > 0, frame.server_time, reference)
-        offsets = np.where(device > 0, device - reference, np.iinfo(np.int64).min)
-        best = int(offsets.argmax())
-        if offsets[best] == np.iinfo(np.int64).min:
-            return  # no row carried a device stamp
-        self.model.observe(int(reference[best]), int(offsets[best]))
+        if self.via_server:
+            if frame.server_time is None:
+                return
+            # rows without a ServerTimestamp carry no device-vs-server information
+            stamped = frame.server_time > 0
+            _observe(self.model, np.where(stamped, device, 0), frame.server_time)
+        else:
+            _observe(self.model, device, frame.received)
         estimate = self.model.estimate
-        assert estimate is not None
-        self._offset.set(estimate.offset_ns / 1e9)
-        self._drift.set(estimate.drift * 1e6)
-        self._uncertainty.set(estimate.uncertainty_ns / 1e9)
+        if estimate is None:
+            return
+        total = self._total_offset(estimate)
+        self._offset.set(total / 1e9)
+        self._drift.set((estimate.drift + self._server_drift()) * 1e6)
+        self._uncertainty.set(self._uncertainty_ns(estimate) / 1e9)
+
+    def _server_skew(self) -> ClockEstimate | None:
+        """The server clock's estimate when it is measurably off, else None.
+
+        Against the gateway the server clock is only seen through network and scheduling
+        delays (a polled value was stamped when written, read a little later), so a server
+        within ``_SYNCHRONISED_NS`` counts as synchronised: correcting it would trade the
+        device-vs-server model's sub-millisecond accuracy for that delay.
+        """
+        server = self.server.estimate
+        if server is None or abs(server.offset_ns) <= _SYNCHRONISED_NS:
+            return None
+        return server
+
+    def _server_drift(self) -> float:
+        server = self._server_skew()
+        return server.drift if server is not None else 0.0
+
+    def _total_offset(self, estimate: ClockEstimate) -> float:
+        """The device clock's offset against the gateway's, through the server's if any."""
+        server = self._server_skew()
+        return estimate.offset_ns + (server.offset_ns if server is not None else 0.0)
+
+    def _uncertainty_ns(self, estimate: ClockEstimate) -> float:
+        server = self._server_skew()
+        return estimate.uncertainty_ns + (server.uncertainty_ns if server is not None else 0.0)
+
+    def _to_gateway(self, device_ns: np.ndarray, estimate: ClockEstimate) -> np.ndarray:
+        times = estimate.to_reference(device_ns)
+        server = self._server_skew()
+        return times if server is None else server.to_reference(times)
 
     def _apply(self, frame: Frame, estimate: ClockEstimate) -> None:
         """Correct the times (if configured) and flag them if they cannot be trusted."""
-        error_ns = estimate.uncertainty_ns if self.correct else abs(estimate.offset_ns)
+        server = self.server.estimate
         if self.correct:
+            error_ns = self._uncertainty_ns(estimate)
             # only rows stamped by the device: others (a missing SourceTimestamp, an MQTT
             # payload without a time) are already on the gateway's clock
             stamped = None if frame.source_time is None else frame.source_time > 0
             if stamped is None or stamped.all():
-                frame.time = estimate.to_reference(frame.time)
+                frame.time = self._to_gateway(frame.time, estimate)
             else:
-                frame.time = np.where(stamped, estimate.to_reference(frame.time), frame.time)
-        if self.correct and not self.model.settled:
+                frame.time = np.where(stamped, self._to_gateway(frame.time, estimate), frame.time)
+        else:  # whichever clock is off: the device's against its server, or the server's
+            error_ns = max(
+                abs(estimate.offset_ns), abs(server.offset_ns) if server is not None else 0.0
+            )
+        settled = self.model.settled and (server is None or self.server.settled)
+        if self.correct and not settled:
             frame.quality = frame.quality | _CLOCK_UNCERTAIN  # expected at start: not logged
         elif error_ns > self.threshold_ns:
             frame.quality = frame.quality | _CLOCK_UNCERTAIN
-            what = "clock uncertain" if self.correct else "device clock off"
+            what = "clock uncertain" if self.correct else "device or server clock off"
             self.problems.fail(
                 _PROBLEM,
                 f"{what}: samples flagged clock-uncertain",
-                offset_ms=round(estimate.offset_ns / 1e6, 3),
-                uncertainty_ms=round(estimate.uncertainty_ns / 1e6, 3),
+                offset_ms=round(self._total_offset(estimate) / 1e6, 3),
+                server_offset_ms=round(server.offset_ns / 1e6, 3) if server is not None else None,
+                uncertainty_ms=round(self._uncertainty_ns(estimate) / 1e6, 3),
                 threshold_ms=self.threshold_ns / 1e6,
             )
         else:
@@ -202,9 +265,22 @@ class SourceClock:
         estimate = self.model.estimate
         if estimate is None:
             return None
-        return {
-            "offset_ms": round(estimate.offset_ns / 1e6, 3),
-            "drift_ppm": round(estimate.drift * 1e6, 3),
-            "uncertainty_ms": round(estimate.uncertainty_ns / 1e6, 3),
+        described: dict[str, float] = {
+            "offset_ms": round(self._total_offset(estimate) / 1e6, 3),
+            "drift_ppm": round((estimate.drift + self._server_drift()) * 1e6, 3),
+            "uncertainty_ms": round(self._uncertainty_ns(estimate) / 1e6, 3),
             "corrected": self.correct,
         }
+        if self.server.estimate is not None:
+            described["server_offset_ms"] = round(self.server.estimate.offset_ns / 1e6, 3)
+        return described
+
+
+def _observe(model: ClockModel, stamps: np.ndarray, reference: np.ndarray | int) -> None:
+    """Feed a frame's minimum-delay observation of ``stamps`` (0 = absent) to ``model``."""
+    reference = np.broadcast_to(np.asarray(reference, np.int64), stamps.shape)
+    offsets = np.where(stamps > 0, stamps - reference, np.iinfo(np.int64).min)
+    best = int(offsets.argmax())
+    if offsets[best] == np.iinfo(np.int64).min:
+        return  # no row carried a stamp
+    model.observe(int(reference[best]), int(offsets[best]))

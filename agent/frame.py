@@ -40,6 +40,9 @@ class Frame:
     them with ``received``; drivers of sources without timestamps leave them None.
     ``device_clock`` says whose clock ``time`` is on: the device's (the agent may correct it
     and snaps it by rounding) or the gateway's (a poller snaps it to its scheduled tick).
+    ``sent`` is the server's clock when it sent the frame (an OPC UA PublishTime), 0 if
+    unknown: against ``received`` it measures the server clock without the time a value
+    waited in the server's publishing queue, which a ServerTimestamp includes.
     """
 
     tag: np.ndarray
@@ -51,6 +54,7 @@ class Frame:
     source_time: np.ndarray | None = field(default=None)
     server_time: np.ndarray | None = field(default=None)
     device_clock: bool = False  # ``time`` is on the device's clock, not the gateway's
+    sent: int = 0
 
     def __len__(self) -> int:
         return int(self.tag.shape[0])
@@ -89,6 +93,7 @@ class Frame:
             self.tag[index], self.time[index], self.value[index], self.quality[index], self.received
         )
         taken.device_clock = self.device_clock
+        taken.sent = self.sent
         for name in _OPTIONAL_FILL:
             column = getattr(self, name)
             if column is not None:
@@ -145,6 +150,7 @@ def concat(frames: Sequence[Frame]) -> Frame:
         max(f.received for f in frames),
     )
     joined.device_clock = any(f.device_clock for f in frames)
+    joined.sent = max(f.sent for f in frames)
     for name, fill in _OPTIONAL_FILL.items():
         setattr(
             joined,

@@ -15,9 +15,12 @@ be skewed and drift::
     source_clock(t) = t + clock_offset_ns + round(clock_drift_ppm * 1e-6 * (t - clock_epoch_ns))
 
 with ``clock_epoch_ns`` fixed when the simulator object is created (a server restart does
-not reset the machine's clock). asyncua carries DateTime as a Python ``datetime``, so the
-published ``SourceTimestamp`` is ``source_clock(t_k)`` truncated to whole microseconds;
-``ServerTimestamp`` is the server's unskewed wall time at the write. :meth:`true_time`
+not reset the machine's clock). The server's own clock may be off too
+(``server_clock_offset_ns``, ``server_clock_drift_ppm``), as in a PLC whose embedded OPC UA
+server runs on the PLC's wrong clock: it stamps ``ServerTimestamp`` (wall time at the write,
+on the server's clock) and the device clock is synchronised to it, so ``source_clock`` adds
+both skews. asyncua carries DateTime as a Python ``datetime``, so the published
+``SourceTimestamp`` is ``source_clock(t_k)`` truncated to whole microseconds. :meth:`true_time`
 inverts the clock and :meth:`truth` returns exactly the published value, so a test maps
 ``truth(name, true_time(SourceTimestamp))`` and compares with ``==``.
 
@@ -43,6 +46,7 @@ import socket
 import tempfile
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self, cast
@@ -371,6 +375,8 @@ class OpcUaCncSimulator:
         update_ns: int = 50_000_000,
         clock_offset_ns: int = 0,
         clock_drift_ppm: float = 0.0,
+        server_clock_offset_ns: int = 0,
+        server_clock_drift_ppm: float = 0.0,
         security: bool = False,
         cert_dir: Path | None = None,
         users: dict[str, str] | None = None,
@@ -388,6 +394,8 @@ class OpcUaCncSimulator:
         self.update_ns = update_ns
         self.clock_offset_ns = clock_offset_ns
         self.clock_drift_ppm = clock_drift_ppm
+        self.server_clock_offset_ns = server_clock_offset_ns
+        self.server_clock_drift_ppm = server_clock_drift_ppm
         self.clock_epoch_ns = time.time_ns() // update_ns * update_ns
         self.security = security
         self.cert_dir = cert_dir
@@ -414,11 +422,26 @@ class OpcUaCncSimulator:
 
     # -- clock ----------------------------------------------------------------------------
 
+    def _skewed(self, true_ns: np.ndarray | int, offset_ns: int, drift_ppm: float) -> np.ndarray:
+        t = np.asarray(true_ns, np.int64)
+        drift = np.round(drift_ppm * 1e-6 * (t - self.clock_epoch_ns).astype(np.float64))
+        return t + np.int64(offset_ns) + drift.astype(np.int64)
+
+    @property
+    def _source_skew(self) -> tuple[int, float]:
+        """The machine clock's offset and drift against true time: its own plus its server's."""
+        return (
+            self.clock_offset_ns + self.server_clock_offset_ns,
+            self.clock_drift_ppm + self.server_clock_drift_ppm,
+        )
+
+    def server_clock(self, true_ns: np.ndarray | int) -> np.ndarray:
+        """The server's clock at true instants (int64 ns): what stamps ServerTimestamp."""
+        return self._skewed(true_ns, self.server_clock_offset_ns, self.server_clock_drift_ppm)
+
     def source_clock(self, true_ns: np.ndarray | int) -> np.ndarray:
         """The machine's clock at true instants (int64 ns, before microsecond truncation)."""
-        t = np.asarray(true_ns, np.int64)
-        drift = np.round(self.clock_drift_ppm * 1e-6 * (t - self.clock_epoch_ns).astype(np.float64))
-        return t + np.int64(self.clock_offset_ns) + drift.astype(np.int64)
+        return self._skewed(true_ns, *self._source_skew)
 
     def source_timestamp_ns(self, true_ns: np.ndarray | int) -> np.ndarray:
         """The SourceTimestamp published for true instants, as int64 ns (whole microseconds)."""
@@ -426,11 +449,10 @@ class OpcUaCncSimulator:
 
     def true_time(self, source_ns: np.ndarray | int) -> np.ndarray:
         """Inverse of :meth:`source_clock`: true int64 ns for machine-clock ns."""
+        offset_ns, drift_ppm = self._source_skew
         s = np.asarray(source_ns, np.int64)
-        elapsed = (s - np.int64(self.clock_offset_ns) - self.clock_epoch_ns).astype(np.float64)
-        return self.clock_epoch_ns + np.round(elapsed / (1.0 + self.clock_drift_ppm * 1e-6)).astype(
-            np.int64
-        )
+        elapsed = (s - np.int64(offset_ns) - self.clock_epoch_ns).astype(np.float64)
+        return self.clock_epoch_ns + np.round(elapsed / (1.0 + drift_ppm * 1e-6)).astype(np.int64)
 
     def tick_of(self, true_ns: np.ndarray | int) -> np.ndarray:
         """The tick whose values are in force at true instants (see STAMP_SLACK_NS)."""
@@ -636,7 +658,7 @@ class OpcUaCncSimulator:
         began = time.perf_counter()
         # Any: asyncua annotates stamps as its DateTime subclass, but encodes any datetime
         source: Any = _datetime(int(self.source_timestamp_ns(tick)))
-        served: Any = dt.datetime.now(dt.UTC)
+        served: Any = _datetime(int(self.server_clock(time.time_ns())))
         good = ua.StatusCode()
         t = np.array([tick], np.int64)
         for node, slot in zip(NODES, self._slots, strict=True):
@@ -764,7 +786,34 @@ class OpcUaCncSimulator:
             )
         server.subscribe_server_callback(CallbackType.PreRead, self._on_read)
         server.subscribe_server_callback(CallbackType.PreWrite, self._on_write)
+        self._stamp_publish_times(server)
         return server
+
+    def _stamp_publish_times(self, server: Server) -> None:
+        """Stamp each publish response's PublishTime with the server's (maybe skewed) clock.
+
+        asyncua stamps it with the host's clock; a server whose clock is off stamps it
+        with that clock like everything else, and it is what a client measures the server
+        clock by without the time values wait in the publishing queue.
+        """
+        service = server.iserver.subscription_service
+        create = service.create_subscription
+
+        async def create_subscription(
+            params: ua.CreateSubscriptionParameters,
+            callback: Callable[..., Awaitable[None]],
+            session_id: ua.NodeId,
+            request_callback: Callable[..., Any] | None = None,
+        ) -> ua.CreateSubscriptionResult:
+            async def stamped(result: ua.PublishResult, *rest: Any) -> None:
+                result.NotificationMessage.PublishTime = _datetime(
+                    int(self.server_clock(time.time_ns()))
+                )
+                await callback(result, *rest)
+
+            return await create(params, stamped, session_id, request_callback)
+
+        service.create_subscription = create_subscription  # type: ignore[method-assign]
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         """Build a fresh server, publish the current tick, then listen; returns the port."""

@@ -132,3 +132,72 @@ def test_gateway_time_frames_are_left_alone() -> None:
     stage.process(stamped_frame(T0, 5 * S, MS))
     polled = Frame.uniform(np.array([0, 1], np.int32), T0 + 123 * MS, 1.0, q.GOOD)
     assert stage.process(polled).time.tolist() == [T0 + 123 * MS] * 2
+
+
+def served_frame(true_ns: int, server_ns: int, device_ns: int, delay_ns: int, sent: int) -> Frame:
+    """A frame whose value a server stamped ``server_ns`` (its clock) and its device
+    ``device_ns``, received ``delay_ns`` after the true sampling instant."""
+    frame = stamped_frame(true_ns, device_ns - true_ns, delay_ns)
+    frame.server_time = np.full(2, server_ns, np.int64)
+    frame.sent = sent
+    return frame
+
+
+def feed_served(stage: SourceClock, server_offset: int, device_offset: int, sent: bool) -> Frame:
+    """Fifty frames at 100 ms: the server stamps 0.1 ms after sampling, sends 40 ms later (a
+    publishing queue) and the frame arrives 0.3 ms after that."""
+    for k in range(50):
+        true = T0 + k * 100 * MS
+        server = true + 100_000 + server_offset
+        sending = server + 40 * MS
+        out = stage.process(
+            served_frame(
+                true,
+                server,
+                true + server_offset + device_offset,
+                40 * MS + 400_000,
+                sending if sent else 0,
+            )
+        )
+    return out
+
+
+@pytest.mark.parametrize(("server_offset", "device_offset"), [(5 * S, 0), (0, 5 * S), (-5 * S, 0)])
+def test_server_and_device_clocks_are_both_mapped_to_the_gateway(
+    server_offset: int, device_offset: int
+) -> None:
+    stage = SourceClock(source(correct_clock=True), Metrics(), ProblemLog(structlog.get_logger()))
+    out = feed_served(stage, server_offset, device_offset, sent=True)
+    true = T0 + 49 * 100 * MS
+    # the device-vs-server model is exact here; the server's is off by the 0.3 ms transit
+    assert np.abs(out.time - true).max() <= 400_000
+    assert (out.quality == q.GOOD).all()
+    described = stage.describe()
+    assert described is not None
+    assert described["offset_ms"] == pytest.approx((server_offset + device_offset) / MS, abs=0.5)
+
+
+def test_a_synchronised_server_keeps_the_device_models_accuracy() -> None:
+    """Without PublishTimes the server is seen through its 40 ms queue: within the
+    synchronised band it is left alone rather than 'corrected' by the queueing delay."""
+    stage = SourceClock(source(correct_clock=True), Metrics(), ProblemLog(structlog.get_logger()))
+    for k in range(50):
+        true = T0 + k * 100 * MS
+        out = stage.process(served_frame(true, true + 100_000, true + 2 * S, 3 * MS, 0))
+    assert np.abs(out.time - (T0 + 49 * 100 * MS)).max() <= 200_000
+
+
+@pytest.mark.parametrize(
+    ("server_offset", "device_offset", "flagged"),
+    [(2 * S, 0, True), (0, 2 * S, True), (-2 * S, 2 * S, True), (0, 0, False)],
+)
+def test_whichever_clock_is_off_is_flagged_without_correction(
+    server_offset: int, device_offset: int, flagged: bool
+) -> None:
+    stage = SourceClock(
+        source(clock_threshold="50ms"), Metrics(), ProblemLog(structlog.get_logger())
+    )
+    with structlog.testing.capture_logs() as logs:
+        out = feed_served(stage, server_offset, device_offset, sent=True)
+    assert ((out.quality & q.Flag.CLOCK_UNCERTAIN) != 0).all() == flagged
+    assert len([e for e in logs if "clock" in e["event"]]) == int(flagged)
