@@ -21,13 +21,6 @@ from tests.conftest import agent_toml, read_store, run_agent
 MS = 1_000_000
 GRID = 100 * MS
 SCALARS = tuple(NODES_BY_NAME[name] for name in ("axis_x", "axis_y", "spindle_speed"))
-# The server clock is measured by the PublishTime of each publish response; the OPC UA
-# driver must hand it over as Frame.sent (the hook is in the i14-clock report). Until it
-# does, a subscription passes only when the server's publishing phase happens to be short;
-# once it does, the marker must go.
-NEEDS_PUBLISH_TIME = pytest.mark.xfail(
-    reason="the OPC UA driver does not set Frame.sent from PublishTime yet"
-)
 
 
 def rows_of(table: pa.Table, source: str, tag: str) -> pa.Table:
@@ -43,7 +36,6 @@ def ns(column: pa.ChunkedArray) -> np.ndarray:
     return column.cast(pa.int64()).to_numpy()
 
 
-@NEEDS_PUBLISH_TIME
 @pytest.mark.parametrize("offset_s", [5, -5])
 async def test_a_skewed_drifting_source_clock_is_corrected_to_within_2_ms(
     tmp_path: Path, offset_s: int
@@ -76,7 +68,6 @@ async def test_a_skewed_drifting_source_clock_is_corrected_to_within_2_ms(
     assert offset == pytest.approx(offset_s, abs=0.005)
 
 
-@NEEDS_PUBLISH_TIME
 async def test_two_sources_sampled_at_the_same_instants_get_identical_timestamps(
     tmp_path: Path,
 ) -> None:

@@ -33,7 +33,7 @@ from agent.frame import Frame, concat
 from agent.metrics import PollStats
 from protocols.opcua.config import OpcUaSourceConfig, OpcUaTagConfig
 from protocols.opcua.security import SecurityError, configure_client
-from protocols.opcua.values import ValueDecoder
+from protocols.opcua.values import ValueDecoder, ns_of
 from protocols.sdk import DriverContext, PollGroup, PollingDriver, Tick, groups_by_rate
 
 _TIMEOUT = q.make(q.BAD, q.Reason.TIMEOUT)
@@ -75,7 +75,7 @@ class _FrameSubscription(Subscription):
         self,
         client: Client,
         params: ua.CreateSubscriptionParameters,
-        on_items: Callable[[list[ua.MonitoredItemNotification]], Awaitable[None]],
+        on_items: Callable[[list[ua.MonitoredItemNotification], int], Awaitable[None]],
         on_status: Callable[[ua.StatusCode], None],
     ) -> None:
         super().__init__(client.uaclient.session, params, None, queue_maxsize=1)
@@ -92,7 +92,7 @@ class _FrameSubscription(Subscription):
         self.last_sequence_number = int(message.SequenceNumber)
         for notification in message.NotificationData:
             if isinstance(notification, ua.DataChangeNotification):
-                await self._on_items(notification.MonitoredItems)
+                await self._on_items(notification.MonitoredItems, ns_of(message.PublishTime) or 0)
             elif isinstance(notification, ua.StatusChangeNotification):
                 self._on_status(notification.Status)
 
@@ -225,11 +225,12 @@ class OpcUaDriver(PollingDriver):
         client = self._require_client()
         tags = self.config.tags
 
-        async def on_items(items: list[ua.MonitoredItemNotification]) -> None:
+        async def on_items(items: list[ua.MonitoredItemNotification], sent: int) -> None:
             received = time.time_ns()
             frame = self.decoder.decode(
                 [item.ClientHandle - 1 for item in items], [item.Value for item in items], received
             )
+            frame.sent = sent  # the server's clock at PublishTime: see agent/clock.py
             self._report_undecodable(ctx)
             await ctx.emit(frame)
 
