@@ -7,7 +7,16 @@ look 10 % complete. Per window and tag:
 - ``received``: samples that carry a value or a device's answer; the gateway's own
   placeholders for a poll that got no answer (comm error, timeout) do not count;
 - ``good``: received samples of good quality;
-- ``expected``: the part of the window the agent was running, divided by the tag's rate.
+- ``expected``: the part of the window the tag was being acquired, divided by its rate.
+
+A tag is being acquired from its first sample (a value, or the placeholder of a poll or a
+session that failed), and until the agent stops acquiring. Counting from the agent's start
+would call the wait for a session and for the first poll due on the tag's grid missing,
+so a clean run could never be complete; counting only from the first value would let a
+device that never answers owe nothing. A tag that has delivered nothing at all by
+``grace`` after the start (a driver stuck before its first answer or failure) is owed
+from then. A window in which no tag was being acquired (before the first sample, after
+the stop) has no figures to give and is not a batch (:meth:`QualityTally.acquired_ns`).
 
 completeness = received / expected and validity = good / received. Timeliness is the
 acquisition-to-batch latency of the batch's rows, per source. A batch carries the totals
@@ -31,10 +40,16 @@ from agent.frame import Frame
 from agent.metrics import percentile
 
 _NOT_RECEIVED = (int(q.Reason.COMM_ERROR), int(q.Reason.TIMEOUT))
+_NEVER = np.iinfo(np.int64).max  # a tag not acquired yet
 
 
 class QualityTally:
-    """Counts received and good samples per (window, global tag) as frames arrive."""
+    """Counts received and good samples per (window, global tag) as frames arrive, and
+    when each tag was first acquired.
+
+    ``grace`` (ns, one value or one per tag) is how long after ``started_ns`` a tag may
+    take to deliver its first sample before it is owed anyway; 0 owes every tag from the
+    start."""
 
     def __init__(
         self,
@@ -43,6 +58,7 @@ class QualityTally:
         rate_ns: np.ndarray,
         window_ns: int,
         clock: Callable[[], int] = time.time_ns,
+        grace_ns: int | np.ndarray = 0,
     ) -> None:
         self.source_offset = source_offset
         self.tag_source = tag_source
@@ -51,12 +67,22 @@ class QualityTally:
         self.window_ns = window_ns
         self.clock = clock
         self.started_ns = clock()
+        self.stopped_ns: int | None = None  # set when acquisition ends: nothing owed after
+        self.grace_ns = np.broadcast_to(np.asarray(grace_ns, np.int64), tag_source.shape)
+        self.first_ns = np.full(tag_source.shape[0], _NEVER, np.int64)  # first sample per tag
         self._windows: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def stop(self, at_ns: int) -> None:
+        """Acquisition ended at ``at_ns``: the windows still to close owe nothing after it."""
+        self.stopped_ns = at_ns
 
     def add(self, source_index: int, frame: Frame) -> None:
         if not len(frame):
             return
         gtag = frame.tag + self.source_offset[source_index]
+        new = self.first_ns[gtag] == _NEVER  # a gather per frame; minimum.at only for new tags
+        if new.any():
+            np.minimum.at(self.first_ns, gtag[new], frame.time[new])
         windows = frame.time // self.window_ns * self.window_ns
         first = int(windows[0])
         if not frame.quality.any() and (windows == first).all():
@@ -88,6 +114,19 @@ class QualityTally:
         counts[0][:] += received
         counts[1][:] += good
 
+    def _spans(self, window_start: int) -> np.ndarray:
+        """Per tag, the ns of the window during which it was being acquired."""
+        owed = np.isfinite(self.rate_ns)  # an on-change tag is owed nothing before it sends
+        deadline = np.where(owed, self.started_ns + self.grace_ns, _NEVER)
+        low = np.maximum(np.minimum(self.first_ns, deadline), window_start)
+        end = self.clock() if self.stopped_ns is None else self.stopped_ns
+        high = min(window_start + self.window_ns, end)
+        return np.maximum(high - low, 0)
+
+    def acquired_ns(self, window_start: int) -> int:
+        """How long any tag was being acquired in the window: 0 means it is not a batch."""
+        return int(self._spans(window_start).max(initial=0))
+
     def figures(
         self,
         window_start: int,
@@ -95,7 +134,6 @@ class QualityTally:
         qualified: list[str],
         latency_ns: dict[int, np.ndarray],
         clocks: dict[int, dict[str, Any]],
-        end_ns: int | None = None,
     ) -> dict[str, Any]:
         """The window's figures, and forget windows up to it (late tallies are dropped:
         the late rows themselves travel flagged in the next batch)."""
@@ -105,16 +143,17 @@ class QualityTally:
         size = self.tag_source.shape[0]
         if received is None or good is None:
             received, good = np.zeros(size, np.int64), np.zeros(size, np.int64)
-        low = max(window_start, self.started_ns)
-        high = min(window_start + self.window_ns, self.clock() if end_ns is None else end_ns)
-        span = max(0, high - low)
-        expected = span / self.rate_ns
+        spans = self._spans(window_start)
+        span = int(spans.max(initial=0))
+        expected = spans / self.rate_ns
+        owed = np.isfinite(self.rate_ns)  # tags that owe one sample per rate
         # a tag that sent nothing is listed even if the rounded promise was 0 (a slow tag's
         # window, a partial one): the batch's lineage names only the tags it holds, so
-        # tag_figures could not give it the fraction it was expected
+        # tag_figures could not give it the fraction it was expected; so is one acquired
+        # for less of the window than the batch's span (its first window)
         deviating = (received != np.round(expected)) | (good != received)
         deviating |= (received == 0) & (expected > 0)
-        owed = np.isfinite(self.rate_ns)  # tags that owe one sample per rate
+        deviating |= owed & (spans != span)
         sources: dict[str, Any] = {}
         for index, name in enumerate(source_names):
             mine = self.tag_source == index
@@ -145,8 +184,8 @@ class QualityTally:
 
 def tag_figures(quality: dict[str, Any], lineage: dict[str, Any]) -> dict[str, list[float]]:
     """[received, expected, good] of every tag of a batch, from its two metadata entries:
-    deviating tags are listed, the others received (all good) exactly the rounded number
-    their rate promised."""
+    deviating tags are listed, the others were acquired for the whole span and received
+    (all good) exactly the rounded number their rate promised."""
     span = quality["span_ns"]
     figures: dict[str, list[float]] = {}
     for tag, described in lineage.items():

@@ -47,6 +47,17 @@ class DatasetSummary:
     tags: dict[str, TagSummary] = field(default_factory=dict)
     sources: dict[str, SourceSummary] = field(default_factory=dict)
 
+    def source_completeness(self, source: str) -> float | None:
+        """Of the samples its tags owed, the share received; each tag's surplus capped, so
+        one tag's extra samples do not hide another's missing ones. None if none owed
+        (a source whose tags all arrive on change)."""
+        owed = received = 0.0
+        for tag, totals in self.tags.items():
+            if tag.split("/", 1)[0] == source:  # "<source>/<tag>": no "/" in a source name
+                owed += totals.expected
+                received += min(totals.received, totals.expected)
+        return received / owed if owed else None
+
 
 def summarise(dataset: Path) -> DatasetSummary:
     summary = DatasetSummary()
@@ -101,6 +112,8 @@ def format_summary(dataset: Path, summary: DatasetSummary) -> str:
         )
     for name, source in sorted(summary.sources.items()):
         parts = [f"source {name}:"]
+        if (completeness := summary.source_completeness(name)) is not None:
+            parts.append(f"complete {_percent(completeness)}")
         if source.latency_p50_ms:
             median = sorted(source.latency_p50_ms)[len(source.latency_p50_ms) // 2]
             parts.append(f"batch latency p50 {median:.1f} ms, max {source.latency_max_ms:.1f} ms")

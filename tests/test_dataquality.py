@@ -183,6 +183,92 @@ def test_a_restart_after_a_long_stop_does_not_emit_the_windows_it_slept_through(
     assert [b.window_start_ns - now for b in batches] == [0, S]
 
 
+def test_a_tag_is_owed_samples_from_its_first_one_not_from_the_agent_start() -> None:
+    """Connecting and the first poll due on the tag's grid take time nothing could have
+    been sampled in: the tag owes from its first sample, another tag of the same source
+    from its own; a window before any of them is owed nothing."""
+    counts = tally(T0 + 2 * S)
+    counts.grace_ns = np.full(3, 60 * S)
+    counts.started_ns = T0 - 700 * MS
+    for k in range(3, 10):  # s0/a from .3 s
+        counts.add(0, frame([0], T0 + k * 100 * MS, [q.GOOD]))
+    counts.add(1, frame([0], T0 + 600 * MS, [q.GOOD]))  # s1/c from .6 s
+    assert counts.acquired_ns(T0 - S) == 0, "the window the agent started in: no batch"
+    assert counts.acquired_ns(T0) == 700 * MS
+    figures = counts.figures(T0, ["s0", "s1"], ["s0/a", "s0/b", "s1/c"], {}, {})
+    assert figures["span_ns"] == 700 * MS
+    assert figures["sources"]["s0"]["completeness"] == 1.0
+    assert figures["tags"] == {"s0/b": [0, 0.0, 0], "s1/c": [1, 4.0, 1]}, "own spans listed"
+    lineage = {"s0/a": {"rate": "100ms"}, "s0/b": {"rate": "1s"}, "s1/c": {"rate": "100ms"}}
+    assert tag_figures(figures, lineage) == {
+        "s0/a": [7, 7.0, 7],
+        "s0/b": [0, 0.0, 0],
+        "s1/c": [1, 4.0, 1],
+    }
+
+
+def test_a_source_that_never_connects_owes_from_its_first_failure() -> None:
+    """The comm-error marker of a failed session is its tags' first sample: from then on
+    they are owed, and show 0 %, not nothing."""
+    counts = tally(T0 + 2 * S)
+    counts.grace_ns = np.full(3, 60 * S)
+    counts.started_ns = T0
+    failed = q.make(q.BAD, q.Reason.COMM_ERROR)
+    counts.add(1, frame([0], T0 + 500 * MS, [failed]))
+    figures = counts.figures(T0, ["s0", "s1"], ["s0/a", "s0/b", "s1/c"], {}, {})
+    assert figures["sources"]["s1"]["completeness"] == 0.0
+    assert figures["tags"]["s1/c"] == [0, 5.0, 0]
+    assert figures["sources"]["s0"]["expected"] == 0, "s0 has not started, nor its grace run"
+
+
+def test_a_tag_that_delivers_nothing_at_all_is_owed_after_its_grace() -> None:
+    counts = QualityTally(
+        [0], np.array([0, 0], np.int32), np.array([100 * MS, S]), S, lambda: T0 + 10 * S
+    )
+    counts.started_ns = T0
+    counts.grace_ns = np.array([2 * S + 100 * MS, 2 * S + S])  # as the agent sets it
+    assert counts.acquired_ns(T0 + S) == 0
+    figures = counts.figures(T0 + 2 * S, ["dev"], ["dev/a", "dev/b"], {}, {})
+    assert figures["tags"] == {"dev/a": [0, 9.0, 0], "dev/b": [0, 0.0, 0]}
+    assert figures["sources"]["dev"]["completeness"] == 0.0
+    figures = counts.figures(T0 + 3 * S, ["dev"], ["dev/a", "dev/b"], {}, {})
+    assert figures["tags"] == {"dev/a": [0, 10.0, 0], "dev/b": [0, 1.0, 0]}
+
+
+def test_nothing_is_owed_after_acquisition_stopped() -> None:
+    counts = tally(T0 + 10 * S)
+    counts.started_ns = T0
+    counts.add(0, frame([0, 1], T0, [q.GOOD, q.GOOD]))
+    counts.stop(T0 + S + 250 * MS)
+    figures = counts.figures(T0 + S, ["s0", "s1"], ["s0/a", "s0/b", "s1/c"], {}, {})
+    assert figures["span_ns"] == 250 * MS
+    assert figures["sources"]["s0"]["expected"] == 2.5 + 0.25
+    assert counts.acquired_ns(T0 + 2 * S) == 0, "a window after the stop is no batch"
+
+
+def test_only_windows_with_acquisition_time_become_batches() -> None:
+    """No 0-row batch for the window the agent started in before its first sample, nor
+    for one after the stop; a window of an outage in between is a batch (0 % complete)."""
+    table = TagTable([TemplateSourceConfig(name="dev", tags=[{"name": "a", "rate": "100ms"}])])
+    counts = QualityTally(
+        table.source_offset, table.tag_source, table.rate_ns, S, lambda: T0 + 5 * S, 60 * S
+    )
+    counts.started_ns = T0 + 900 * MS
+    batcher = Batcher(table, S, 0, "gw", "cfg", counts)
+    for start in (T0 + S, T0 + 3 * S):  # the first poll is due at 1 s; windows 1 and 3
+        sample = frame([0], start, [q.GOOD])
+        counts.add(0, sample)
+        batcher.add(0, sample)
+    assert batcher.close_due(T0 + S) == [], "window 0: started, nothing acquired yet"
+    counts.stop(T0 + 3 * S + 50 * MS)
+    batches = batcher.close_due(T0 + 5 * S)
+    assert [b.window_start_ns - T0 for b in batches] == [S, 2 * S, 3 * S]
+    assert [b.points for b in batches] == [1, 0, 1]
+    assert [b.quality["span_ns"] for b in batches if b.quality] == [S, S, 50 * MS]
+    assert batches[1].quality is not None
+    assert batches[1].quality["sources"]["dev"]["completeness"] == 0.0
+
+
 async def test_completeness_and_validity_match_an_injected_dropout(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -225,6 +311,7 @@ async def test_completeness_and_validity_match_an_injected_dropout(
     assert line.split()[1:4] == [str(received), f"{expected:.1f}", str(good)]
     totals = summarise(tmp_path).tags[tag]
     assert totals.completeness == pytest.approx(received / expected, rel=1e-4)
-    assert "source plc1: batch latency p50" in out
+    assert f"source plc1: complete {100 * min(received / expected, 1.0):.2f}%;" in out
+    assert "; batch latency p50" in out
     assert "time uncertainty up to" in out, "Modbus: stamped at the midpoint, +/- RTT/2"
     assert stored["sources"]["plc1"]["clock"]["uncertainty_ms"] > 0
