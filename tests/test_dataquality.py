@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import tomllib
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from agent.report import summarise
 from agent.runtime import Agent
 from protocols._template.driver import TemplateSourceConfig
 from simulators.modbus_plc import POINTS, ModbusPLCSimulator
-from tests.conftest import agent_toml
+from tests.conftest import agent_toml, run_agent
 
 S = 1_000_000_000
 MS = 1_000_000
@@ -315,3 +316,40 @@ async def test_completeness_and_validity_match_an_injected_dropout(
     assert "; batch latency p50" in out
     assert "time uncertainty up to" in out, "Modbus: stamped at the midpoint, +/- RTT/2"
     assert stored["sources"]["plc1"]["clock"]["uncertainty_ms"] > 0
+
+
+async def test_a_device_that_never_answers_is_reported_0_percent_complete(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A source refused from its first connect is in the figures at 0 %, beside a healthy
+    one at 100 %: it is owed from its first failure, not left out of the report."""
+    with socket.socket() as free:  # a loopback port nobody listens on: connects refused
+        free.bind(("127.0.0.1", 0))
+        dead_port = free.getsockname()[1]
+    simulator = ModbusPLCSimulator(seed=3)
+    await simulator.start("127.0.0.1", 0)
+    extra = 'backoff_initial = "100ms"\nbackoff_max = "200ms"\n'
+    sources = simulator.agent_config("100ms", points=POINTS[:2], extra=extra) + (
+        simulator.agent_config(
+            "100ms",
+            source="gone",
+            points=POINTS[:2],
+            extra=extra,
+            url=f"modbus+tcp://127.0.0.1:{dead_port}",
+        )
+    )
+    try:
+        agent = await run_agent(agent_toml(tmp_path, sources), 3.0)
+    finally:
+        await simulator.stop()
+    figures = [b.quality["sources"] for b in agent.written if b.quality is not None]
+    assert all(f["gone"]["completeness"] == 0.0 for f in figures if f["gone"]["expected"])
+    assert sum(f["gone"]["expected"] for f in figures) >= 40, "owed from its first failure"
+    assert main(["report", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "source gone: complete 0.00%;" in out
+    assert "source plc1: complete 100.00%;" in out
+    for point in POINTS[:2]:
+        line = next(line for line in out.splitlines() if line.startswith(f"gone/{point.name} "))
+        received, _, _, complete = line.split()[1:5]
+        assert (received, complete) == ("0", "0.00%")
