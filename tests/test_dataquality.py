@@ -17,7 +17,7 @@ from agent.cli import main
 from agent.config_load import parse_config
 from agent.dataquality import QualityTally, tag_figures
 from agent.frame import Frame
-from agent.report import summarise
+from agent.report import DatasetSummary, TagSummary, summarise
 from agent.runtime import Agent
 from protocols._template.driver import TemplateSourceConfig
 from simulators.modbus_plc import POINTS, ModbusPLCSimulator
@@ -268,6 +268,20 @@ def test_only_windows_with_acquisition_time_become_batches() -> None:
     assert [b.quality["span_ns"] for b in batches if b.quality] == [S, S, 50 * MS]
     assert batches[1].quality is not None
     assert batches[1].quality["sources"]["dev"]["completeness"] == 0.0
+
+
+def test_a_source_is_as_complete_as_its_owed_tags_with_no_tag_covering_for_another() -> None:
+    summary = DatasetSummary(
+        tags={
+            "plc/a": TagSummary(received=110, expected=100, good=110),  # one too many each
+            "plc/b": TagSummary(received=90, expected=100, good=90),
+            "plc.2/c": TagSummary(received=0, expected=50, good=0),  # not plc's
+            "scada/d": TagSummary(received=7, expected=0, good=7),  # on change: owes none
+        }
+    )
+    assert summary.source_completeness("plc") == 0.95
+    assert summary.source_completeness("plc.2") == 0.0
+    assert summary.source_completeness("scada") is None
 
 
 async def test_completeness_and_validity_match_an_injected_dropout(
