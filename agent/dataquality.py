@@ -18,6 +18,11 @@ device that never answers owe nothing. A tag that has delivered nothing at all b
 from then. A window in which no tag was being acquired (before the first sample, after
 the stop) has no figures to give and is not a batch (:meth:`QualityTally.acquired_ns`).
 
+A source whose tags arrive on change (a subscription, a publisher) owes no count, but it
+can be down: its ``session_up`` is the share of the time since its first frame (or failed
+session) during which its session was up, i.e. not between a failed session's marker and
+the next sample received, so one that never connects shows 0, not nothing.
+
 completeness = received / expected and validity = good / received. Timeliness is the
 acquisition-to-batch latency of the batch's rows, per source. A batch carries the totals
 per source and, per tag, only the tags that deviate (not the rounded expected number, not
@@ -41,6 +46,39 @@ from agent.metrics import percentile
 
 _NOT_RECEIVED = (int(q.Reason.COMM_ERROR), int(q.Reason.TIMEOUT))
 _NEVER = np.iinfo(np.int64).max  # a tag not acquired yet
+
+
+class _Sessions:
+    """When each on-change source's session was down, on the gateway's receive clock
+    (device stamps of a subscription's first values may be hours old)."""
+
+    def __init__(self) -> None:
+        self.since: dict[int, int] = {}  # source -> its first frame
+        self.down: dict[int, int] = {}  # source -> since when, while down
+        self.outages: list[tuple[int, int, int]] = []  # (source, from, until), ended
+
+    def note(self, source: int, at: int, received: bool) -> None:
+        self.since.setdefault(source, at)
+        down = self.down.get(source)
+        if received and down is not None:
+            del self.down[source]
+            self.outages.append((source, down, at))
+        elif not received and down is None:
+            self.down[source] = at
+
+    def up_ns(self, source: int, low: int, high: int) -> tuple[int, int]:
+        """(acquired, up) ns of the source between ``low`` and ``high``."""
+        low = max(low, self.since.get(source, high))
+        if high <= low:
+            return 0, 0
+        periods = [(a, b) for s, a, b in self.outages if s == source]
+        if source in self.down:
+            periods.append((self.down[source], high))
+        down = sum(max(0, min(b, high) - max(a, low)) for a, b in periods)
+        return high - low, high - low - down
+
+    def forget_before(self, ns: int) -> None:
+        self.outages = [outage for outage in self.outages if outage[2] > ns]
 
 
 class QualityTally:
@@ -70,6 +108,9 @@ class QualityTally:
         self.stopped_ns: int | None = None  # set when acquisition ends: nothing owed after
         self.grace_ns = np.broadcast_to(np.asarray(grace_ns, np.int64), tag_source.shape)
         self.first_ns = np.full(tag_source.shape[0], _NEVER, np.int64)  # first sample per tag
+        owed = np.isfinite(self.rate_ns)
+        self.on_change = [not owed[tag_source == i].any() for i in range(len(source_offset))]
+        self.sessions = _Sessions()
         self._windows: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def stop(self, at_ns: int) -> None:
@@ -89,11 +130,16 @@ class QualityTally:
             # the usual case, one poll of good samples in one window: a single count
             counts = np.bincount(gtag, minlength=self.tag_source.shape[0])
             self._add_counts(first, counts, counts)
+            if self.on_change[source_index]:
+                self.sessions.note(source_index, frame.received or int(frame.time[-1]), True)
             return
         reason = frame.quality & q.REASON_MASK
         bad = frame.quality >= q.BAD
         received = ~(bad & np.isin(reason, _NOT_RECEIVED))
         good = received & (frame.quality & q.SEVERITY_MASK == q.GOOD)
+        if self.on_change[source_index]:
+            at = frame.received or int(frame.time[-1])
+            self.sessions.note(source_index, at, bool(received.any()))
         for start in np.unique(windows).tolist():
             rows = windows == start
             self._count(start, gtag[rows], received[rows], good[rows])
@@ -119,13 +165,25 @@ class QualityTally:
         owed = np.isfinite(self.rate_ns)  # an on-change tag is owed nothing before it sends
         deadline = np.where(owed, self.started_ns + self.grace_ns, _NEVER)
         low = np.maximum(np.minimum(self.first_ns, deadline), window_start)
-        end = self.clock() if self.stopped_ns is None else self.stopped_ns
-        high = min(window_start + self.window_ns, end)
+        high = min(window_start + self.window_ns, self._end())
         return np.maximum(high - low, 0)
+
+    def _end(self) -> int:
+        return self.clock() if self.stopped_ns is None else self.stopped_ns
+
+    def _sessions_up(self, window_start: int) -> dict[int, tuple[int, int]]:
+        """Per on-change source: (acquired, up) ns in the window."""
+        high = min(window_start + self.window_ns, self._end())
+        return {
+            index: self.sessions.up_ns(index, window_start, high)
+            for index, on_change in enumerate(self.on_change)
+            if on_change
+        }
 
     def acquired_ns(self, window_start: int) -> int:
         """How long any tag was being acquired in the window: 0 means it is not a batch."""
-        return int(self._spans(window_start).max(initial=0))
+        sessions = [acquired for acquired, _ in self._sessions_up(window_start).values()]
+        return max(int(self._spans(window_start).max(initial=0)), *sessions, 0)
 
     def figures(
         self,
@@ -145,6 +203,8 @@ class QualityTally:
             received, good = np.zeros(size, np.int64), np.zeros(size, np.int64)
         spans = self._spans(window_start)
         span = int(spans.max(initial=0))
+        sessions = self._sessions_up(window_start)
+        self.sessions.forget_before(window_start)
         expected = spans / self.rate_ns
         owed = np.isfinite(self.rate_ns)  # tags that owe one sample per rate
         # a tag that sent nothing is listed even if the rounded promise was 0 (a slow tag's
@@ -172,6 +232,10 @@ class QualityTally:
             if latency is not None and latency.size:
                 figures["latency_p50_ms"] = round(percentile(latency, 50) / 1e6, 3)
                 figures["latency_max_ms"] = round(float(latency.max()) / 1e6, 3)
+            if index in sessions and sessions[index][0]:
+                acquired, up = sessions[index]
+                figures |= {"acquired_ns": acquired, "up_ns": up}
+                figures["session_up"] = round(up / acquired, 4)
             if index in clocks:
                 figures["clock"] = clocks[index]
             sources[name] = figures

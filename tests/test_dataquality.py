@@ -247,6 +247,35 @@ def test_nothing_is_owed_after_acquisition_stopped() -> None:
     assert counts.acquired_ns(T0 + 2 * S) == 0, "a window after the stop is no batch"
 
 
+def test_an_on_change_source_reports_how_long_its_session_was_up() -> None:
+    """A subscription owes no count, but a failed session is time nothing could arrive:
+    from the failure's marker to the next sample received it is down; a source that never
+    connects is down from its first failure on, and shown so, not left out."""
+    now = [T0 + 10 * S]
+    counts = QualityTally([0, 1], np.array([0, 1], np.int32), np.zeros(2), S, lambda: now[0])
+    counts.started_ns = T0
+    failed = q.make(q.BAD, q.Reason.COMM_ERROR)
+    counts.add(0, frame([0], T0 + 200 * MS, [q.GOOD]))  # subscribed at .2 s
+    counts.add(0, frame([0], T0 + S + 500 * MS, [failed]))  # the session fails at 1.5 s
+    counts.add(0, frame([0], T0 + 2 * S + 250 * MS, [q.GOOD]))  # and is back at 2.25 s
+    counts.add(1, frame([0], T0 + 400 * MS, [failed]))  # never connects
+    names = ["sub", "dead"]
+    figures = [counts.figures(T0 + k * S, names, ["sub/a", "dead/b"], {}, {}) for k in range(3)]
+    sub = [f["sources"]["sub"] for f in figures]
+    assert [(f["acquired_ns"], f["up_ns"]) for f in sub] == [
+        (800 * MS, 800 * MS),
+        (S, 500 * MS),
+        (S, 750 * MS),
+    ]
+    assert [f["session_up"] for f in sub] == [1.0, 0.5, 0.75]
+    assert [f["sources"]["dead"]["session_up"] for f in figures] == [0.0, 0.0, 0.0]
+    assert all(f["sources"]["sub"]["completeness"] is None for f in figures), "none owed"
+    assert counts.acquired_ns(T0 - S) == 0
+    counts.stop(T0 + 3 * S + 100 * MS)
+    assert counts.acquired_ns(T0 + 3 * S) == 100 * MS
+    assert counts.acquired_ns(T0 + 4 * S) == 0
+
+
 def test_only_windows_with_acquisition_time_become_batches() -> None:
     """No 0-row batch for the window the agent started in before its first sample, nor
     for one after the stop; a window of an outage in between is a batch (0 % complete)."""
