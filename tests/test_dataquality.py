@@ -21,6 +21,7 @@ from agent.report import DatasetSummary, TagSummary, summarise
 from agent.runtime import Agent
 from protocols._template.driver import TemplateSourceConfig
 from simulators.modbus_plc import POINTS, ModbusPLCSimulator
+from simulators.opcua_cnc import NODES, OpcUaCncSimulator
 from tests.conftest import agent_toml, run_agent
 
 S = 1_000_000_000
@@ -396,3 +397,43 @@ async def test_a_device_that_never_answers_is_reported_0_percent_complete(
         line = next(line for line in out.splitlines() if line.startswith(f"gone/{point.name} "))
         received, _, _, complete = line.split()[1:5]
         assert (received, complete) == ("0", "0.00%")
+
+
+async def test_a_subscription_that_drops_out_reports_its_session_down_time(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An OPC UA server that powers off for 1.5 s: the subscription owes no count, but the
+    time from its failed session to the first value after the reconnect is down."""
+    simulator = OpcUaCncSimulator(seed=5)
+    port = await simulator.start("127.0.0.1", 0)
+    extra = 'backoff_initial = "100ms"\nbackoff_max = "200ms"\n'
+    moving = tuple(node for node in NODES if node.name == "axis_x")
+    text = agent_toml(tmp_path, simulator.agent_config("100ms", nodes=moving, extra=extra))
+    agent = Agent(parse_config(tomllib.loads(text), Path("test.toml")))
+    stop = asyncio.Event()
+    running = asyncio.create_task(agent.run(stop))
+    try:
+        await asyncio.sleep(2.0)
+        await simulator.stop()
+        await asyncio.sleep(1.5)
+        await simulator.start("127.0.0.1", port)
+        runner = agent.runners[0]
+        for _ in range(100):  # back within a few seconds; allow for a loaded machine
+            await asyncio.sleep(0.1)
+            if runner.failures and runner.problem() is None and runner.ctx.connected:
+                break
+        await asyncio.sleep(1.0)
+    finally:
+        stop.set()
+        await running
+        await simulator.stop()
+    figures = [b.quality["sources"]["cnc1"] for b in agent.written if b.quality is not None]
+    acquired = sum(f.get("acquired_ns", 0) for f in figures)
+    down = acquired - sum(f.get("up_ns", 0) for f in figures)
+    assert runner.failures >= 1
+    assert 1.4 * S <= down <= 6 * S, "the 1.5 s off, and the reconnect"
+    assert acquired >= 4 * S
+    assert main(["report", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if line.startswith("source cnc1:"))
+    assert f"session up {100 * (acquired - down) / acquired:.2f}%;" in line
