@@ -111,6 +111,7 @@ class QualityTally:
         owed = np.isfinite(self.rate_ns)
         self.on_change = [not owed[tag_source == i].any() for i in range(len(source_offset))]
         self.sessions = _Sessions()
+        self._unstarted = set(range(len(source_offset)))  # sources with a tag not sampled yet
         self._windows: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def stop(self, at_ns: int) -> None:
@@ -121,9 +122,12 @@ class QualityTally:
         if not len(frame):
             return
         gtag = frame.tag + self.source_offset[source_index]
-        new = self.first_ns[gtag] == _NEVER  # a gather per frame; minimum.at only for new tags
-        if new.any():
-            np.minimum.at(self.first_ns, gtag[new], frame.time[new])
+        if source_index in self._unstarted:  # until each of its tags has had a sample
+            new = self.first_ns[gtag] == _NEVER
+            if new.any():
+                np.minimum.at(self.first_ns, gtag[new], frame.time[new])
+                if (self.first_ns[self.tag_source == source_index] != _NEVER).all():
+                    self._unstarted.discard(source_index)
         windows = frame.time // self.window_ns * self.window_ns
         first = int(windows[0])
         if not frame.quality.any() and (windows == first).all():
