@@ -248,8 +248,10 @@ class Batcher:
 
     def _close_windows(self, boundary: int) -> list[Batch]:
         """The batches of every window closing now. With data-quality figures on, a window
-        that got no sample at all still gets an (empty) batch: its figures say 0 % complete,
-        which is how a dataset learns of an outage that spans whole windows."""
+        that got no sample while tags were being acquired still gets an (empty) batch: its
+        figures say 0 % complete, which is how a dataset learns of an outage that spans
+        whole windows. A window nothing was acquired in (before the first sample, after
+        the stop) is no batch: it has no figures to give."""
         previous = self._closed_until
         batches = self._close(boundary)
         if self.tally is None:
@@ -262,7 +264,7 @@ class Batcher:
             np.empty(0, np.int32), np.empty(0, np.int64), np.empty(0), np.empty(0, np.uint16)
         )
         for start in range(first, boundary, self.window_ns):
-            if start not in done and (previous is None or start >= previous):
+            if start not in done and self.tally.acquired_ns(start):
                 batches.append(self._build(empty, start))
         return sorted(batches, key=lambda batch: batch.window_start_ns)
 

@@ -7,7 +7,21 @@ look 10 % complete. Per window and tag:
 - ``received``: samples that carry a value or a device's answer; the gateway's own
   placeholders for a poll that got no answer (comm error, timeout) do not count;
 - ``good``: received samples of good quality;
-- ``expected``: the part of the window the agent was running, divided by the tag's rate.
+- ``expected``: the part of the window the tag was being acquired, divided by its rate.
+
+A tag is being acquired from its first sample (a value, or the placeholder of a poll or a
+session that failed), and until the agent stops acquiring. Counting from the agent's start
+would call the wait for a session and for the first poll due on the tag's grid missing,
+so a clean run could never be complete; counting only from the first value would let a
+device that never answers owe nothing. A tag that has delivered nothing at all by
+``grace`` after the start (a driver stuck before its first answer or failure) is owed
+from then. A window in which no tag was being acquired (before the first sample, after
+the stop) has no figures to give and is not a batch (:meth:`QualityTally.acquired_ns`).
+
+A source whose tags arrive on change (a subscription, a publisher) owes no count, but it
+can be down: its ``session_up`` is the share of the time since its first frame (or failed
+session) during which its session was up, i.e. not between a failed session's marker and
+the next sample received, so one that never connects shows 0, not nothing.
 
 completeness = received / expected and validity = good / received. Timeliness is the
 acquisition-to-batch latency of the batch's rows, per source. A batch carries the totals
@@ -31,10 +45,49 @@ from agent.frame import Frame
 from agent.metrics import percentile
 
 _NOT_RECEIVED = (int(q.Reason.COMM_ERROR), int(q.Reason.TIMEOUT))
+_NEVER = np.iinfo(np.int64).max  # a tag not acquired yet
+
+
+class _Sessions:
+    """When each on-change source's session was down, on the gateway's receive clock
+    (device stamps of a subscription's first values may be hours old)."""
+
+    def __init__(self) -> None:
+        self.since: dict[int, int] = {}  # source -> its first frame
+        self.down: dict[int, int] = {}  # source -> since when, while down
+        self.outages: list[tuple[int, int, int]] = []  # (source, from, until), ended
+
+    def note(self, source: int, at: int, received: bool) -> None:
+        self.since.setdefault(source, at)
+        down = self.down.get(source)
+        if received and down is not None:
+            del self.down[source]
+            self.outages.append((source, down, at))
+        elif not received and down is None:
+            self.down[source] = at
+
+    def up_ns(self, source: int, low: int, high: int) -> tuple[int, int]:
+        """(acquired, up) ns of the source between ``low`` and ``high``."""
+        low = max(low, self.since.get(source, high))
+        if high <= low:
+            return 0, 0
+        periods = [(a, b) for s, a, b in self.outages if s == source]
+        if source in self.down:
+            periods.append((self.down[source], high))
+        down = sum(max(0, min(b, high) - max(a, low)) for a, b in periods)
+        return high - low, high - low - down
+
+    def forget_before(self, ns: int) -> None:
+        self.outages = [outage for outage in self.outages if outage[2] > ns]
 
 
 class QualityTally:
-    """Counts received and good samples per (window, global tag) as frames arrive."""
+    """Counts received and good samples per (window, global tag) as frames arrive, and
+    when each tag was first acquired.
+
+    ``grace`` (ns, one value or one per tag) is how long after ``started_ns`` a tag may
+    take to deliver its first sample before it is owed anyway; 0 owes every tag from the
+    start."""
 
     def __init__(
         self,
@@ -43,6 +96,7 @@ class QualityTally:
         rate_ns: np.ndarray,
         window_ns: int,
         clock: Callable[[], int] = time.time_ns,
+        grace_ns: int | np.ndarray = 0,
     ) -> None:
         self.source_offset = source_offset
         self.tag_source = tag_source
@@ -51,23 +105,45 @@ class QualityTally:
         self.window_ns = window_ns
         self.clock = clock
         self.started_ns = clock()
+        self.stopped_ns: int | None = None  # set when acquisition ends: nothing owed after
+        self.grace_ns = np.broadcast_to(np.asarray(grace_ns, np.int64), tag_source.shape)
+        self.first_ns = np.full(tag_source.shape[0], _NEVER, np.int64)  # first sample per tag
+        owed = np.isfinite(self.rate_ns)
+        self.on_change = [not owed[tag_source == i].any() for i in range(len(source_offset))]
+        self.sessions = _Sessions()
+        self._unstarted = set(range(len(source_offset)))  # sources with a tag not sampled yet
         self._windows: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def stop(self, at_ns: int) -> None:
+        """Acquisition ended at ``at_ns``: the windows still to close owe nothing after it."""
+        self.stopped_ns = at_ns
 
     def add(self, source_index: int, frame: Frame) -> None:
         if not len(frame):
             return
         gtag = frame.tag + self.source_offset[source_index]
+        if source_index in self._unstarted:  # until each of its tags has had a sample
+            new = self.first_ns[gtag] == _NEVER
+            if new.any():
+                np.minimum.at(self.first_ns, gtag[new], frame.time[new])
+                if (self.first_ns[self.tag_source == source_index] != _NEVER).all():
+                    self._unstarted.discard(source_index)
         windows = frame.time // self.window_ns * self.window_ns
         first = int(windows[0])
         if not frame.quality.any() and (windows == first).all():
             # the usual case, one poll of good samples in one window: a single count
             counts = np.bincount(gtag, minlength=self.tag_source.shape[0])
             self._add_counts(first, counts, counts)
+            if self.on_change[source_index]:
+                self.sessions.note(source_index, frame.received or int(frame.time[-1]), True)
             return
         reason = frame.quality & q.REASON_MASK
         bad = frame.quality >= q.BAD
         received = ~(bad & np.isin(reason, _NOT_RECEIVED))
         good = received & (frame.quality & q.SEVERITY_MASK == q.GOOD)
+        if self.on_change[source_index]:
+            at = frame.received or int(frame.time[-1])
+            self.sessions.note(source_index, at, bool(received.any()))
         for start in np.unique(windows).tolist():
             rows = windows == start
             self._count(start, gtag[rows], received[rows], good[rows])
@@ -88,6 +164,31 @@ class QualityTally:
         counts[0][:] += received
         counts[1][:] += good
 
+    def _spans(self, window_start: int) -> np.ndarray:
+        """Per tag, the ns of the window during which it was being acquired."""
+        owed = np.isfinite(self.rate_ns)  # an on-change tag is owed nothing before it sends
+        deadline = np.where(owed, self.started_ns + self.grace_ns, _NEVER)
+        low = np.maximum(np.minimum(self.first_ns, deadline), window_start)
+        high = min(window_start + self.window_ns, self._end())
+        return np.maximum(high - low, 0)
+
+    def _end(self) -> int:
+        return self.clock() if self.stopped_ns is None else self.stopped_ns
+
+    def _sessions_up(self, window_start: int) -> dict[int, tuple[int, int]]:
+        """Per on-change source: (acquired, up) ns in the window."""
+        high = min(window_start + self.window_ns, self._end())
+        return {
+            index: self.sessions.up_ns(index, window_start, high)
+            for index, on_change in enumerate(self.on_change)
+            if on_change
+        }
+
+    def acquired_ns(self, window_start: int) -> int:
+        """How long any tag was being acquired in the window: 0 means it is not a batch."""
+        sessions = [acquired for acquired, _ in self._sessions_up(window_start).values()]
+        return max(int(self._spans(window_start).max(initial=0)), *sessions, 0)
+
     def figures(
         self,
         window_start: int,
@@ -95,7 +196,6 @@ class QualityTally:
         qualified: list[str],
         latency_ns: dict[int, np.ndarray],
         clocks: dict[int, dict[str, Any]],
-        end_ns: int | None = None,
     ) -> dict[str, Any]:
         """The window's figures, and forget windows up to it (late tallies are dropped:
         the late rows themselves travel flagged in the next batch)."""
@@ -105,16 +205,19 @@ class QualityTally:
         size = self.tag_source.shape[0]
         if received is None or good is None:
             received, good = np.zeros(size, np.int64), np.zeros(size, np.int64)
-        low = max(window_start, self.started_ns)
-        high = min(window_start + self.window_ns, self.clock() if end_ns is None else end_ns)
-        span = max(0, high - low)
-        expected = span / self.rate_ns
+        spans = self._spans(window_start)
+        span = int(spans.max(initial=0))
+        sessions = self._sessions_up(window_start)
+        self.sessions.forget_before(window_start)
+        expected = spans / self.rate_ns
+        owed = np.isfinite(self.rate_ns)  # tags that owe one sample per rate
         # a tag that sent nothing is listed even if the rounded promise was 0 (a slow tag's
         # window, a partial one): the batch's lineage names only the tags it holds, so
-        # tag_figures could not give it the fraction it was expected
+        # tag_figures could not give it the fraction it was expected; so is one acquired
+        # for less of the window than the batch's span (its first window)
         deviating = (received != np.round(expected)) | (good != received)
         deviating |= (received == 0) & (expected > 0)
-        owed = np.isfinite(self.rate_ns)  # tags that owe one sample per rate
+        deviating |= owed & (spans != span)
         sources: dict[str, Any] = {}
         for index, name in enumerate(source_names):
             mine = self.tag_source == index
@@ -133,6 +236,10 @@ class QualityTally:
             if latency is not None and latency.size:
                 figures["latency_p50_ms"] = round(percentile(latency, 50) / 1e6, 3)
                 figures["latency_max_ms"] = round(float(latency.max()) / 1e6, 3)
+            if index in sessions and sessions[index][0]:
+                acquired, up = sessions[index]
+                figures |= {"acquired_ns": acquired, "up_ns": up}
+                figures["session_up"] = round(up / acquired, 4)
             if index in clocks:
                 figures["clock"] = clocks[index]
             sources[name] = figures
@@ -145,8 +252,8 @@ class QualityTally:
 
 def tag_figures(quality: dict[str, Any], lineage: dict[str, Any]) -> dict[str, list[float]]:
     """[received, expected, good] of every tag of a batch, from its two metadata entries:
-    deviating tags are listed, the others received (all good) exactly the rounded number
-    their rate promised."""
+    deviating tags are listed, the others were acquired for the whole span and received
+    (all good) exactly the rounded number their rate promised."""
     span = quality["span_ns"]
     figures: dict[str, list[float]] = {}
     for tag, described in lineage.items():

@@ -38,6 +38,8 @@ class SourceSummary:
     latency_max_ms: float = 0.0
     clock_offset_ms: list[float] = field(default_factory=list)
     clock_uncertainty_ms: float = 0.0
+    acquired_ns: int = 0  # an on-change source: how long acquired, and its session up
+    up_ns: int = 0
 
 
 @dataclass
@@ -46,6 +48,17 @@ class DatasetSummary:
     without_figures: int = 0
     tags: dict[str, TagSummary] = field(default_factory=dict)
     sources: dict[str, SourceSummary] = field(default_factory=dict)
+
+    def source_completeness(self, source: str) -> float | None:
+        """Of the samples its tags owed, the share received; each tag's surplus capped, so
+        one tag's extra samples do not hide another's missing ones. None if none owed
+        (a source whose tags all arrive on change)."""
+        owed = received = 0.0
+        for tag, totals in self.tags.items():
+            if tag.split("/", 1)[0] == source:  # "<source>/<tag>": no "/" in a source name
+                owed += totals.expected
+                received += min(totals.received, totals.expected)
+        return received / owed if owed else None
 
 
 def summarise(dataset: Path) -> DatasetSummary:
@@ -70,6 +83,8 @@ def summarise(dataset: Path) -> DatasetSummary:
 
 
 def _add_source(totals: SourceSummary, figures: dict[str, Any]) -> None:
+    totals.acquired_ns += figures.get("acquired_ns", 0)
+    totals.up_ns += figures.get("up_ns", 0)
     if "latency_p50_ms" in figures:
         totals.latency_p50_ms.append(figures["latency_p50_ms"])
         totals.latency_max_ms = max(totals.latency_max_ms, figures["latency_max_ms"])
@@ -101,6 +116,10 @@ def format_summary(dataset: Path, summary: DatasetSummary) -> str:
         )
     for name, source in sorted(summary.sources.items()):
         parts = [f"source {name}:"]
+        if (completeness := summary.source_completeness(name)) is not None:
+            parts.append(f"complete {_percent(completeness)}")
+        if source.acquired_ns:  # on change: no count owed, but was it listening?
+            parts.append(f"session up {_percent(source.up_ns / source.acquired_ns)}")
         if source.latency_p50_ms:
             median = sorted(source.latency_p50_ms)[len(source.latency_p50_ms) // 2]
             parts.append(f"batch latency p50 {median:.1f} ms, max {source.latency_max_ms:.1f} ms")

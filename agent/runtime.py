@@ -57,6 +57,10 @@ log = structlog.get_logger()
 _STOP_SOURCES_S = 1.0
 _GAUGES_EVERY_S = 1.0
 _RESUME_BELOW = 0.9  # a full spool is over once back under 90 % of its caps
+# A tag owes samples from its first one (value or failure) or, at the latest, this long
+# plus one period after the start: connecting may take a few seconds, the first poll is due
+# within a period, and a driver that neither answers nor fails by then is not acquiring.
+_FIRST_SAMPLE_WITHIN_NS = 10_000_000_000
 
 
 class Agent:
@@ -71,6 +75,7 @@ class Agent:
             self.tag_table.tag_source,
             self.tag_table.rate_ns,
             config.batch.window,
+            grace_ns=_FIRST_SAMPLE_WITHIN_NS + self.tag_table.rate_ns,
         )
         self.batcher = Batcher(
             self.tag_table,
@@ -355,6 +360,7 @@ class Agent:
             self.tasks.start("status", partial(self._serve_status, status))
         self._recover()
         sources = [f"source:{runner.config.name}" for runner in self.runners]
+        self.tally.started_ns = time.time_ns()  # acquisition starts now, not at __init__
         for name, runner in zip(sources, self.runners, strict=True):
             self.tasks.start(name, partial(_run_source, runner))
         period = min(self.batcher.window_ns / 1e9 / 4, 0.25)
@@ -376,6 +382,7 @@ class Agent:
             self._paused.clear()
             self._acquiring.set()  # a frame held back by a full spool is kept, not lost
             await _within(self.tasks.stop(sources), _STOP_SOURCES_S)
+            self.tally.stop(time.time_ns())  # the windows still to close owe nothing after
             await self.tasks.stop(["closer"])
             for runner in self.runners:  # what deadband/swinging door/features still hold
                 self.batcher.add(runner.index, runner.pipeline.flush())

@@ -232,6 +232,8 @@ class SourceRunner:
         ):
             marker = Frame.uniform(self._all_tags, time.time_ns(), math.nan, _COMM_ERROR)
             self._count_in(marker)
+            if self._acquired is not None:  # the tally: owed from here, none received
+                self._acquired(self.index, marker)
             marker = self.pipeline.process(marker)  # ends compressed trends at the gap
             self._count_bad(marker)
             await self._sink(self.index, marker)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import tomllib
 from pathlib import Path
 
@@ -16,11 +17,12 @@ from agent.cli import main
 from agent.config_load import parse_config
 from agent.dataquality import QualityTally, tag_figures
 from agent.frame import Frame
-from agent.report import summarise
+from agent.report import DatasetSummary, TagSummary, summarise
 from agent.runtime import Agent
 from protocols._template.driver import TemplateSourceConfig
 from simulators.modbus_plc import POINTS, ModbusPLCSimulator
-from tests.conftest import agent_toml
+from simulators.opcua_cnc import NODES, OpcUaCncSimulator
+from tests.conftest import agent_toml, run_agent
 
 S = 1_000_000_000
 MS = 1_000_000
@@ -183,6 +185,135 @@ def test_a_restart_after_a_long_stop_does_not_emit_the_windows_it_slept_through(
     assert [b.window_start_ns - now for b in batches] == [0, S]
 
 
+def test_a_tag_is_owed_samples_from_its_first_one_not_from_the_agent_start() -> None:
+    """Connecting and the first poll due on the tag's grid take time nothing could have
+    been sampled in: the tag owes from its first sample, another tag of the same source
+    from its own; a window before any of them is owed nothing."""
+    counts = tally(T0 + 2 * S)
+    counts.grace_ns = np.full(3, 60 * S)
+    counts.started_ns = T0 - 700 * MS
+    for k in range(3, 10):  # s0/a from .3 s
+        counts.add(0, frame([0], T0 + k * 100 * MS, [q.GOOD]))
+    counts.add(1, frame([0], T0 + 600 * MS, [q.GOOD]))  # s1/c from .6 s
+    assert counts.acquired_ns(T0 - S) == 0, "the window the agent started in: no batch"
+    assert counts.acquired_ns(T0) == 700 * MS
+    figures = counts.figures(T0, ["s0", "s1"], ["s0/a", "s0/b", "s1/c"], {}, {})
+    assert figures["span_ns"] == 700 * MS
+    assert figures["sources"]["s0"]["completeness"] == 1.0
+    assert figures["tags"] == {"s0/b": [0, 0.0, 0], "s1/c": [1, 4.0, 1]}, "own spans listed"
+    lineage = {"s0/a": {"rate": "100ms"}, "s0/b": {"rate": "1s"}, "s1/c": {"rate": "100ms"}}
+    assert tag_figures(figures, lineage) == {
+        "s0/a": [7, 7.0, 7],
+        "s0/b": [0, 0.0, 0],
+        "s1/c": [1, 4.0, 1],
+    }
+
+
+def test_a_source_that_never_connects_owes_from_its_first_failure() -> None:
+    """The comm-error marker of a failed session is its tags' first sample: from then on
+    they are owed, and show 0 %, not nothing."""
+    counts = tally(T0 + 2 * S)
+    counts.grace_ns = np.full(3, 60 * S)
+    counts.started_ns = T0
+    failed = q.make(q.BAD, q.Reason.COMM_ERROR)
+    counts.add(1, frame([0], T0 + 500 * MS, [failed]))
+    figures = counts.figures(T0, ["s0", "s1"], ["s0/a", "s0/b", "s1/c"], {}, {})
+    assert figures["sources"]["s1"]["completeness"] == 0.0
+    assert figures["tags"]["s1/c"] == [0, 5.0, 0]
+    assert figures["sources"]["s0"]["expected"] == 0, "s0 has not started, nor its grace run"
+
+
+def test_a_tag_that_delivers_nothing_at_all_is_owed_after_its_grace() -> None:
+    counts = QualityTally(
+        [0], np.array([0, 0], np.int32), np.array([100 * MS, S]), S, lambda: T0 + 10 * S
+    )
+    counts.started_ns = T0
+    counts.grace_ns = np.array([2 * S + 100 * MS, 2 * S + S])  # as the agent sets it
+    assert counts.acquired_ns(T0 + S) == 0
+    figures = counts.figures(T0 + 2 * S, ["dev"], ["dev/a", "dev/b"], {}, {})
+    assert figures["tags"] == {"dev/a": [0, 9.0, 0], "dev/b": [0, 0.0, 0]}
+    assert figures["sources"]["dev"]["completeness"] == 0.0
+    figures = counts.figures(T0 + 3 * S, ["dev"], ["dev/a", "dev/b"], {}, {})
+    assert figures["tags"] == {"dev/a": [0, 10.0, 0], "dev/b": [0, 1.0, 0]}
+
+
+def test_nothing_is_owed_after_acquisition_stopped() -> None:
+    counts = tally(T0 + 10 * S)
+    counts.started_ns = T0
+    counts.add(0, frame([0, 1], T0, [q.GOOD, q.GOOD]))
+    counts.stop(T0 + S + 250 * MS)
+    figures = counts.figures(T0 + S, ["s0", "s1"], ["s0/a", "s0/b", "s1/c"], {}, {})
+    assert figures["span_ns"] == 250 * MS
+    assert figures["sources"]["s0"]["expected"] == 2.5 + 0.25
+    assert counts.acquired_ns(T0 + 2 * S) == 0, "a window after the stop is no batch"
+
+
+def test_an_on_change_source_reports_how_long_its_session_was_up() -> None:
+    """A subscription owes no count, but a failed session is time nothing could arrive:
+    from the failure's marker to the next sample received it is down; a source that never
+    connects is down from its first failure on, and shown so, not left out."""
+    now = [T0 + 10 * S]
+    counts = QualityTally([0, 1], np.array([0, 1], np.int32), np.zeros(2), S, lambda: now[0])
+    counts.started_ns = T0
+    failed = q.make(q.BAD, q.Reason.COMM_ERROR)
+    counts.add(0, frame([0], T0 + 200 * MS, [q.GOOD]))  # subscribed at .2 s
+    counts.add(0, frame([0], T0 + S + 500 * MS, [failed]))  # the session fails at 1.5 s
+    counts.add(0, frame([0], T0 + 2 * S + 250 * MS, [q.GOOD]))  # and is back at 2.25 s
+    counts.add(1, frame([0], T0 + 400 * MS, [failed]))  # never connects
+    names = ["sub", "dead"]
+    figures = [counts.figures(T0 + k * S, names, ["sub/a", "dead/b"], {}, {}) for k in range(3)]
+    sub = [f["sources"]["sub"] for f in figures]
+    assert [(f["acquired_ns"], f["up_ns"]) for f in sub] == [
+        (800 * MS, 800 * MS),
+        (S, 500 * MS),
+        (S, 750 * MS),
+    ]
+    assert [f["session_up"] for f in sub] == [1.0, 0.5, 0.75]
+    assert [f["sources"]["dead"]["session_up"] for f in figures] == [0.0, 0.0, 0.0]
+    assert all(f["sources"]["sub"]["completeness"] is None for f in figures), "none owed"
+    assert counts.acquired_ns(T0 - S) == 0
+    counts.stop(T0 + 3 * S + 100 * MS)
+    assert counts.acquired_ns(T0 + 3 * S) == 100 * MS
+    assert counts.acquired_ns(T0 + 4 * S) == 0
+
+
+def test_only_windows_with_acquisition_time_become_batches() -> None:
+    """No 0-row batch for the window the agent started in before its first sample, nor
+    for one after the stop; a window of an outage in between is a batch (0 % complete)."""
+    table = TagTable([TemplateSourceConfig(name="dev", tags=[{"name": "a", "rate": "100ms"}])])
+    counts = QualityTally(
+        table.source_offset, table.tag_source, table.rate_ns, S, lambda: T0 + 5 * S, 60 * S
+    )
+    counts.started_ns = T0 + 900 * MS
+    batcher = Batcher(table, S, 0, "gw", "cfg", counts)
+    for start in (T0 + S, T0 + 3 * S):  # the first poll is due at 1 s; windows 1 and 3
+        sample = frame([0], start, [q.GOOD])
+        counts.add(0, sample)
+        batcher.add(0, sample)
+    assert batcher.close_due(T0 + S) == [], "window 0: started, nothing acquired yet"
+    counts.stop(T0 + 3 * S + 50 * MS)
+    batches = batcher.close_due(T0 + 5 * S)
+    assert [b.window_start_ns - T0 for b in batches] == [S, 2 * S, 3 * S]
+    assert [b.points for b in batches] == [1, 0, 1]
+    assert [b.quality["span_ns"] for b in batches if b.quality] == [S, S, 50 * MS]
+    assert batches[1].quality is not None
+    assert batches[1].quality["sources"]["dev"]["completeness"] == 0.0
+
+
+def test_a_source_is_as_complete_as_its_owed_tags_with_no_tag_covering_for_another() -> None:
+    summary = DatasetSummary(
+        tags={
+            "plc/a": TagSummary(received=110, expected=100, good=110),  # one too many each
+            "plc/b": TagSummary(received=90, expected=100, good=90),
+            "plc.2/c": TagSummary(received=0, expected=50, good=0),  # not plc's
+            "scada/d": TagSummary(received=7, expected=0, good=7),  # on change: owes none
+        }
+    )
+    assert summary.source_completeness("plc") == 0.95
+    assert summary.source_completeness("plc.2") == 0.0
+    assert summary.source_completeness("scada") is None
+
+
 async def test_completeness_and_validity_match_an_injected_dropout(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -225,6 +356,84 @@ async def test_completeness_and_validity_match_an_injected_dropout(
     assert line.split()[1:4] == [str(received), f"{expected:.1f}", str(good)]
     totals = summarise(tmp_path).tags[tag]
     assert totals.completeness == pytest.approx(received / expected, rel=1e-4)
-    assert "source plc1: batch latency p50" in out
+    assert f"source plc1: complete {100 * min(received / expected, 1.0):.2f}%;" in out
+    assert "; batch latency p50" in out
     assert "time uncertainty up to" in out, "Modbus: stamped at the midpoint, +/- RTT/2"
     assert stored["sources"]["plc1"]["clock"]["uncertainty_ms"] > 0
+
+
+async def test_a_device_that_never_answers_is_reported_0_percent_complete(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A source refused from its first connect is in the figures at 0 %, beside a healthy
+    one at 100 %: it is owed from its first failure, not left out of the report."""
+    with socket.socket() as free:  # a loopback port nobody listens on: connects refused
+        free.bind(("127.0.0.1", 0))
+        dead_port = free.getsockname()[1]
+    simulator = ModbusPLCSimulator(seed=3)
+    await simulator.start("127.0.0.1", 0)
+    extra = 'backoff_initial = "100ms"\nbackoff_max = "200ms"\n'
+    sources = simulator.agent_config("100ms", points=POINTS[:2], extra=extra) + (
+        simulator.agent_config(
+            "100ms",
+            source="gone",
+            points=POINTS[:2],
+            extra=extra,
+            url=f"modbus+tcp://127.0.0.1:{dead_port}",
+        )
+    )
+    try:
+        agent = await run_agent(agent_toml(tmp_path, sources), 3.0)
+    finally:
+        await simulator.stop()
+    figures = [b.quality["sources"] for b in agent.written if b.quality is not None]
+    assert all(f["gone"]["completeness"] == 0.0 for f in figures if f["gone"]["expected"])
+    assert sum(f["gone"]["expected"] for f in figures) >= 40, "owed from its first failure"
+    assert main(["report", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "source gone: complete 0.00%;" in out
+    assert "source plc1: complete 100.00%;" in out
+    for point in POINTS[:2]:
+        line = next(line for line in out.splitlines() if line.startswith(f"gone/{point.name} "))
+        received, _, _, complete = line.split()[1:5]
+        assert (received, complete) == ("0", "0.00%")
+
+
+async def test_a_subscription_that_drops_out_reports_its_session_down_time(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An OPC UA server that powers off for 1.5 s: the subscription owes no count, but the
+    time from its failed session to the first value after the reconnect is down."""
+    simulator = OpcUaCncSimulator(seed=5)
+    port = await simulator.start("127.0.0.1", 0)
+    extra = 'backoff_initial = "100ms"\nbackoff_max = "200ms"\n'
+    moving = tuple(node for node in NODES if node.name == "axis_x")
+    text = agent_toml(tmp_path, simulator.agent_config("100ms", nodes=moving, extra=extra))
+    agent = Agent(parse_config(tomllib.loads(text), Path("test.toml")))
+    stop = asyncio.Event()
+    running = asyncio.create_task(agent.run(stop))
+    try:
+        await asyncio.sleep(2.0)
+        await simulator.stop()
+        await asyncio.sleep(1.5)
+        await simulator.start("127.0.0.1", port)
+        runner = agent.runners[0]
+        for _ in range(100):  # back within a few seconds; allow for a loaded machine
+            await asyncio.sleep(0.1)
+            if runner.failures and runner.problem() is None and runner.ctx.connected:
+                break
+        await asyncio.sleep(1.0)
+    finally:
+        stop.set()
+        await running
+        await simulator.stop()
+    figures = [b.quality["sources"]["cnc1"] for b in agent.written if b.quality is not None]
+    acquired = sum(f.get("acquired_ns", 0) for f in figures)
+    down = acquired - sum(f.get("up_ns", 0) for f in figures)
+    assert runner.failures >= 1
+    assert 1.4 * S <= down <= 6 * S, "the 1.5 s off, and the reconnect"
+    assert acquired >= 4 * S
+    assert main(["report", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if line.startswith("source cnc1:"))
+    assert f"session up {100 * (acquired - down) / acquired:.2f}%;" in line
