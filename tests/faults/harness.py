@@ -8,8 +8,12 @@ Also used by ``bench/bench_faults.py``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,3 +94,29 @@ def balance(served: list[int], store: Path, lost: int) -> Books:
         invented=len(set(unique.tolist()) - served_set),
         missing=sorted(served_set - set(unique.tolist())),
     )
+
+
+@asynccontextmanager
+async def agent_processes() -> AsyncIterator[
+    Callable[[Path], Awaitable[asyncio.subprocess.Process]]
+]:
+    """Start ``edge-agent run -c CONFIG`` processes (stderr piped); whatever is still
+    running when the block ends, a failed assertion included, is killed: a test that fails
+    halfway must not leave an agent polling on."""
+    started: list[asyncio.subprocess.Process] = []
+
+    async def start(config: Path) -> asyncio.subprocess.Process:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "agent.cli", "run", "-c", str(config),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        started.append(process)
+        return process
+
+    try:
+        yield start
+    finally:
+        for process in started:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()

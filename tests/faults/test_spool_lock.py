@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
 from pathlib import Path
 
 from simulators.modbus_plc import ModbusPLCSimulator
-from tests.faults.harness import sequence_source
+from tests.faults.harness import agent_processes, sequence_source
 
 EXIT_IO = 74
 
@@ -18,20 +17,20 @@ EXIT_IO = 74
 async def test_a_second_agent_on_the_same_data_dir_is_refused_in_one_line(
     tmp_path: Path,
 ) -> None:
-    async with ModbusPLCSimulator(seed=11) as plc:
+    async with ModbusPLCSimulator(seed=11) as plc, agent_processes() as start_agent:
         config = tmp_path / "agent.toml"
         config.write_text(
             f'[agent]\nmetrics = ""\ndata_dir = "{tmp_path / "state"}"\nlog_format = "json"\n'
             f'[[uplinks]]\ntype = "parquet"\npath = "{tmp_path / "store"}"\n\n'
             + sequence_source(plc.port)
         )
-        command = [sys.executable, "-m", "agent.cli", "run", "-c", str(config)]
-        first = await asyncio.create_subprocess_exec(*command, stderr=asyncio.subprocess.DEVNULL)
+        first = await start_agent(config)
         await asyncio.sleep(2.0)
-        second = await asyncio.create_subprocess_exec(*command, stderr=asyncio.subprocess.PIPE)
+        second = await start_agent(config)
         _, stderr = await asyncio.wait_for(second.communicate(), 30)
         first.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(first.wait(), 30) == 0
+        await asyncio.wait_for(first.communicate(), 30)
+        assert first.returncode == 0
     lines = stderr.decode().strip().splitlines()
     assert second.returncode == EXIT_IO
     assert b"Traceback" not in stderr

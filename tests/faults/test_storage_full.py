@@ -14,7 +14,6 @@ import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +24,7 @@ from agent import framelog
 from agent.atrisk import AtRiskLedger
 from agent.spool import Spool
 from simulators.modbus_plc import ModbusPLCSimulator
-from tests.faults.harness import balance, sequence_source, spool_losses
+from tests.faults.harness import agent_processes, balance, sequence_source, spool_losses
 from tests.faults.outages import running_agent, wait_for
 
 pytestmark = pytest.mark.slow
@@ -154,14 +153,6 @@ def fill(disk: Path) -> Path:
     return filler
 
 
-async def start_agent(config: Path, log: Path | None = None) -> asyncio.subprocess.Process:
-    stderr = asyncio.subprocess.PIPE if log is None else log.open("ab")
-    return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "agent.cli", "run", "-c", str(config),
-        stdout=asyncio.subprocess.DEVNULL, stderr=stderr,
-    )  # fmt: skip
-
-
 async def test_a_real_full_disk_a_kill_while_full_and_a_clean_stop_balance_the_books(
     tmp_path: Path, small_disk: Path
 ) -> None:
@@ -169,7 +160,7 @@ async def test_a_real_full_disk_a_kill_while_full_and_a_clean_stop_balance_the_b
     restarted while still full, the space freed, stopped with SIGTERM: every number the PLC
     served is stored once or counted lost (the ledger's count for the killed run)."""
     store, state = tmp_path / "store", small_disk / "state"
-    async with ModbusPLCSimulator(seed=4) as plc:
+    async with ModbusPLCSimulator(seed=4) as plc, agent_processes() as start_agent:
         config = tmp_path / "agent.toml"
         config.write_text(config_text(store, state, plc.port))
         agent = await start_agent(config)
