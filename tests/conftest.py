@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 import os
 import tomllib
-from collections.abc import Generator
+from collections.abc import AsyncIterator, Generator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pyarrow as pa
@@ -44,6 +45,19 @@ async def run_agent(text: str, seconds: float, stop_after: asyncio.Event | None 
     stop.set()
     await task
     return agent
+
+
+@asynccontextmanager
+async def running_agent(text: str) -> AsyncIterator[Agent]:
+    """An agent running in this loop on a config text; stopped (flushing) at the end."""
+    agent = Agent(parse_config(tomllib.loads(text), Path("test.toml")))
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
+    try:
+        yield agent
+    finally:
+        stop.set()
+        await task
 
 
 def read_store(store: Path) -> pa.Table:

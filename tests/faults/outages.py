@@ -12,35 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import os
-import tomllib
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from pathlib import Path
+from collections.abc import Callable
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
 from agent import quality as q
-from agent.config_load import parse_config
-from agent.runtime import Agent
 from simulators.mqtt_broker import PrivateBroker
+from tests.conftest import running_agent as running_agent
 
 OUTAGE_S = float(os.environ.get("EDGE_AGENT_OUTAGE_S", "10"))
 RESUME_WITHIN_S = 5.0  # the issue's goal, with default settings
-
-
-@asynccontextmanager
-async def running_agent(text: str) -> AsyncIterator[Agent]:
-    """An agent running in this loop on a config text; stopped (flushing) at the end."""
-    agent = Agent(parse_config(tomllib.loads(text), Path("test.toml")))
-    stop = asyncio.Event()
-    task = asyncio.create_task(agent.run(stop))
-    try:
-        yield agent
-    finally:
-        stop.set()
-        await task
 
 
 async def wait_for(condition: Callable[[], bool], seconds: float, what: str) -> float:

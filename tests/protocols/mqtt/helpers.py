@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import tomllib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -11,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from agent.config_load import parse_config
 from agent.frame import Frame, concat
 from agent.runtime import Agent
 from protocols.mqtt.aio import AsyncMqttClient
@@ -26,6 +24,7 @@ from simulators.mqtt_broker import (
     private_broker,
 )
 from simulators.mqtt_scada import connect_publisher
+from tests.conftest import running_agent as running_agent
 
 BROKER = broker_class()  # what private_broker starts here: mosquitto, amqtt or none
 
@@ -65,18 +64,6 @@ async def wait_for(condition: Callable[[], bool], seconds: float = 10.0) -> None
         if asyncio.get_running_loop().time() > deadline:
             pytest.fail(f"condition not met within {seconds} s")
         await asyncio.sleep(0.05)
-
-
-@asynccontextmanager
-async def running_agent(text: str) -> AsyncIterator[Agent]:
-    agent = Agent(parse_config(tomllib.loads(text), Path("test.toml")))
-    stop = asyncio.Event()
-    task = asyncio.create_task(agent.run(stop))
-    try:
-        yield agent
-    finally:
-        stop.set()
-        await task
 
 
 def source_up(agent: Agent, source: str) -> bool:
