@@ -28,9 +28,9 @@ import numpy as np
 from asyncua import Client, ua
 from asyncua.common.subscription import Subscription
 
-from agent import quality as q
-from agent.frame import Frame, concat
-from agent.metrics import PollStats
+from agent.acquisition import quality as q
+from agent.acquisition.frame import Frame, concat
+from agent.ops.metrics import PollStats
 from protocols.opcua.config import OpcUaSourceConfig, OpcUaTagConfig
 from protocols.opcua.security import SecurityError, configure_client
 from protocols.opcua.values import ValueDecoder, ns_of
@@ -230,7 +230,7 @@ class OpcUaDriver(PollingDriver):
             frame = self.decoder.decode(
                 [item.ClientHandle - 1 for item in items], [item.Value for item in items], received
             )
-            frame.sent = sent  # the server's clock at PublishTime: see agent/clock.py
+            frame.sent = sent  # the server's clock at PublishTime: see agent/acquisition/clock.py
             self._report_undecodable(ctx)
             await ctx.emit(frame)
 

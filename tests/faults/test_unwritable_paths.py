@@ -24,9 +24,9 @@ from pathlib import Path
 import pytest
 
 import agent
-from agent.cli import EXIT_CONFIG, EXIT_IO
-from agent.config_load import load_config
-from agent.paths import agent_dirs, local_dir, write_problem
+from agent.commands.cli import EXIT_CONFIG, EXIT_IO
+from agent.config.load import load_config
+from agent.config.paths import agent_dirs, local_dir, write_problem
 
 REPO = Path(agent.__file__).resolve().parent.parent
 IS_ROOT = os.geteuid() == 0
@@ -133,7 +133,7 @@ def edge_agent(
             *(_unprivileged() if unprivileged else []),
             sys.executable,
             "-m",
-            "agent.cli",
+            "agent.commands.cli",
             command,
             "-c",
             str(config),

@@ -22,12 +22,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from agent import quality as q
-from agent.config import SourceConfig
-from agent.dataquality import QualityTally
-from agent.durations import parse_duration
-from agent.frame import Frame, join_optional
-from agent.pipeline import derived_tags, tag_lineage
+from agent.acquisition import quality as q
+from agent.acquisition.frame import Frame, join_optional
+from agent.acquisition.pipeline import derived_tags, tag_lineage
+from agent.config.durations import parse_duration
+from agent.config.model import SourceConfig
+from agent.windows.dataquality import QualityTally
 
 META_PREFIX = "edge_agent."
 _TIMESTAMP = pa.timestamp("ns", tz="UTC")
