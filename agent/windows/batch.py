@@ -12,6 +12,7 @@ Work per batch is a few vectorised passes; nothing is done per sample in Python.
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import hashlib
 import json
@@ -52,24 +53,44 @@ class TagTable:
     """All tags of all sources under one global index, with what each batch says of them."""
 
     def __init__(self, sources: Sequence[SourceConfig]) -> None:
-        self.source_names = [source.name for source in sources]
-        self.source_offset: list[int] = []
-        names: list[str] = []
-        owners: list[int] = []
-        rates: list[int] = []
-        self.lineage: list[dict[str, Any]] = []
+        entries: list[tuple[int, str, dict[str, Any]]] = []
         for index, source in enumerate(sources):
-            self.source_offset.append(len(names))
             on_change = {"on_change": True} if source.reports_on_change else {}
             tags = [(tag.name, tag_lineage(tag) | on_change) for tag in source.tags]
-            for name, lineage in tags + derived_tags(source.tags, source.name):
-                names.append(name)
-                owners.append(index)
-                # derived (feature) tags are not acquired and on-change tags owe no count
-                # per rate: no rate, nothing expected
-                owed = "rate" in lineage and not lineage.get("on_change")
-                rates.append(parse_duration(lineage["rate"]) if owed else 0)
-                self.lineage.append(lineage)
+            entries += [
+                (index, n, lineage) for n, lineage in tags + derived_tags(source.tags, source.name)
+            ]
+        self._index([source.name for source in sources], entries)
+
+    @classmethod
+    def of_lineage(
+        cls, source_names: Sequence[str], entries: Sequence[tuple[int, str, dict[str, Any]]]
+    ) -> TagTable:
+        """The table of tags known only by what batches said of them (source index, name,
+        lineage), e.g. a stored dataset's, for the resampler of ``edge-agent export``."""
+        table = cls.__new__(cls)
+        table._index(list(source_names), sorted(entries, key=lambda entry: entry[0]))
+        return table
+
+    def _index(
+        self, source_names: list[str], entries: Sequence[tuple[int, str, dict[str, Any]]]
+    ) -> None:
+        """Number the tags; ``entries`` come grouped by source, in source order."""
+        self.source_names = source_names
+        owners = [owner for owner, _, _ in entries]
+        names = [name for _, name, _ in entries]
+        self.lineage = [lineage for _, _, lineage in entries]
+        self.source_offset = [
+            bisect.bisect_left(owners, index) for index in range(len(source_names))
+        ]
+        # derived (feature) tags are not acquired and on-change tags owe no count per
+        # rate: no rate, nothing expected
+        rates = [
+            parse_duration(lineage["rate"])
+            if "rate" in lineage and not lineage.get("on_change")
+            else 0
+            for lineage in self.lineage
+        ]
         self.tag_names = np.array(names, dtype=object)
         self.tag_source = np.array(owners, dtype=np.int32)
         self.rate_ns = np.array(rates, dtype=np.int64)
