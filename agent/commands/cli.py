@@ -26,6 +26,12 @@ from typing import Any, Protocol
 import structlog
 
 from agent import __version__
+from agent.commands.report import (
+    add_export_arguments,
+    add_report_arguments,
+    run_export,
+    run_report,
+)
 from agent.commands.signals import install_stop_signals
 from agent.config.durations import format_duration, parse_duration
 from agent.config.load import ConfigError, LoadedConfig, load_config
@@ -121,7 +127,9 @@ def _parser() -> argparse.ArgumentParser:
     report = commands.add_parser(
         "report", help="data-quality figures of a stored dataset, per tag and source"
     )
-    report.add_argument("dataset", type=Path, help="folder of a parquet uplink")
+    add_report_arguments(report)
+    export = commands.add_parser("export", help="a wide, time-aligned table with a data card")
+    add_export_arguments(export)
 
     demo = commands.add_parser(
         "demo", help="simulator + agent + local Parquet store, with a live view"
@@ -162,7 +170,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             data_dir = load_config(args.config).config.agent.data_dir if args.config else None
             return _certs(data_dir or AgentSection().data_dir, args.regenerate)
         if args.command == "report":
-            return _report(args.dataset)
+            return run_report(args)
+        if args.command == "export":
+            return run_export(args)
         if args.command == "demo":
             from agent.commands.demo import run_demo
 
@@ -173,16 +183,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return 1
-
-
-def _report(dataset: Path) -> int:
-    from agent.commands.report import format_summary, summarise
-
-    if not dataset.is_dir():
-        print(f"{dataset}: no such folder", file=sys.stderr)
-        return 2
-    print(format_summary(dataset, summarise(dataset)))
-    return 0
 
 
 def _check(loaded: LoadedConfig) -> int:

@@ -1,0 +1,514 @@
+"""``edge-agent export``: a stored dataset as one wide, time-aligned table for a model.
+
+Two passes over the files. The first reads the footers only (agent/report/figures.py):
+which tags there are, their lineage (unit, rate, filters, resampling method), the time
+range and the quality figures for the data card. The second reads the samples in window
+order and feeds them, a chunk of minutes at a time, to the agent's own resampler
+(agent/windows/resample.py): every tag on the grid ``from + k * period``, interpolated or
+held as its lineage says, a cell left empty where the samples around it are further apart
+than the tag's own spacing (1.5 rates; an on-change tag's value is held up to
+``HOLD_NS``, a compressed tag's up to its ``max_interval``). With ``--max-gap`` a second
+resampler bridges gaps up to that long, and ``<tag>:filled`` marks the cells only it filled.
+Bad samples are never used: they are gaps.
+
+Values go to SI units where the unit table knows the unit (``rpm`` -> ``rad/s``,
+``degC`` -> ``K``), the conversion recorded per tag. ``--normalize`` needs the statistics
+of the whole column before the first value is written, so the table is first written
+plain to a temporary file beside the output, then read back and scaled; the parameters go
+to ``normalization.json`` and the data card. Files appear under their final names only when
+complete. Nothing in the output depends on the clock or the machine: the same input gives
+byte-identical files.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from agent.acquisition import quality as q
+from agent.config.durations import format_duration, parse_duration
+from agent.report.chunk import Chunk, ChunkBuilder
+from agent.report.datacard import datacard, datacard_markdown
+from agent.report.dataset import DatasetReader, Selection
+from agent.report.figures import SAMPLE_COLUMNS, Report, TagRow, compute, tag_rows
+from agent.report.gaps import TIMED_SLACK
+from agent.stages.units import UNITS
+from agent.windows.batch import Batch, TagTable
+from agent.windows.resample import Resampler
+
+HOLD_NS = 300_000_000_000  # longest an on-change or compressed tag's value is carried
+_REACH_LIMIT_NS = 1_000_000_000_000  # the resampler's keys span at most ~18 min per chunk
+_CHUNK_CELLS = 2_000_000  # grid cells (tags x instants) resampled at a time
+_CHUNK_MAX_NS = 480_000_000_000
+SI_UNITS = {
+    "length": "m",
+    "temperature": "K",
+    "pressure": "Pa",
+    "flow": "m3/s",
+    "speed": "m/s",
+    "rotational_speed": "rad/s",
+}
+_TIME = pa.timestamp("ns", tz="UTC")
+
+
+class NothingToExport(Exception):
+    """The selection holds no tag or no batch."""
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    selection: Selection = field(default_factory=Selection)
+    period_ns: int | None = None  # default: the fastest tag's rate
+    max_gap_ns: int = 0
+    format: str = "parquet"
+    normalize: str | None = None  # minmax | zscore
+    si_units: bool = True
+
+
+@dataclass(frozen=True)
+class Column:
+    """One exported tag: where its samples come from and what is done to them."""
+
+    row: TagRow
+    name: str
+    method: str
+    natural_gap_ns: int
+    unit: str | None  # as exported
+    factor: float = 1.0  # exported = stored * factor + offset
+    offset: float = 0.0
+
+    @property
+    def converted(self) -> bool:
+        return self.factor != 1.0 or self.offset != 0.0
+
+
+@dataclass
+class ColumnStats:
+    """Per column over the exported cells: count, mean and M2 (Chan's merge), min, max,
+    and how many cells only the gap bridging filled."""
+
+    count: np.ndarray
+    mean: np.ndarray
+    m2: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    filled: np.ndarray
+
+    @classmethod
+    def empty(cls, width: int) -> ColumnStats:
+        return cls(
+            np.zeros(width, np.int64),
+            np.zeros(width),
+            np.zeros(width),
+            np.full(width, np.inf),
+            np.full(width, -np.inf),
+            np.zeros(width, np.int64),
+        )
+
+    def add(self, values: np.ndarray, filled: np.ndarray) -> None:
+        """``values``: (cells, columns), NaN where empty."""
+        present = ~np.isnan(values)
+        count = present.sum(axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.where(count > 0, np.nansum(values, axis=0) / np.maximum(count, 1), 0.0)
+            m2 = np.nansum((values - mean) ** 2, axis=0)
+        total = self.count + count
+        delta = mean - self.mean
+        with np.errstate(invalid="ignore", divide="ignore"):
+            self.mean = np.where(total > 0, self.mean + delta * count / np.maximum(total, 1), 0.0)
+            self.m2 = self.m2 + m2 + delta**2 * self.count * count / np.maximum(total, 1)
+        self.count = total
+        self.low = np.fmin(self.low, np.nanmin(np.where(present, values, np.inf), axis=0))
+        self.high = np.fmax(self.high, np.nanmax(np.where(present, values, -np.inf), axis=0))
+        self.filled += filled.sum(axis=0)
+
+    def normalization(self, method: str) -> tuple[np.ndarray, np.ndarray]:
+        """(offset, scale) per column: normalised = (value - offset) / scale; a constant or
+        empty column gets scale 1."""
+        if method == "minmax":
+            offset = np.where(self.count > 0, self.low, 0.0)
+            scale = np.where(self.count > 0, self.high - self.low, 1.0)
+        else:
+            offset = self.mean
+            scale = np.sqrt(self.m2 / np.maximum(self.count, 1))
+        return offset, np.where(scale > 0, scale, 1.0)
+
+
+def export(dataset: Path, out: Path, options: ExportOptions) -> list[Path]:
+    """Write the table, the data card (JSON and Markdown) and any normalisation parameters
+    into ``out``; returns the files written."""
+    report = compute(dataset, options.selection)
+    rows = [r for r in tag_rows(report) if r.lineage]
+    if not rows or report.footers.first_ns is None or report.footers.last_ns is None:
+        raise NothingToExport(f"{dataset}: no tag and no batch in the selection: nothing to export")
+    several = len(report.series.gateways()) > 1
+    columns = [_column(r, several, options.si_units) for r in rows]
+    period = options.period_ns or min(_rate_ns(c.row.lineage) for c in columns)
+    start = options.selection.from_ns or report.footers.first_ns
+    end = options.selection.to_ns or report.footers.last_ns
+    start, end = start // period * period, -(-end // period) * period
+    out.mkdir(parents=True, exist_ok=True)
+    suffix = "parquet" if options.format == "parquet" else "csv"
+    data = out / f"data.{suffix}"
+    plain = out / f".data.plain.{suffix}" if options.normalize else data
+    grid = _Grid(report, columns, period, start, end, options)
+    stats = grid.write(dataset, _temporary(plain))
+    _temporary(plain).replace(plain)
+    normalization = None
+    if options.normalize:
+        offset, scale = stats.normalization(options.normalize)
+        _scaled(plain, _temporary(data), columns, offset, scale, options.format)
+        _temporary(data).replace(data)
+        plain.unlink()
+        normalization = {
+            "method": options.normalize,
+            "formula": "normalized = (value - offset) / scale",
+            "columns": {
+                c.name: {"offset": float(o), "scale": float(s)}
+                for c, o, s in zip(columns, offset.tolist(), scale.tolist(), strict=True)
+            },
+        }
+    card = datacard(
+        report, columns, stats, normalization, grid.describe(data.name), options, grid.cells
+    )
+    written = [data]
+    if normalization is not None:
+        written.append(_write_text(out / "normalization.json", _json(normalization)))
+    written.append(_write_text(out / "datacard.json", _json(card)))
+    written.append(_write_text(out / "DATACARD.md", datacard_markdown(card)))
+    return written
+
+
+def _json(data: Any) -> str:
+    return json.dumps(data, indent=1, sort_keys=False, allow_nan=False) + "\n"
+
+
+def _temporary(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp")
+
+
+def _write_text(path: Path, text: str) -> Path:
+    temporary = _temporary(path)
+    temporary.write_text(text, encoding="utf-8")
+    temporary.replace(path)
+    return path
+
+
+def _rate_ns(lineage: dict[str, Any]) -> int:
+    """The period a tag is sampled at: its rate, or a derived feature's window."""
+    for key in ("rate", "window"):
+        if key in lineage:
+            return parse_duration(lineage[key])
+    return 1_000_000_000
+
+
+def natural_gap_ns(lineage: dict[str, Any]) -> int:
+    """How far apart a tag's stored samples may rightly be: 1.5 rates for one that keeps
+    every sample, its heartbeat for a compressed one, ``HOLD_NS`` for one sent on change."""
+    rate = _rate_ns(lineage)
+    if lineage.get("on_change"):
+        return HOLD_NS
+    intervals = [
+        parse_duration(lineage[key]["max_interval"])
+        for key in ("deadband", "swinging_door")
+        if isinstance(lineage.get(key), dict) and "max_interval" in lineage[key]
+    ]
+    if intervals:
+        return min(max(intervals) + rate, HOLD_NS)
+    return min(round(TIMED_SLACK * rate), HOLD_NS)
+
+
+def method_of(lineage: dict[str, Any]) -> str:
+    """The tag's resampling method: as its lineage says, else ``previous`` for a tag sent
+    on change (its value held until it changes), else ``linear``."""
+    return str(lineage.get("resample") or ("previous" if lineage.get("on_change") else "linear"))
+
+
+def si_conversion(unit: str | None) -> tuple[str | None, float, float]:
+    """(SI unit, factor, offset) for a unit the unit table knows; the unit unchanged else."""
+    known = UNITS.get(unit or "")
+    if known is None:
+        return unit, 1.0, 0.0
+    target = SI_UNITS[known.family]
+    return target, known.factor / UNITS[target].factor, known.offset
+
+
+def _column(row: TagRow, several: bool, si_units: bool) -> Column:
+    unit = row.lineage.get("unit")
+    factor, offset = 1.0, 0.0
+    if si_units:
+        unit, factor, offset = si_conversion(unit)
+    return Column(
+        row,
+        row.name,
+        method_of(row.lineage),
+        natural_gap_ns(row.lineage),
+        unit,
+        factor,
+        offset,
+    )
+
+
+class _Grid:
+    """The second pass: samples -> resampler(s) -> the table, chunk by chunk."""
+
+    def __init__(
+        self,
+        report: Report,
+        columns: list[Column],
+        period: int,
+        start: int,
+        end: int,
+        options: ExportOptions,
+    ) -> None:
+        self.report = report
+        self.columns = columns
+        self.period = period
+        self.start = start
+        self.end = end
+        self.options = options
+        self.cells = 0
+        self.late = 0  # rows for a chunk already written: not in the grid
+        keys = sorted({(c.row.gateway, c.row.source) for c in columns})
+        several = len(report.series.gateways()) > 1
+        source_names = [f"{g}:{s}" if several else s for g, s in keys]
+        source_of = {key: index for index, key in enumerate(keys)}
+        self.tags = TagTable.of_lineage(
+            source_names,
+            [(source_of[(c.row.gateway, c.row.source)], c.row.tag, c.row.lineage) for c in columns],
+        )
+        # the tag table orders by source: each column's place in it, and each series'
+        place = {name: g for g, name in enumerate(self.tags.qualified)}
+        self.order = np.array(
+            [
+                place[f"{source_names[source_of[(c.row.gateway, c.row.source)]]}/{c.row.tag}"]
+                for c in columns
+            ],
+            np.int64,
+        )
+        self.series_gtag = np.full(report.series.count, -1, np.int64)
+        self.series_gtag[[c.row.number for c in columns]] = self.order
+        natural = np.empty(len(columns), np.int64)
+        natural[self.order] = [c.natural_gap_ns for c in columns]
+        methods = [""] * len(columns)
+        for column, g in zip(columns, self.order.tolist(), strict=True):
+            methods[g] = column.method
+        bridged = np.maximum(natural, options.max_gap_ns)
+        reach = int(bridged.max())
+        room = _REACH_LIMIT_NS - 2 * reach
+        if room < period:
+            raise ValueError("gaps to bridge are too long for the resampler")
+        chunk = min(_CHUNK_MAX_NS, room, max(period, _CHUNK_CELLS // len(columns) * period))
+        self.chunk_ns = max(period, chunk // period * period)
+        self.natural = Resampler(self.tags, methods, period, natural)
+        self.bridging = (
+            Resampler(self.tags, methods, period, bridged) if options.max_gap_ns else None
+        )
+        self.factor = np.array([c.factor for c in columns])
+        self.offset = np.array([c.offset for c in columns])
+
+    def describe(self, data: str) -> dict[str, Any]:
+        return {
+            "file": data,
+            "format": self.options.format,
+            "period": format_duration(self.period),
+            "period_ns": self.period,
+            "from_ns": self.start,
+            "to_ns": self.end,
+            "rows": (self.end - self.start) // self.period,
+            "max_gap": format_duration(self.options.max_gap_ns),
+            "late_samples_left_out": self.late,
+        }
+
+    def schema(self) -> pa.Schema:
+        fields = [pa.field("time", _TIME, nullable=False)]
+        for column in self.columns:
+            fields.append(pa.field(column.name, pa.float64()))
+            if self.bridging is not None:
+                fields.append(pa.field(f"{column.name}:filled", pa.bool_(), nullable=False))
+        metadata = {"edge_agent.export": json.dumps({"period": format_duration(self.period)})}
+        return pa.schema(fields, metadata=metadata)
+
+    def write(self, dataset: Path, path: Path) -> ColumnStats:
+        stats = ColumnStats.empty(len(self.columns))
+        writer = _Writer(path, self.schema(), self.options.format)
+        try:
+            for values, filled in self._cells(dataset):
+                stats.add(values, filled)
+                writer.write(self._table(values, filled, self._times(values.shape[0])))
+        finally:
+            writer.close()
+        return stats
+
+    def _times(self, count: int) -> np.ndarray:
+        first = self.start + self.cells * self.period
+        self.cells += count
+        return first + np.arange(count, dtype=np.int64) * self.period
+
+    def _table(self, values: np.ndarray, filled: np.ndarray, times: np.ndarray) -> pa.Table:
+        arrays = [pa.Array.from_buffers(_TIME, times.shape[0], [None, pa.py_buffer(times)])]
+        for index in range(len(self.columns)):
+            column = values[:, index]
+            arrays.append(pa.array(column, pa.float64(), from_pandas=True))
+            if self.bridging is not None:
+                arrays.append(pa.array(filled[:, index], pa.bool_()))
+        return pa.Table.from_arrays(arrays, schema=self.schema())
+
+    def _cells(self, dataset: Path) -> Any:
+        """(values, filled) per chunk of the grid, in time order: (instants, columns)."""
+        reader = DatasetReader(dataset, self.options.selection, SAMPLE_COLUMNS)
+        builder = ChunkBuilder(self.report.series, self.options.selection, rows=2**62)
+        held: list[Chunk] = []
+        low = self.start
+        for stored in reader:
+            while stored.footer.window_start >= low + self.chunk_ns and low < self.end:
+                part = builder.take()
+                held = [*held, part] if part is not None else held
+                yield from self._resampled(low, held)
+                held = [_after(c, low + self.chunk_ns) for c in held]
+                low += self.chunk_ns
+            if stored.table is not None:
+                builder.add(stored.footer.gateway, stored.table)
+        part = builder.take()
+        held = [*held, part] if part is not None else held
+        while low < self.end:
+            yield from self._resampled(low, held)
+            held = [_after(c, low + self.chunk_ns) for c in held]
+            low += self.chunk_ns
+        yield from self._flushed()
+
+    def _resampled(self, low: int, held: list[Chunk]) -> Any:
+        high = min(low + self.chunk_ns, self.end)
+        batch = self._batch(low, high, held)
+        wide = self.natural.feed(batch)
+        bridged = self.bridging.feed(batch) if self.bridging is not None else []
+        if wide:
+            yield self._cells_of(wide[0], bridged[0] if bridged else None)
+
+    def _flushed(self) -> Any:
+        wide = self.natural.flush()
+        bridged = self.bridging.flush() if self.bridging is not None else []
+        if wide:
+            yield self._cells_of(wide[0], bridged[0] if bridged else None)
+
+    def _batch(self, low: int, high: int, held: list[Chunk]) -> Batch:
+        """The rows in [low, high) as a batch the resampler takes; rows before ``low`` came
+        late for a chunk already resampled and are counted out."""
+        parts = [c for c in held if len(c)]
+        if parts:
+            series = np.concatenate([c.series for c in parts])
+            time = np.concatenate([c.time for c in parts])
+            value = np.concatenate([c.value for c in parts])
+            quality = np.concatenate([c.quality for c in parts])
+        else:
+            series, time = np.empty(0, np.int64), np.empty(0, np.int64)
+            value, quality = np.empty(0), np.empty(0, np.uint16)
+        self.late += int(np.count_nonzero(time < low))
+        inside = (time >= low) & (time < high)
+        gtag = self.series_gtag[series[inside]]
+        # a sample stored late but inside this chunk is resampled like the others
+        quality = quality[inside] & np.uint16(~q.Flag.LATE & 0xFFFF)
+        tags = self.tags
+        table = pa.table(
+            {
+                "time": pa.array(time[inside], _TIME),
+                "source": pa.DictionaryArray.from_arrays(
+                    pa.array(tags.tag_source[gtag], pa.int32()), tags.source_names
+                ),
+                "tag": pa.DictionaryArray.from_arrays(
+                    pa.array(gtag, pa.int32()), pa.array(list(tags.tag_names), pa.string())
+                ),
+                "value": pa.array(value[inside], pa.float64()),
+                "quality": pa.array(quality, pa.uint16()),
+            }
+        )
+        return Batch("export", "", low, high, table)
+
+    def _cells_of(self, wide: Batch, bridged: Batch | None) -> tuple[np.ndarray, np.ndarray]:
+        natural = _values(wide, self.tags.qualified, self.order)
+        if bridged is None:
+            values, filled = natural, np.zeros(natural.shape, bool)
+        else:
+            values = _values(bridged, self.tags.qualified, self.order)
+            filled = np.isnan(natural) & ~np.isnan(values)
+        return values * self.factor + self.offset, filled
+
+
+def _values(wide: Batch, qualified: list[str], order: np.ndarray) -> np.ndarray:
+    """(instants, columns) of a wide batch, in the export's column order, NaN where empty."""
+    return np.column_stack(
+        [wide.table[qualified[g]].to_numpy(zero_copy_only=False) for g in order.tolist()]
+    ).astype(np.float64)
+
+
+def _after(chunk: Chunk, boundary: int) -> Chunk:
+    keep = chunk.time >= boundary
+    return Chunk(chunk.series[keep], chunk.time[keep], chunk.value[keep], chunk.quality[keep])
+
+
+class _Writer:
+    """Parquet (zstd, one row group per chunk) or CSV; both deterministic."""
+
+    def __init__(self, path: Path, schema: pa.Schema, format: str) -> None:
+        self.parquet = format == "parquet"
+        if self.parquet:
+            self.writer: Any = pq.ParquetWriter(path, schema, compression="zstd")
+        else:
+            self.writer = pacsv.CSVWriter(path, schema.remove_metadata())
+
+    def write(self, table: pa.Table) -> None:
+        if self.parquet:
+            self.writer.write_table(table)
+        else:
+            self.writer.write_table(table.replace_schema_metadata(None))
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def _scaled(
+    source: Path,
+    target: Path,
+    columns: list[Column],
+    offset: np.ndarray,
+    scale: np.ndarray,
+    format: str,
+) -> None:
+    """Rewrite the plain table with every value column normalised."""
+    names = {c.name: i for i, c in enumerate(columns)}
+    if format == "parquet":
+        file = pq.ParquetFile(source)
+        schema = file.schema_arrow
+        batches = (file.read_row_group(g) for g in range(file.num_row_groups))
+    else:
+        reader = pacsv.open_csv(
+            source,
+            convert_options=pacsv.ConvertOptions(
+                column_types={"time": _TIME, **{c.name: pa.float64() for c in columns}}
+            ),
+        )
+        schema = reader.schema
+        batches = (pa.Table.from_batches([b]) for b in reader)
+    writer = _Writer(target, schema, format)
+    try:
+        for table in batches:
+            arrays = []
+            for name in table.column_names:
+                column = table[name]
+                if name in names:
+                    i = names[name]
+                    values = column.to_numpy(zero_copy_only=False).astype(np.float64)
+                    column = pa.array(
+                        (values - offset[i]) / scale[i], pa.float64(), from_pandas=True
+                    )
+                arrays.append(column)
+            writer.write(pa.Table.from_arrays(arrays, schema=schema))
+    finally:
+        writer.close()
