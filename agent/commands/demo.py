@@ -143,7 +143,31 @@ async def _demo(duration: float, out: Path, rate: str, seed: int) -> int:
         f"t = ds.dataset('{out}', partitioning='hive').to_table(); "
         "print(t.group_by(['source', 'tag']).aggregate([('value', 'count'), ('value', 'mean')]))\""
     )
+    print(f"As one wide table with a data card: edge-agent export {out} --out {out}-export")
+    _write_report(out)
     return 0
+
+
+def _write_report(out: Path) -> None:
+    """The HTML quality report of what the demo wrote, beside it; without Plotly (the
+    report extra) how to get it instead."""
+    from agent.report.html import PlotlyMissing, require_plotly
+
+    try:
+        require_plotly()
+    except PlotlyMissing:
+        print(
+            "For a quality report with plots: pip install 'edge-agent[report]', then "
+            f"edge-agent report {out} --html report.html"
+        )
+        return
+    from agent.report.dataset import Selection
+    from agent.report.figures import compute
+    from agent.report.html import write_html
+
+    page = out.with_name(f"{out.name}-report.html")
+    write_html(compute(out, Selection(), samples=True), page)
+    print(f"Quality report (open it in a browser): {page}")
 
 
 def run_demo(duration: float, out: Path, rate: str, seed: int) -> int:

@@ -38,7 +38,6 @@ from agent.report.chunk import Chunk, ChunkBuilder
 from agent.report.datacard import datacard, datacard_markdown
 from agent.report.dataset import DatasetReader, Selection
 from agent.report.figures import SAMPLE_COLUMNS, Report, TagRow, compute, tag_rows
-from agent.report.gaps import TIMED_SLACK
 from agent.stages.units import UNITS
 from agent.windows.batch import Batch, TagTable
 from agent.windows.resample import Resampler
@@ -47,6 +46,7 @@ HOLD_NS = 300_000_000_000  # longest an on-change or compressed tag's value is c
 _REACH_LIMIT_NS = 1_000_000_000_000  # the resampler's keys span at most ~18 min per chunk
 _CHUNK_CELLS = 2_000_000  # grid cells (tags x instants) resampled at a time
 _CHUNK_MAX_NS = 480_000_000_000
+_SLACK = 1.5  # samples of a tag that keeps every one are this many rates apart at most
 SI_UNITS = {
     "length": "m",
     "temperature": "K",
@@ -222,7 +222,7 @@ def natural_gap_ns(lineage: dict[str, Any]) -> int:
     ]
     if intervals:
         return min(max(intervals) + rate, HOLD_NS)
-    return min(round(TIMED_SLACK * rate), HOLD_NS)
+    return min(round(_SLACK * rate), HOLD_NS)
 
 
 def method_of(lineage: dict[str, Any]) -> str:

@@ -412,7 +412,7 @@ def _gaps(report: Report) -> list[dict[str, Any]]:
     found = []
     for index in range(gaps.series.shape[0]):
         start, end = int(gaps.start[index]), int(gaps.end[index])
-        spacing = float(gaps.spacing[index])
+        missing = int(gaps.missing[index])
         found.append(
             {
                 "tag": names[int(gaps.series[index])],
@@ -421,7 +421,7 @@ def _gaps(report: Report) -> list[dict[str, Any]]:
                 "start_ns": start,
                 "end_ns": end,
                 "seconds": round((end - start) / 1e9, 6),
-                "missing": round((end - start) / spacing) - 1 if math.isfinite(spacing) else None,
+                "missing": missing if missing >= 0 else None,
                 "reason": reason_name(int(gaps.reason[index])),
                 "open": bool(gaps.open[index]),
             }

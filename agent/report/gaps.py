@@ -5,8 +5,9 @@ gateway's own placeholders for a poll or session that failed (bad ``comm_error``
 ``timeout``) are not received but say why nothing was. Two kinds of series:
 
 - *timed* ones owe one sample per rate and keep every one (no deadband, swinging door or
-  dropping filter): a gap is two consecutive received samples more than 1.5 rates apart,
-  from the first to the second, whether or not a placeholder says why;
+  dropping filter): a gap is two consecutive received samples with a tick of the rate
+  between them that has none (see :func:`_missing`), from the first to the second,
+  whether or not a placeholder says why;
 - the others (on change, compressed, thinned) may rightly stay silent, so only a
   placeholder starts a gap; it runs from the first placeholder to the next received sample.
 
@@ -33,7 +34,6 @@ from agent.report.series import SeriesIndex
 _NONE = np.iinfo(np.int64).min
 _PLACEHOLDERS = (int(q.Reason.COMM_ERROR), int(q.Reason.TIMEOUT))
 _THINNING = ("deadband", "swinging_door")
-TIMED_SLACK = 1.5  # received samples further apart than this many rates make a gap
 
 
 def spacing_ns(lineage: dict[str, Any]) -> float:
@@ -53,8 +53,8 @@ class Gaps:
     start: np.ndarray  # int64 ns
     end: np.ndarray
     reason: np.ndarray  # a Reason code, or one of the codes below
+    missing: np.ndarray  # int64: samples owed and not received (timed series), else -1
     open: np.ndarray  # bool: still open where the data ends
-    spacing: np.ndarray  # float64: the series' rate if timed, else inf
 
 
 NO_DATA = 0  # no placeholder, the agent running: the device sent nothing
@@ -121,13 +121,13 @@ class GapFinder:
         spacing = self.spacing()[s]
         known = previous != _NONE
         marked = mark_time != _NONE
-        timed = np.isfinite(spacing)
-        late = known & (t - previous > TIMED_SLACK * np.where(timed, spacing, 0))
-        gap = (timed & late) | marked
-        start = np.where(timed & known, previous, mark_time)
-        self._found.append(
-            (s[gap], start[gap], t[gap], mark_reason[gap], np.zeros(int(gap.sum()), bool))
-        )
+        timed = np.isfinite(spacing) & known
+        missing = np.full(at.size, -1, np.int64)
+        missing[timed] = _missing(previous[timed], t[timed], spacing[timed].astype(np.int64))
+        gap = (missing >= 1) | marked
+        start = np.where(timed, previous, mark_time)
+        gaps = (s[gap], start[gap], t[gap], mark_reason[gap], missing[gap])
+        self._found.append((*gaps, np.zeros(int(gap.sum()), bool)))
         # carry: the latest received sample, and placeholders with none after them yet
         if at.size:
             latest = np.maximum.reduceat(t, np.flatnonzero(first))
@@ -153,10 +153,11 @@ class GapFinder:
                 self.pending[still],
                 np.full(still.size, end_ns, np.int64),
                 self.pending_reason[still],
+                np.full(still.size, -1, np.int64),
                 np.ones(still.size, bool),
             ),
         ]
-        series, start, end, reason, open_ = (
+        series, start, end, reason, missing, open_ = (
             np.concatenate(column) for column in zip(*parts, strict=True)
         )
         series = series.astype(np.int64)
@@ -176,9 +177,20 @@ class GapFinder:
             start[order],
             end[order],
             reason[order],
+            missing[order],
             open_[order],
-            self.spacing()[series[order]],
         )
+
+
+def _missing(previous: np.ndarray, time: np.ndarray, rate: np.ndarray) -> np.ndarray:
+    """Samples owed between two received ones. A polled sample is stamped after its tick
+    (Modbus: the request's midpoint), so counting the ticks between them is exact however
+    the round trips vary, where the interval alone would see a gap in a slow answer after
+    a fast one; counting by the interval too keeps device-stamped samples that sit on a
+    tick boundary from looking a tick apart. The smaller count is taken."""
+    by_tick = time // rate - previous // rate - 1
+    by_interval = np.round((time - previous) / rate).astype(np.int64) - 1
+    return np.minimum(by_tick, by_interval)
 
 
 def _agent_absent(starts: list[int], width: int, low: int, high: int) -> bool:

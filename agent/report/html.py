@@ -129,8 +129,8 @@ def _figure(figure: Any, div_id: str) -> str:
         font={"family": "system-ui, sans-serif", "size": 12},
         margin={"l": 60, "r": 20, "t": 30, "b": 40},
     )
-    figure.update_xaxes(gridcolor="#eee")
-    figure.update_yaxes(gridcolor="#eee")
+    figure.update_xaxes(gridcolor="#eee", automargin=True)
+    figure.update_yaxes(gridcolor="#eee", automargin=True)
     return str(
         pio.to_html(figure, include_plotlyjs=False, full_html=False, div_id=div_id, config=_CONFIG)
     )
@@ -456,9 +456,16 @@ def _trend_data(report: Report, tags: list[TagRow]) -> dict[str, Any]:
                 "note": _trend_note(tag, band, label),
             }
         )
+    # shown first: the tag with the most bad or flagged samples, else the most points
+    first = max(
+        range(len(shown)),
+        key=lambda i: (sum((shown[i].bad or {}).values()), shown[i].points or 0),
+        default=0,
+    )
     return {
         "start": (grid.origin or 0) / 1e6,
         "width": grid.width * merge / 1e6,
+        "first": first,
         "tags": entries,
     }
 

@@ -32,10 +32,15 @@
           fillcolor: "rgba(150,170,190,0.15)", hoverinfo: "skip" }
       );
     }
+    // few buckets with data (a tag sent on change, a short range): show them as points too
+    let filled = 0;
+    for (const v of low) if (!Number.isNaN(v)) filled++;
+    const mode = filled < 200 ? "lines+markers" : "lines";
     traces.push(
-      { x: x, y: high, name: "max", mode: "lines", line: { width: 1, color: "#1f5fa8" } },
-      { x: x, y: low, name: "min", mode: "lines", line: { width: 1, color: "#1f5fa8" },
-        fill: "tonexty", fillcolor: "rgba(31,95,168,0.25)" }
+      { x: x, y: high, name: "max", mode: mode, line: { width: 1, color: "#1f5fa8" },
+        marker: { size: 4 } },
+      { x: x, y: low, name: "min", mode: mode, line: { width: 1, color: "#1f5fa8" },
+        marker: { size: 4 }, fill: "tonexty", fillcolor: "rgba(31,95,168,0.25)" }
     );
     for (const kind of tag.markers) {
       traces.push({ x: kind.x, y: kind.y, text: kind.text, name: kind.name, mode: "markers",
@@ -58,5 +63,8 @@
     select.appendChild(option);
   }
   select.addEventListener("change", () => show(Number(select.value)));
-  if (data.tags.length) show(0);
+  if (data.tags.length) {
+    select.value = data.first;
+    show(data.first);
+  }
 })();

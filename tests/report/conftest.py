@@ -166,7 +166,20 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Synthetic:
     store = tmp_path_factory.mktemp("synthetic") / "data"
     loaded = parse_config(tomllib.loads(SYNTHETIC_TOML), Path("synthetic.toml"))
     outage = Outage("press", *OUTAGE)
-    write_dataset(loaded, synthetic_value, store, T0, T0 + SECONDS * S, [outage], jitter_ns=0)
+    config = loaded.config
+    write_dataset(
+        config.sources,
+        synthetic_value,
+        store,
+        T0,
+        T0 + SECONDS * S,
+        window_ns=config.batch.window,
+        lateness_ns=config.batch.lateness,
+        gateway=config.agent.gateway_id,
+        config_hash=loaded.config_hash,
+        outages=[outage],
+        jitter_ns=0,
+    )
     lineage: dict[str, dict[str, object]] = {}
     for fragment in ds.dataset(store, format="parquet").get_fragments():
         lineage |= json.loads(fragment.physical_schema.metadata[b"edge_agent.tags"])

@@ -51,7 +51,7 @@ def test_the_json_report_gives_the_injected_dropout_spikes_and_completeness(
         assert dropout_run.restarted_ns <= gap["end_ns"] <= dropout_run.restarted_ns + S
         length = (gap["end_ns"] - gap["start_ns"]) / S
         assert gap["seconds"] == pytest.approx(length, abs=1e-6)
-        assert gap["missing"] == round(length * 10) - 1
+        assert gap["missing"] == pytest.approx(length * 10 - 1, abs=1)
         assert gap["missing"] >= 14, "1.5 s off at 10 samples a second"
 
     for name, tag in tags.items():
@@ -169,16 +169,41 @@ def test_the_gap_of_a_slow_tag_runs_between_its_samples_and_says_why(
     )
 
 
+def copy_store(store: Path, target: Path) -> list[Path]:
+    """A copy of a dataset; its files, in window order."""
+    files = sorted(store.rglob("*.parquet"))
+    for path in files:
+        copied = target / path.relative_to(store)
+        copied.parent.mkdir(parents=True, exist_ok=True)
+        copied.write_bytes(path.read_bytes())
+    return [target / path.relative_to(store) for path in files]
+
+
+def test_a_gap_while_the_agent_wrote_no_batch_is_not_acquired(
+    synthetic: Synthetic, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    files = copy_store(synthetic.store, tmp_path / "data")
+    for path in files[40:45]:  # 40 s .. 45 s: the agent was not running
+        path.unlink()
+    gaps = report_json(capsys, str(tmp_path / "data"))["gaps"]
+    absent = [g for g in gaps if g["reason"] == "not_acquired"]
+    assert {g["tag"] for g in absent} == {
+        "line/speed",
+        "press/count",
+        "press/length",
+        "press/temp",
+        "press/torque",
+    }, "every tag owing samples; the on-change one owes none"
+    length = next(g for g in absent if g["tag"] == "press/length")
+    assert (length["start_ns"], length["end_ns"]) == (T0 + 40 * S - 100 * MS, T0 + 45 * S)
+
+
 def test_a_damaged_file_is_skipped_and_named_not_fatal(
     synthetic: Synthetic, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     copy = tmp_path / "data"
-    files = sorted(synthetic.store.rglob("*.parquet"))
-    for path in files:
-        target = copy / path.relative_to(synthetic.store)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(path.read_bytes())
-    broken = copy / files[5].relative_to(synthetic.store)
+    files = copy_store(synthetic.store, copy)
+    broken = files[5]
     broken.write_bytes(broken.read_bytes()[: broken.stat().st_size // 2])
     (copy / "notes.parquet").write_bytes(b"not parquet at all")
     figures = report_json(capsys, str(copy))
