@@ -302,7 +302,7 @@ def _until_stopped(command: str, main: Coroutine[Any, Any, int | None]) -> int:
 
 def _where(exc: BaseException) -> str:
     """``agent/store/spool.py:139``: the deepest line of edge-agent's own code the error passed."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]  # the folder holding agent/ and protocols/
     where = ""
     for frame, line in traceback.walk_tb(exc.__traceback__):
         path = Path(frame.f_code.co_filename)
