@@ -6,7 +6,8 @@
 #   /opt/edge-agent/venvs/<version>-<wheelhouse id>/   one venv per installed wheelhouse
 #   /opt/edge-agent/current -> venvs/...               what the service runs
 #   /opt/edge-agent/previous -> venvs/...              what --rollback goes back to
-#   /opt/edge-agent/bin -> current/bin                 so /opt/edge-agent/bin/edge-agent works
+#   /opt/edge-agent/bin -> current/bin                 so /opt/edge-agent/bin/edge-agent works,
+#                                                      and bin/install-offline.sh --rollback
 #   /etc/edge-agent/agent.toml                         the config: written once, never replaced
 #   /etc/edge-agent/agent.toml.example                 the template of the installed version
 #   /etc/edge-agent/credentials/                       secrets for LoadCredential= (root only)
@@ -32,7 +33,8 @@ without network access. Run as root; re-running with the same wheelhouse changes
   --root DIR       test install: the three folders above under DIR, systemctl not called
   --python PYTHON  interpreter for the venv (default: python3); the wheelhouse's version
   --no-systemctl   install files only: no daemon-reload, no restart
-  --rollback       switch back to the version installed before the current one
+  --rollback       switch back to the version installed before the current one (also
+                   as /opt/edge-agent/bin/install-offline.sh --rollback)
   -h, --help       this text
 
 After a first install: edit the config, check it, then start the service:
@@ -164,6 +166,7 @@ else
   PIP_CONFIG_FILE=/dev/null "$venv/bin/python" -I -m pip --isolated install --quiet --no-index \
     --no-cache-dir --find-links "$wheelhouse/wheels" "edge-agent${extras:+[$extras]}==$version"
   "$venv/bin/edge-agent" --version >/dev/null
+  install -m 0755 "$wheelhouse/install-offline.sh" "$venv/bin/install-offline.sh" # for --rollback
   touch "$venv/.installed"
   say "installed $name"
 fi
@@ -203,10 +206,12 @@ if [ ! -e "$override" ]; then
 # This plant's settings for edge-agent.service (install-offline.sh never replaces this
 # file; `systemctl edit edge-agent` edits it). See the comments in edge-agent.service.
 [Service]
-# the devices, brokers and stores the agent talks to (everything else is denied):
+# the devices, brokers, stores and DNS servers the agent talks to (the rest is denied):
 #IPAddressAllow=192.168.10.0/24
-# local folders an uplink or resample path writes outside /var/lib/edge-agent:
+# local folders an uplink or resample path writes outside /var/lib/edge-agent, writable
+# by a group the service joins (see edge-agent.service):
 #ReadWritePaths=/srv/edge-data
+#SupplementaryGroups=edge-data
 # secrets: a file in /etc/edge-agent/credentials, read by the config as
 # password_file = "/run/credentials/edge-agent.service/mqtt-password"
 #LoadCredential=mqtt-password:/etc/edge-agent/credentials/mqtt-password

@@ -118,10 +118,15 @@ class Tree:
     def edge_agent(self) -> str:
         return str(self.prefix / "bin" / "edge-agent")
 
-    def install(self, wheelhouse: Path, *options: str) -> subprocess.CompletedProcess[str]:
+    def install(self, wheelhouse: Path) -> subprocess.CompletedProcess[str]:
         script = str(wheelhouse / "install-offline.sh")
         command = [*offline(), script, "--root", str(self.root), "--python", plant_python()]
-        return run([*command, *options, str(wheelhouse)], 600)
+        return run([*command, str(wheelhouse)], 600)
+
+    def rollback(self) -> subprocess.CompletedProcess[str]:
+        """As the README says: the installed version's own copy of the script."""
+        script = str(self.prefix / "bin" / "install-offline.sh")
+        return run([script, "--rollback", "--root", str(self.root)], 120)
 
     def current(self) -> str:
         return os.readlink(self.prefix / "current")
@@ -410,11 +415,11 @@ def test_upgrade_checks_the_config_first_and_rollback_switches_back(
     assert os.readlink(tree.prefix / "previous") == old
     assert run([tree.edge_agent, "--version"], 60).returncode == 0
 
-    back = tree.install(newer, "--rollback")
+    back = tree.rollback()
     assert back.returncode == 0, back.stderr
     assert (tree.current(), os.readlink(tree.prefix / "previous")) == (old, new)
     assert run([tree.edge_agent, "--version"], 60).returncode == 0
-    forth = tree.install(newer, "--rollback")
+    forth = tree.rollback()
     assert forth.returncode == 0, forth.stderr
     assert tree.current() == new
     assert sorted(path.name for path in (tree.prefix / "venvs").iterdir()) == sorted(
