@@ -16,7 +16,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from agent import __version__
-from agent.report.figures import Report, iso
+from agent.report.figures import Report, TagRow, iso
 
 if TYPE_CHECKING:
     from agent.report.export import Column, ColumnStats, ExportOptions
@@ -27,6 +27,7 @@ FORMAT = "edge-agent-datacard/1"
 def datacard(
     report: Report,
     columns: list[Column],
+    rows: dict[int, TagRow],
     stats: ColumnStats,
     normalization: dict[str, Any] | None,
     grid: dict[str, Any],
@@ -36,7 +37,7 @@ def datacard(
     footers = report.footers
     tags = []
     for index, column in enumerate(columns):
-        row = column.row
+        row = rows[column.number]
         with_value = int(stats.count[index])
         tags.append(
             {

@@ -1,9 +1,10 @@
 """``edge-agent export``: a stored dataset as one wide, time-aligned table for a model.
 
-Two passes over the files. The first reads the footers only (agent/report/figures.py):
-which tags there are, their lineage (unit, rate, filters, resampling method), the time
-range and the quality figures for the data card. The second reads the samples in window
-order and feeds them, a chunk of minutes at a time, to the agent's own resampler
+Two passes over the files. The first reads the footers only, not even their quality
+figures: which tags there are, their lineage (unit, rate, filters, resampling method) and
+the time range, which fix the table's columns and rows before the first is written. The
+second reads the samples in window order (and adds up the footers' figures for the data
+card on the way) and feeds them, a chunk of minutes at a time, to the agent's own resampler
 (agent/windows/resample.py): every tag on the grid ``from + k * period``, interpolated or
 held as its lineage says, a cell left empty where the samples around it are further apart
 than the tag's own spacing (1.5 rates; an on-change tag's value is held up to
@@ -37,7 +38,9 @@ from agent.config.durations import format_duration, parse_duration
 from agent.report.chunk import Chunk, ChunkBuilder
 from agent.report.datacard import datacard, datacard_markdown
 from agent.report.dataset import DatasetReader, Selection
-from agent.report.figures import SAMPLE_COLUMNS, Report, TagRow, compute, tag_rows
+from agent.report.figures import SAMPLE_COLUMNS, Report, tag_rows
+from agent.report.footers import FooterFigures
+from agent.report.series import SeriesIndex
 from agent.stages.units import UNITS
 from agent.windows.batch import Batch, TagTable
 from agent.windows.resample import Resampler
@@ -76,8 +79,12 @@ class ExportOptions:
 class Column:
     """One exported tag: where its samples come from and what is done to them."""
 
-    row: TagRow
+    number: int  # the series
     name: str
+    gateway: str
+    source: str
+    tag: str
+    lineage: dict[str, Any]
     method: str
     natural_gap_ns: int
     unit: str | None  # as exported
@@ -144,22 +151,26 @@ class ColumnStats:
 def export(dataset: Path, out: Path, options: ExportOptions) -> list[Path]:
     """Write the table, the data card (JSON and Markdown) and any normalisation parameters
     into ``out``; returns the files written."""
-    report = compute(dataset, options.selection)
-    rows = [r for r in tag_rows(report) if r.lineage]
-    if not rows or report.footers.first_ns is None or report.footers.last_ns is None:
+    series = SeriesIndex(options.selection)
+    first, last = _lineage_pass(dataset, options.selection, series)
+    names = series.names()
+    columns = [
+        _column(number, names[number], series, options.si_units)
+        for number in sorted(range(series.count), key=lambda n: names[n])
+        if series.lineage(number)
+    ]
+    if not columns or first is None or last is None:
         raise NothingToExport(f"{dataset}: no tag and no batch in the selection: nothing to export")
-    several = len(report.series.gateways()) > 1
-    columns = [_column(r, several, options.si_units) for r in rows]
-    period = options.period_ns or min(_rate_ns(c.row.lineage) for c in columns)
-    start = options.selection.from_ns or report.footers.first_ns
-    end = options.selection.to_ns or report.footers.last_ns
+    period = options.period_ns or min(_rate_ns(c.lineage) for c in columns)
+    start = options.selection.from_ns or first
+    end = options.selection.to_ns or last
     start, end = start // period * period, -(-end // period) * period
     out.mkdir(parents=True, exist_ok=True)
     suffix = "parquet" if options.format == "parquet" else "csv"
     data = out / f"data.{suffix}"
     plain = out / f".data.plain.{suffix}" if options.normalize else data
-    grid = _Grid(report, columns, period, start, end, options)
-    stats = grid.write(dataset, _temporary(plain))
+    grid = _Grid(series, columns, period, start, end, options)
+    stats, report = grid.write(dataset, _temporary(plain))
     _temporary(plain).replace(plain)
     normalization = None
     if options.normalize:
@@ -175,8 +186,9 @@ def export(dataset: Path, out: Path, options: ExportOptions) -> list[Path]:
                 for c, o, s in zip(columns, offset.tolist(), scale.tolist(), strict=True)
             },
         }
+    rows = {row.number: row for row in tag_rows(report)}
     card = datacard(
-        report, columns, stats, normalization, grid.describe(data.name), options, grid.cells
+        report, columns, rows, stats, normalization, grid.describe(data.name), options, grid.cells
     )
     written = [data]
     if normalization is not None:
@@ -184,6 +196,21 @@ def export(dataset: Path, out: Path, options: ExportOptions) -> list[Path]:
     written.append(_write_text(out / "datacard.json", _json(card)))
     written.append(_write_text(out / "DATACARD.md", datacard_markdown(card)))
     return written
+
+
+def _lineage_pass(
+    dataset: Path, selection: Selection, series: SeriesIndex
+) -> tuple[int | None, int | None]:
+    """The first pass, footers only and without their quality figures: every tag and its
+    lineage (the table's columns), and the windows' range."""
+    first: int | None = None
+    last: int | None = None
+    for stored in DatasetReader(dataset, selection, quality=False):
+        footer = stored.footer
+        series.view(footer)
+        first = footer.window_start if first is None else min(first, footer.window_start)
+        last = footer.window_end if last is None else max(last, footer.window_end)
+    return first, last
 
 
 def _json(data: Any) -> str:
@@ -240,16 +267,22 @@ def si_conversion(unit: str | None) -> tuple[str | None, float, float]:
     return target, known.factor / UNITS[target].factor, known.offset
 
 
-def _column(row: TagRow, several: bool, si_units: bool) -> Column:
-    unit = row.lineage.get("unit")
+def _column(number: int, name: str, series: SeriesIndex, si_units: bool) -> Column:
+    gateway, source, tag = series.keys[number]
+    lineage = series.lineage(number)
+    unit = lineage.get("unit")
     factor, offset = 1.0, 0.0
     if si_units:
         unit, factor, offset = si_conversion(unit)
     return Column(
-        row,
-        row.name,
-        method_of(row.lineage),
-        natural_gap_ns(row.lineage),
+        number,
+        name,
+        gateway,
+        source,
+        tag,
+        lineage,
+        method_of(lineage),
+        natural_gap_ns(lineage),
         unit,
         factor,
         offset,
@@ -261,14 +294,14 @@ class _Grid:
 
     def __init__(
         self,
-        report: Report,
+        series: SeriesIndex,
         columns: list[Column],
         period: int,
         start: int,
         end: int,
         options: ExportOptions,
     ) -> None:
-        self.report = report
+        self.series = series
         self.columns = columns
         self.period = period
         self.start = start
@@ -276,25 +309,22 @@ class _Grid:
         self.options = options
         self.cells = 0
         self.late = 0  # rows for a chunk already written: not in the grid
-        keys = sorted({(c.row.gateway, c.row.source) for c in columns})
-        several = len(report.series.gateways()) > 1
+        keys = sorted({(c.gateway, c.source) for c in columns})
+        several = len(series.gateways()) > 1
         source_names = [f"{g}:{s}" if several else s for g, s in keys]
         source_of = {key: index for index, key in enumerate(keys)}
         self.tags = TagTable.of_lineage(
             source_names,
-            [(source_of[(c.row.gateway, c.row.source)], c.row.tag, c.row.lineage) for c in columns],
+            [(source_of[(c.gateway, c.source)], c.tag, c.lineage) for c in columns],
         )
         # the tag table orders by source: each column's place in it, and each series'
         place = {name: g for g, name in enumerate(self.tags.qualified)}
         self.order = np.array(
-            [
-                place[f"{source_names[source_of[(c.row.gateway, c.row.source)]]}/{c.row.tag}"]
-                for c in columns
-            ],
+            [place[f"{source_names[source_of[(c.gateway, c.source)]]}/{c.tag}"] for c in columns],
             np.int64,
         )
-        self.series_gtag = np.full(report.series.count, -1, np.int64)
-        self.series_gtag[[c.row.number for c in columns]] = self.order
+        self.series_gtag = np.full(series.count, -1, np.int64)
+        self.series_gtag[[c.number for c in columns]] = self.order
         natural = np.empty(len(columns), np.int64)
         natural[self.order] = [c.natural_gap_ns for c in columns]
         methods = [""] * len(columns)
@@ -336,16 +366,25 @@ class _Grid:
         metadata = {"edge_agent.export": json.dumps({"period": format_duration(self.period)})}
         return pa.schema(fields, metadata=metadata)
 
-    def write(self, dataset: Path, path: Path) -> ColumnStats:
+    def write(self, dataset: Path, path: Path) -> tuple[ColumnStats, Report]:
+        """The second pass: the table written to ``path``; its statistics, and the report of
+        the batches' footers (their figures for the data card) read on the way."""
         stats = ColumnStats.empty(len(self.columns))
+        self.series.rewind()  # the lineage history again, with the figures
+        footers = FooterFigures(self.series)
+        reader = DatasetReader(dataset, self.options.selection, SAMPLE_COLUMNS)
         writer = _Writer(path, self.schema(), self.options.format)
         try:
-            for values, filled in self._cells(dataset):
+            for values, filled in self._cells(reader, footers):
                 stats.add(values, filled)
                 writer.write(self._table(values, filled, self._times(values.shape[0])))
         finally:
             writer.close()
-        return stats
+        footers.flush()
+        report = Report(
+            dataset, self.options.selection, self.series, footers, None, None, reader.skipped
+        )
+        return stats, report
 
     def _times(self, count: int) -> np.ndarray:
         first = self.start + self.cells * self.period
@@ -361,13 +400,13 @@ class _Grid:
                 arrays.append(pa.array(filled[:, index], pa.bool_()))
         return pa.Table.from_arrays(arrays, schema=self.schema())
 
-    def _cells(self, dataset: Path) -> Any:
+    def _cells(self, reader: DatasetReader, footers: FooterFigures) -> Any:
         """(values, filled) per chunk of the grid, in time order: (instants, columns)."""
-        reader = DatasetReader(dataset, self.options.selection, SAMPLE_COLUMNS)
-        builder = ChunkBuilder(self.report.series, self.options.selection, rows=2**62)
+        builder = ChunkBuilder(self.series, self.options.selection, rows=2**62)
         held: list[Chunk] = []
         low = self.start
         for stored in reader:
+            footers.add(stored.footer)
             while stored.footer.window_start >= low + self.chunk_ns and low < self.end:
                 part = builder.take()
                 held = [*held, part] if part is not None else held
