@@ -9,7 +9,8 @@ publisher's 10 plant tags, all at 100 ms, times on the tick, 1 s windows), so th
 files are the files the agent writes. It is built once into ``--data`` and reused.
 
 Each command then runs as its own process, as a user would run it; wall time is measured
-around it and peak RSS is the child's ``ru_maxrss`` (os.wait4).
+around it, CPU time and peak RSS are the child's (os.wait4: ``ru_utime + ru_stime``,
+``ru_maxrss``), and the 1-minute load average before it says how busy the machine was.
 
     python bench/bench_report.py --hours 24 --data /var/tmp/edge-bench-day
 """
@@ -56,6 +57,7 @@ def build(data: Path, hours: float) -> None:
 def measure(name: str, args: list[str]) -> dict[str, object]:
     """Run ``edge-agent ARGS`` in a child process: wall seconds and its peak RSS."""
     command = [sys.executable, "-m", "agent.commands.cli", *args]
+    load = os.getloadavg()[0]  # the machine is shared: what else was running
     started = time.perf_counter()
     child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(child.pid, 0)
@@ -64,7 +66,13 @@ def measure(name: str, args: list[str]) -> dict[str, object]:
     error = child.stderr.read().decode() if child.stderr else ""
     if child.returncode:
         raise SystemExit(f"{name} failed ({child.returncode}): {error}")
-    result = {"command": name, "seconds": round(seconds, 1), "peak_rss_mb": usage.ru_maxrss // 1024}
+    result = {
+        "command": name,
+        "seconds": round(seconds, 1),
+        "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 1),
+        "peak_rss_mb": usage.ru_maxrss // 1024,
+        "load_before": round(load, 1),
+    }
     print(json.dumps(result), flush=True)
     return result
 

@@ -103,7 +103,8 @@ def _output(name: str) -> contextlib.AbstractContextManager[IO[str]]:
 
 def run_report(args: argparse.Namespace) -> int:
     from agent.report.dataset import NotADataset
-    from agent.report.figures import compute, to_dict
+    from agent.report.document import to_dict
+    from agent.report.figures import compute
     from agent.report.html import PlotlyMissing
     from agent.report.text import format_text, write_csv
 

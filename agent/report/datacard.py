@@ -19,7 +19,8 @@ from agent import __version__
 from agent.report.figures import Report, TagRow, iso
 
 if TYPE_CHECKING:
-    from agent.report.export import Column, ColumnStats, ExportOptions
+    from agent.report.export import Column, ExportOptions
+    from agent.report.tablefile import ColumnStats
 
 FORMAT = "edge-agent-datacard/1"
 

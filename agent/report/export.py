@@ -30,8 +30,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
 from agent.acquisition import quality as q
 from agent.config.durations import format_duration, parse_duration
@@ -41,6 +39,7 @@ from agent.report.dataset import DatasetReader, Selection
 from agent.report.figures import SAMPLE_COLUMNS, Report, tag_rows
 from agent.report.footers import FooterFigures
 from agent.report.series import SeriesIndex
+from agent.report.tablefile import TIME, ColumnStats, TableWriter, rescale
 from agent.stages.units import UNITS
 from agent.windows.batch import Batch, TagTable
 from agent.windows.resample import Resampler
@@ -58,7 +57,6 @@ SI_UNITS = {
     "speed": "m/s",
     "rotational_speed": "rad/s",
 }
-_TIME = pa.timestamp("ns", tz="UTC")
 
 
 class NothingToExport(Exception):
@@ -96,58 +94,6 @@ class Column:
         return self.factor != 1.0 or self.offset != 0.0
 
 
-@dataclass
-class ColumnStats:
-    """Per column over the exported cells: count, mean and M2 (Chan's merge), min, max,
-    and how many cells only the gap bridging filled."""
-
-    count: np.ndarray
-    mean: np.ndarray
-    m2: np.ndarray
-    low: np.ndarray
-    high: np.ndarray
-    filled: np.ndarray
-
-    @classmethod
-    def empty(cls, width: int) -> ColumnStats:
-        return cls(
-            np.zeros(width, np.int64),
-            np.zeros(width),
-            np.zeros(width),
-            np.full(width, np.inf),
-            np.full(width, -np.inf),
-            np.zeros(width, np.int64),
-        )
-
-    def add(self, values: np.ndarray, filled: np.ndarray) -> None:
-        """``values``: (cells, columns), NaN where empty."""
-        present = ~np.isnan(values)
-        count = present.sum(axis=0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean = np.where(count > 0, np.nansum(values, axis=0) / np.maximum(count, 1), 0.0)
-            m2 = np.nansum((values - mean) ** 2, axis=0)
-        total = self.count + count
-        delta = mean - self.mean
-        with np.errstate(invalid="ignore", divide="ignore"):
-            self.mean = np.where(total > 0, self.mean + delta * count / np.maximum(total, 1), 0.0)
-            self.m2 = self.m2 + m2 + delta**2 * self.count * count / np.maximum(total, 1)
-        self.count = total
-        self.low = np.fmin(self.low, np.nanmin(np.where(present, values, np.inf), axis=0))
-        self.high = np.fmax(self.high, np.nanmax(np.where(present, values, -np.inf), axis=0))
-        self.filled += filled.sum(axis=0)
-
-    def normalization(self, method: str) -> tuple[np.ndarray, np.ndarray]:
-        """(offset, scale) per column: normalised = (value - offset) / scale; a constant or
-        empty column gets scale 1."""
-        if method == "minmax":
-            offset = np.where(self.count > 0, self.low, 0.0)
-            scale = np.where(self.count > 0, self.high - self.low, 1.0)
-        else:
-            offset = self.mean
-            scale = np.sqrt(self.m2 / np.maximum(self.count, 1))
-        return offset, np.where(scale > 0, scale, 1.0)
-
-
 def export(dataset: Path, out: Path, options: ExportOptions) -> list[Path]:
     """Write the table, the data card (JSON and Markdown) and any normalisation parameters
     into ``out``; returns the files written."""
@@ -175,7 +121,7 @@ def export(dataset: Path, out: Path, options: ExportOptions) -> list[Path]:
     normalization = None
     if options.normalize:
         offset, scale = stats.normalization(options.normalize)
-        _scaled(plain, _temporary(data), columns, offset, scale, options.format)
+        rescale(plain, _temporary(data), [c.name for c in columns], offset, scale, options.format)
         _temporary(data).replace(data)
         plain.unlink()
         normalization = {
@@ -358,7 +304,7 @@ class _Grid:
         }
 
     def schema(self) -> pa.Schema:
-        fields = [pa.field("time", _TIME, nullable=False)]
+        fields = [pa.field("time", TIME, nullable=False)]
         for column in self.columns:
             fields.append(pa.field(column.name, pa.float64()))
             if self.bridging is not None:
@@ -373,7 +319,7 @@ class _Grid:
         self.series.rewind()  # the lineage history again, with the figures
         footers = FooterFigures(self.series)
         reader = DatasetReader(dataset, self.options.selection, SAMPLE_COLUMNS)
-        writer = _Writer(path, self.schema(), self.options.format)
+        writer = TableWriter(path, self.schema(), self.options.format)
         try:
             for values, filled in self._cells(reader, footers):
                 stats.add(values, filled)
@@ -392,7 +338,7 @@ class _Grid:
         return first + np.arange(count, dtype=np.int64) * self.period
 
     def _table(self, values: np.ndarray, filled: np.ndarray, times: np.ndarray) -> pa.Table:
-        arrays = [pa.Array.from_buffers(_TIME, times.shape[0], [None, pa.py_buffer(times)])]
+        arrays = [pa.Array.from_buffers(TIME, times.shape[0], [None, pa.py_buffer(times)])]
         for index in range(len(self.columns)):
             column = values[:, index]
             arrays.append(pa.array(column, pa.float64(), from_pandas=True))
@@ -457,7 +403,7 @@ class _Grid:
         tags = self.tags
         table = pa.table(
             {
-                "time": pa.array(time[inside], _TIME),
+                "time": pa.array(time[inside], TIME),
                 "source": pa.DictionaryArray.from_arrays(
                     pa.array(tags.tag_source[gtag], pa.int32()), tags.source_names
                 ),
@@ -490,64 +436,3 @@ def _values(wide: Batch, qualified: list[str], order: np.ndarray) -> np.ndarray:
 def _after(chunk: Chunk, boundary: int) -> Chunk:
     keep = chunk.time >= boundary
     return Chunk(chunk.series[keep], chunk.time[keep], chunk.value[keep], chunk.quality[keep])
-
-
-class _Writer:
-    """Parquet (zstd, one row group per chunk) or CSV; both deterministic."""
-
-    def __init__(self, path: Path, schema: pa.Schema, format: str) -> None:
-        self.parquet = format == "parquet"
-        if self.parquet:
-            self.writer: Any = pq.ParquetWriter(path, schema, compression="zstd")
-        else:
-            self.writer = pacsv.CSVWriter(path, schema.remove_metadata())
-
-    def write(self, table: pa.Table) -> None:
-        if self.parquet:
-            self.writer.write_table(table)
-        else:
-            self.writer.write_table(table.replace_schema_metadata(None))
-
-    def close(self) -> None:
-        self.writer.close()
-
-
-def _scaled(
-    source: Path,
-    target: Path,
-    columns: list[Column],
-    offset: np.ndarray,
-    scale: np.ndarray,
-    format: str,
-) -> None:
-    """Rewrite the plain table with every value column normalised."""
-    names = {c.name: i for i, c in enumerate(columns)}
-    if format == "parquet":
-        file = pq.ParquetFile(source)
-        schema = file.schema_arrow
-        batches = (file.read_row_group(g) for g in range(file.num_row_groups))
-    else:
-        reader = pacsv.open_csv(
-            source,
-            convert_options=pacsv.ConvertOptions(
-                column_types={"time": _TIME, **{c.name: pa.float64() for c in columns}}
-            ),
-        )
-        schema = reader.schema
-        batches = (pa.Table.from_batches([b]) for b in reader)
-    writer = _Writer(target, schema, format)
-    try:
-        for table in batches:
-            arrays = []
-            for name in table.column_names:
-                column = table[name]
-                if name in names:
-                    i = names[name]
-                    values = column.to_numpy(zero_copy_only=False).astype(np.float64)
-                    column = pa.array(
-                        (values - offset[i]) / scale[i], pa.float64(), from_pandas=True
-                    )
-                arrays.append(column)
-            writer.write(pa.Table.from_arrays(arrays, schema=schema))
-    finally:
-        writer.close()
