@@ -83,26 +83,28 @@ class NotADataset(Exception):
     """The path is neither a folder nor a Parquet file."""
 
 
-def dataset_files(path: Path) -> list[Path]:
-    """The batch files of a dataset folder, or the one file, in window order."""
+def dataset_files(path: Path) -> list[str]:
+    """The batch files of a dataset folder, or the one file, in window order. Plain
+    strings from os.walk: pathlib costs a second per 86,400 files."""
     if path.is_file():
-        return [path]
+        return [str(path)]
     if not path.is_dir():
         raise NotADataset(f"{path}: no such file or folder")
-    files = [p for p in path.rglob("*.parquet") if not p.name.startswith(".")]
-    return sorted(files, key=lambda p: (p.name, str(p)))
+    files = [
+        os.path.join(folder, name)
+        for folder, _, names in os.walk(path)
+        for name in names
+        if name.endswith(".parquet") and not name.startswith(".")
+    ]
+    return sorted(files, key=lambda p: (os.path.basename(p), p))
 
 
-def _named_start(path: Path) -> int | None:
-    """The window start a batch's file name gives, or None for another name."""
-    match = _BATCH_NAME.match(path.name)
-    if match is None:
-        return None
-    digits = match.group(1)
-    year, month, day = int(digits[0:4]), int(digits[4:6]), int(digits[6:8])
-    hour, minute, second = int(digits[9:11]), int(digits[11:13]), int(digits[13:15])
-    stamp = dt.datetime(year, month, day, hour, minute, second, tzinfo=dt.UTC)
-    return (round(stamp.timestamp()) * 1000 + int(digits[16:19])) * 1_000_000
+def _stamp(ns: int) -> str:
+    """The start of a batch file's name for a window starting at ``ns``: such names sort
+    as their times do, so a range is checked by comparing strings."""
+    seconds, rest = divmod(ns, 1_000_000_000)
+    stamp = dt.datetime.fromtimestamp(seconds, tz=dt.UTC).strftime("%Y%m%dT%H%M%S")
+    return f"{stamp}.{rest // 1_000_000:03d}"
 
 
 class DatasetReader:
@@ -122,22 +124,22 @@ class DatasetReader:
         self.columns = columns
         self.quality = quality
         self.threads = threads
+        low, high = selection.from_ns, selection.to_ns
+        self._low = "" if low is None else _stamp(low - _WIDEST_WINDOW_NS)
+        self._high = "~" if high is None else _stamp(high)  # "~" sorts after every digit
         self.files = [p for p in dataset_files(path) if self._may_overlap(p)]
         self.skipped: list[tuple[str, str]] = []  # (path, why)
         self.outside = 0  # batches whose window lies outside the range
 
-    def _may_overlap(self, path: Path) -> bool:
-        if self.selection.from_ns is None and self.selection.to_ns is None:
-            return True
-        start = _named_start(path)
-        if start is None:
-            return True
-        low, high = self.selection.from_ns, self.selection.to_ns
-        return (high is None or start < high) and (low is None or start > low - _WIDEST_WINDOW_NS)
+    def _may_overlap(self, path: str) -> bool:
+        name = os.path.basename(path)
+        if not _BATCH_NAME.match(name):
+            return True  # not named by its window: its footer will tell
+        return self._low <= name[:19] < self._high
 
     def __iter__(self) -> Iterator[Stored]:
         with ThreadPoolExecutor(self.threads, thread_name_prefix="report-read") as pool:
-            pending: deque[tuple[Path, Future[Stored | str | None]]] = deque()
+            pending: deque[tuple[str, Future[Stored | str | None]]] = deque()
             files = iter(self.files)
             try:
                 for path in files:
@@ -150,28 +152,30 @@ class DatasetReader:
                 for _, future in pending:
                     future.cancel()
 
-    def _take(self, item: tuple[Path, Future[Stored | str | None]]) -> Iterator[Stored]:
+    def _take(self, item: tuple[str, Future[Stored | str | None]]) -> Iterator[Stored]:
         path, future = item
         result = future.result()
         if isinstance(result, str):
-            self.skipped.append((str(path), result))
+            self.skipped.append((path, result))
         elif result is None:
             self.outside += 1
         else:
             yield result
 
-    def _read(self, path: Path) -> Stored | str | None:
-        """The batch, None if outside the range, or why it cannot be read."""
+    def _read(self, path: str) -> Stored | str | None:
+        """The batch, None if outside the range, or why it cannot be read. The file is
+        opened as a native file (no filesystem resolution) and read without pre-buffering:
+        for files of a few kB both cost more than the reading (a third, a sixth)."""
         try:
             dictionaries = [c for c in ("source", "tag") if c in (self.columns or [])]
-            # no pre-buffering: for files of a few kB its coalesced reads cost a third more
-            file = pq.ParquetFile(path, read_dictionary=dictionaries, pre_buffer=False)
-            footer = _footer(path, file.metadata, self.quality)
-            if isinstance(footer, str):
-                return footer
-            if not self.selection.overlaps(footer.window_start, footer.window_end):
-                return None
-            return Stored(footer, self._samples(file) if self.columns else None)
+            with pa.OSFile(path) as source:
+                file = pq.ParquetFile(source, read_dictionary=dictionaries, pre_buffer=False)
+                footer = _footer(path, source.size(), file.metadata, self.quality)
+                if isinstance(footer, str):
+                    return footer
+                if not self.selection.overlaps(footer.window_start, footer.window_end):
+                    return None
+                return Stored(footer, self._samples(file) if self.columns else None)
         except (OSError, pa.ArrowException, ValueError, KeyError) as exc:
             return f"{type(exc).__name__}: {exc}"
 
@@ -204,15 +208,15 @@ def _meets(group: pq.RowGroupMetaData, low: int | None, high: int | None) -> boo
     return True
 
 
-def _footer(path: Path, metadata: pq.FileMetaData, quality: bool) -> Footer | str:
+def _footer(path: str, size: int, metadata: pq.FileMetaData, quality: bool) -> Footer | str:
     raw = metadata.metadata or {}
     meta = {k.decode(): v.decode() for k, v in raw.items() if k.startswith(b"edge_agent.")}
     if f"{META_PREFIX}window_start_ns" not in meta:
         return "not an edge-agent batch (no edge_agent.window_start_ns)"
     figures = meta.get(f"{META_PREFIX}quality") if quality else None
     return Footer(
-        str(path),
-        os.stat(path).st_size,
+        path,
+        size,
         meta.get(f"{META_PREFIX}gateway_id", ""),
         int(meta[f"{META_PREFIX}window_start_ns"]),
         int(meta[f"{META_PREFIX}window_end_ns"]),
