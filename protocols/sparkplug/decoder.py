@@ -1,0 +1,579 @@
+"""Sparkplug B messages to columnar samples, and the host application's view of each node.
+
+Per edge node the decoder keeps what the specification asks a host application to track:
+the node's birth (its metrics' names, aliases and data types, and ``bdSeq``), each
+device's birth, and the message sequence number. Messages arrive in the broker's order.
+
+- **NBIRTH** replaces the node's alias table and forgets its devices' (they are born again
+  after it); **DBIRTH** replaces one device's. Birth metrics carry current values: they
+  are samples too. A birth binds each metric to a tag (explicitly mapped, or an automatic
+  tag) and tells the agent the tag's unit and data type (the batch lineage).
+- **NDATA/DDATA** name metrics by alias (or by name) from the birth; a metric the birth did
+  not declare, or data from a node or device without a birth, is counted ``no_birth`` and
+  dropped, never guessed. Each metric keeps its own timestamp (else the payload's).
+- **NDEATH** (also the will the broker publishes for a node that vanished) whose ``bdSeq``
+  matches the node's birth marks every tag of the node and its devices bad ``comm_error``
+  at the moment it is received; one with another ``bdSeq`` is a stale will of an earlier
+  session (``stale_death``) and changes nothing. **DDEATH** does the same for one device.
+- ``seq`` must grow by one (mod 256) from message to message of a node; a jump is counted
+  ``sequence_gap`` (messages were lost) and decoding goes on.
+
+Nothing in a payload can raise out of :meth:`SparkplugDecoder.decode`; every problem is a
+reason in ``edge_agent_payload_errors_total``:
+
+====================  ===================================================================
+oversized             message over ``max_payload``: dropped unread
+malformed             not a Sparkplug protobuf payload, a birth metric without a name, an
+                      array whose bytes do not fit its type
+unmapped_topic        not ``spBv1.0/<group>/<type>/<node>[/<device>]``
+no_birth              data (or a DBIRTH) without the birth it needs, per message
+sequence_gap          ``seq`` not the previous one plus one
+unknown_datatype      a birth metric with a data type code the specification lacks
+unsupported           DataSet, Template, Bytes, File metrics (logged once with their names)
+duplicate_alias       a birth declaring one alias twice: neither metric is reachable by it
+absurd_timestamp      a time beyond ``max_clock_skew`` of receipt (historical ones: in the
+                      future): stored at receive time, uncertain and clock-uncertain
+stale_death           a death whose ``bdSeq`` is not the current birth's: ignored
+name_clash            an automatic tag whose name another tag has: not mapped
+no_slot               every ``auto_tag_slots`` place taken: the metric is not mapped
+====================  ===================================================================
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import math
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import structlog
+
+from agent.acquisition import quality as q
+from agent.acquisition.frame import Frame
+from protocols.mqtt.session import UNMAPPED_TOPIC
+from protocols.sparkplug.config import ANY, SparkplugSourceConfig, SparkplugTagConfig
+from protocols.sparkplug.schema import BD_SEQ, COMMANDS, NAMESPACE, DataType, payload_class
+from protocols.sparkplug.store import BirthStore, TagCatalogue
+from protocols.sparkplug.values import (
+    ArrayError,
+    Kind,
+    is_known,
+    kind_of,
+    signed32,
+    signed64,
+    unpack_array,
+    unpack_strings,
+)
+
+OVERSIZED = "oversized"
+MALFORMED = "malformed"
+NO_BIRTH = "no_birth"
+SEQUENCE_GAP = "sequence_gap"
+UNKNOWN_DATATYPE = "unknown_datatype"
+UNSUPPORTED = "unsupported"
+DUPLICATE_ALIAS = "duplicate_alias"
+ABSURD_TIMESTAMP = "absurd_timestamp"
+STALE_DEATH = "stale_death"
+NAME_CLASH = "name_clash"
+NO_SLOT = "no_slot"
+
+_GOOD = q.GOOD
+_NULL = q.make(q.BAD, q.Reason.SOURCE_STATUS)  # the node says it has no value
+_DEAD = q.make(q.BAD, q.Reason.COMM_ERROR)
+_ABSURD = q.make(q.UNCERTAIN) | int(q.Flag.CLOCK_UNCERTAIN)
+_BAD_ARRAY = q.make(q.BAD, q.Reason.DECODE_ERROR)
+_MAX_MS = (1 << 63) // 1_000_000  # later than this does not fit int64 nanoseconds
+_EXAMPLE_CHARS = 120
+_INVALID_NAME = re.compile(r"[^A-Za-z0-9_.\-]")
+
+Describe = Callable[[int, str | None, dict[str, Any]], None]
+
+
+@dataclass(slots=True)
+class Binding:
+    """One born metric: where its samples go (tag -1: nowhere) and how to read it."""
+
+    tag: int
+    kind: Kind
+    datatype: int
+    interval: int  # ns between the elements of an array metric
+
+
+@dataclass(slots=True)
+class Table:
+    """The metrics of one birth certificate, by alias and by name."""
+
+    aliases: dict[int, Binding] = field(default_factory=dict)
+    names: dict[str, Binding] = field(default_factory=dict)
+
+    def tags(self) -> Iterator[int]:
+        return (b.tag for b in self.names.values() if b.tag >= 0)
+
+
+@dataclass(slots=True)
+class Node:
+    """A host application's state of one edge node: its birth, devices, bdSeq and seq."""
+
+    table: Table | None = None  # None: not born, or dead
+    bdseq: int | None = None
+    seq: int | None = None
+    devices: dict[str, Table] = field(default_factory=dict)
+
+
+def auto_tag_name(path: str) -> str:
+    """A valid tag name for a metric path: '/' becomes '.', other odd characters '_'."""
+    name = _INVALID_NAME.sub("_", path.replace("/", "."))
+    if not name or name[0] in ".-":
+        name = "_" + name
+    if len(name) > 128:
+        name = name[:111] + "-" + hashlib.blake2b(path.encode(), digest_size=8).hexdigest()
+    return name
+
+
+class SparkplugDecoder:
+    """Decodes one source's Sparkplug messages into column lists; never raises on input."""
+
+    def __init__(self, config: SparkplugSourceConfig) -> None:
+        self.config = config
+        self.payload_class = payload_class()
+        self.max_payload = config.max_payload
+        self.max_skew_ns = config.max_clock_skew
+        self.nodes: dict[tuple[str, str], Node] = {}
+        explicit = config.explicit_tags
+        self._explicit: dict[str, list[tuple[int, SparkplugTagConfig]]] = {}
+        for index, tag in enumerate(explicit):
+            assert tag.metric is not None  # checked by the config
+            self._explicit.setdefault(tag.metric, []).append((index, tag))
+        self._first_slot = len(explicit)
+        self._names = {tag.name for tag in explicit}
+        self._rates = [tag.rate for tag in config.tags]
+        self.describe: Describe = lambda tag, name, lineage: None
+        self.log: Any = structlog.get_logger().bind(source=config.name)
+        self.births: BirthStore | None = None  # set by attach(): persistence on
+        self.catalogue: TagCatalogue | None = None
+        self.store_error: OSError | None = None  # the last failed write, for the driver's log
+        self._logged_unsupported: set[tuple[str, str, str | None]] = set()
+        self._tags: list[int] = []
+        self._times: list[int] = []
+        self._values: list[float] = []
+        self._qualities: list[int] = []
+        self._stamps: list[int] = []  # the node's time of each sample, 0: none or historical
+        self._texts: dict[int, str] = {}  # row -> text of string metrics
+        self.errors: dict[str, int] = {}
+        self.examples: dict[str, str] = {}
+        self.messages = 0
+
+    # -- setup ---------------------------------------------------------------------------------
+
+    def attach(
+        self, births: BirthStore, catalogue: TagCatalogue | None, describe: Describe
+    ) -> None:
+        """Persist from now on, name the automatic tags the catalogue remembers, and replay
+        the kept births into the alias tables (no samples: their values were stored)."""
+        self.births, self.catalogue, self.describe = births, catalogue, describe
+        if catalogue is not None:
+            for path, (slot, name) in catalogue.by_path.items():
+                self.describe(self._first_slot + slot, name, {"sparkplug": {"metric": path}})
+                self._names.add(name)
+        for topic, payload in births.load():
+            self.decode(topic, payload, 0, restoring=True)
+
+    def filters(self) -> list[str]:
+        config = self.config
+        node = f"{NAMESPACE}/{config.group}/+/{config.edge_node}"
+        return [node, f"{node}/{config.device}"]
+
+    # -- per message ---------------------------------------------------------------------------
+
+    def reject(self, reason: str, topic: str, detail: str) -> None:
+        count = self.errors.get(reason)
+        if count is None:
+            self.errors[reason] = 1
+            self.examples[reason] = f"{topic[:_EXAMPLE_CHARS]}: {detail[:_EXAMPLE_CHARS]}"
+        else:
+            self.errors[reason] = count + 1
+
+    def decode(
+        self, topic: str, payload: bytes | bytearray, received: int, restoring: bool = False
+    ) -> None:
+        """Append the samples of one message; count what is wrong with it. ``restoring``:
+        a kept birth replayed at start (tables only)."""
+        self.messages += 1
+        levels = topic.split("/")
+        if len(levels) not in (4, 5) or levels[0] != NAMESPACE:
+            self.reject(UNMAPPED_TOPIC, topic, "not spBv1.0/<group>/<type>/<node>[/<device>]")
+            return
+        kind = levels[2]
+        if kind in COMMANDS:
+            return  # a command to the node, not data; a passive host has nothing to do
+        device = levels[4] if len(levels) == 5 else None
+        if (device is None) != (kind[0] == "N") or kind[1:] not in ("BIRTH", "DATA", "DEATH"):
+            self.reject(UNMAPPED_TOPIC, topic, f"message type {kind!r} on this topic")
+            return
+        if len(payload) > self.max_payload:
+            self.reject(OVERSIZED, topic, f"{len(payload)} bytes > {self.max_payload}")
+            return
+        try:
+            message = self.payload_class.FromString(bytes(payload))
+        except Exception as exc:  # protobuf's DecodeError, or worse from a broken payload
+            self.reject(MALFORMED, topic, f"not a Sparkplug B payload: {exc}")
+            return
+        group, node_id = levels[1], levels[3]
+        node = self.nodes.get((group, node_id))
+        if node is None:
+            node = self.nodes[(group, node_id)] = Node()
+        if kind == "NDEATH":
+            self._node_death(node, group, node_id, message, topic, received)
+            return
+        self._check_seq(node, kind, message, topic, restoring)
+        if kind == "NBIRTH":
+            node.table = self._birth(group, node_id, None, message, topic)
+            node.devices.clear()
+            self._keep(group, node_id, None, topic, payload, restoring)
+            if not restoring:
+                self._data(node.table, message, topic, received)
+            return
+        if node.table is None:
+            self.reject(NO_BIRTH, topic, f"{kind} before the node's NBIRTH")
+            return
+        assert device is not None or kind == "NDATA"
+        if kind == "NDATA":
+            self._data(node.table, message, topic, received)
+        elif kind == "DBIRTH":
+            assert device is not None
+            born = node.devices[device] = self._birth(group, node_id, device, message, topic)
+            self._keep(group, node_id, device, topic, payload, restoring)
+            if not restoring:
+                self._data(born, message, topic, received)
+        elif kind == "DDATA":
+            assert device is not None
+            known = node.devices.get(device)
+            if known is None:
+                self.reject(NO_BIRTH, topic, "DDATA before the device's DBIRTH")
+            else:
+                self._data(known, message, topic, received)
+        else:  # DDEATH
+            assert device is not None
+            gone = node.devices.pop(device, None)
+            if gone is not None:
+                self._mark_dead(gone.tags(), received)
+            self._forget(group, node_id, device)
+
+    def _check_seq(self, node: Node, kind: str, message: Any, topic: str, restoring: bool) -> None:
+        seq = int(message.seq)
+        if kind == "NBIRTH" or restoring:
+            node.seq = None if restoring else seq
+            return
+        if node.seq is not None and seq != (node.seq + 1) % 256:
+            self.reject(SEQUENCE_GAP, topic, f"seq {seq} after {node.seq}")
+        node.seq = seq
+
+    def _node_death(
+        self, node: Node, group: str, node_id: str, message: Any, topic: str, received: int
+    ) -> None:
+        bdseq = next((_integer(m) for m in message.metrics if m.name == BD_SEQ), None)
+        if node.table is None or (bdseq is not None and bdseq != node.bdseq):
+            self.reject(STALE_DEATH, topic, f"bdSeq {bdseq}, the node's birth has {node.bdseq}")
+            return
+        tags = set(node.table.tags())
+        for table in node.devices.values():
+            tags.update(table.tags())
+        self._mark_dead(sorted(tags), received)
+        node.table, node.seq = None, None
+        node.devices.clear()
+        self._forget(group, node_id, None)
+
+    def _mark_dead(self, tags: Iterator[int] | list[int], received: int) -> None:
+        for tag in tags:
+            self._append(tag, received, math.nan, _DEAD, 0)
+
+    # -- births ---------------------------------------------------------------------------------
+
+    def _birth(self, group: str, node: str, device: str | None, message: Any, topic: str) -> Table:
+        table = Table()
+        twice: set[int] = set()
+        unsupported: list[str] = []
+        for metric in message.metrics:
+            name = metric.name
+            if not name:
+                self.reject(MALFORMED, topic, "a birth metric without a name")
+                continue
+            if name == BD_SEQ and device is None:
+                self.nodes[(group, node)].bdseq = _integer(metric)
+                continue
+            datatype = int(metric.datatype)
+            if not is_known(datatype):
+                self.reject(UNKNOWN_DATATYPE, topic, f"{name}: data type {datatype}")
+                continue
+            kind = kind_of(datatype)
+            if kind is Kind.UNSUPPORTED:
+                unsupported.append(f"{name} ({DataType(datatype).name})")
+                self.reject(UNSUPPORTED, topic, f"{name}: {DataType(datatype).name}")
+                binding = Binding(-1, kind, datatype, 0)
+            else:
+                binding = self._bind(group, node, device, name, datatype, metric)
+            table.names[name] = binding
+            if metric.HasField("alias"):
+                alias = int(metric.alias)
+                if alias in table.aliases:
+                    twice.add(alias)
+                table.aliases[alias] = binding
+        for alias in twice:
+            del table.aliases[alias]
+            self.reject(DUPLICATE_ALIAS, topic, f"alias {alias} declared twice")
+        key = (group, node, device)
+        if unsupported and key not in self._logged_unsupported:
+            self._logged_unsupported.add(key)
+            self.log.warning(
+                "Sparkplug metrics of unsupported types are not stored",
+                topic=topic,
+                metrics=unsupported,
+            )
+        return table
+
+    def _bind(
+        self, group: str, node: str, device: str | None, name: str, datatype: int, metric: Any
+    ) -> Binding:
+        """The tag a born metric feeds (-1: none), described to the agent."""
+        tag, config = self._explicit_tag(node, device, name)
+        path = f"{node}/{device}/{name}" if device is not None else f"{node}/{name}"
+        if self.config.group == ANY:
+            path = f"{group}/{path}"
+        if tag < 0 and self.config.auto_tags:
+            tag = self._auto_tag(path, name, topic=f"{group}/{node}/{device or ''}")
+        kind = kind_of(datatype)
+        if tag < 0:
+            return Binding(-1, kind, datatype, 0)
+        interval = (config.sample_interval if config else None) or self.config.sample_interval
+        lineage: dict[str, Any] = {
+            "sparkplug": {"metric": path, "datatype": DataType(datatype).name},
+        }
+        unit = _property(metric, "engUnit", "engUnits", "EngUnit")
+        if unit is not None and (config is None or config.unit is None):
+            lineage["unit"] = unit
+        if kind in (Kind.TEXT, Kind.STRING_ARRAY):
+            lineage["text"] = True
+        self.describe(tag, None, lineage)
+        return Binding(tag, kind, datatype, interval or self._rates[tag])
+
+    def _explicit_tag(
+        self, node: str, device: str | None, name: str
+    ) -> tuple[int, SparkplugTagConfig | None]:
+        for index, tag in self._explicit.get(name, ()):
+            want_node = tag.edge_node or self.config.edge_node
+            want_device = tag.device if tag.device is not None else self.config.device
+            if want_node not in (ANY, node):
+                continue
+            if device is None and want_device == "":
+                return index, tag
+            if device is not None and want_device in (ANY, device):
+                return index, tag
+        return -1, None
+
+    def _auto_tag(self, path: str, name: str, topic: str) -> int:
+        if name == BD_SEQ or self.catalogue is None:  # no catalogue: not attached yet
+            return -1
+        config = self.config
+        if not any(fnmatch.fnmatchcase(path, glob) for glob in config.include):
+            return -1
+        if any(fnmatch.fnmatchcase(path, glob) for glob in config.exclude):
+            return -1
+        catalogue = self.catalogue
+        assert catalogue is not None
+        known = catalogue.by_path.get(path)
+        if known is not None:
+            return self._first_slot + known[0]
+        tag_name = auto_tag_name(path)
+        if tag_name in self._names:
+            self.reject(NAME_CLASH, topic, f"{path}: tag name {tag_name!r} is taken")
+            return -1
+        try:
+            slot = catalogue.assign(path, tag_name)
+        except OSError as exc:
+            self.store_error = exc
+            return -1
+        if slot is None:
+            self.reject(NO_SLOT, topic, f"{path}: all {catalogue.slots} auto_tag_slots taken")
+            return -1
+        self._names.add(tag_name)
+        tag = self._first_slot + slot
+        self.describe(tag, tag_name, {})
+        return tag
+
+    def _keep(
+        self,
+        group: str,
+        node: str,
+        device: str | None,
+        topic: str,
+        payload: bytes | bytearray,
+        restoring: bool,
+    ) -> None:
+        if self.births is None or restoring:
+            return
+        try:
+            self.births.save(group, node, device, topic, bytes(payload))
+        except OSError as exc:
+            self.store_error = exc
+
+    def _forget(self, group: str, node: str, device: str | None) -> None:
+        if self.births is None:
+            return
+        try:
+            self.births.forget(group, node, device)
+        except OSError as exc:
+            self.store_error = exc
+
+    # -- data -----------------------------------------------------------------------------------
+
+    def _data(self, table: Table, message: Any, topic: str, received: int) -> None:
+        """The hot path: one dict lookup, one time and one value field per metric."""
+        default_ms = int(message.timestamp)
+        names, aliases = table.names, table.aliases
+        skew = self.max_skew_ns
+        unknown = 0
+        absurd = 0
+        for metric in message.metrics:
+            name = metric.name
+            binding = names.get(name) if name else aliases.get(metric.alias)
+            if binding is None:
+                if name != BD_SEQ:
+                    unknown += 1
+                continue
+            tag = binding.tag
+            if tag < 0:
+                continue
+            quality = _GOOD
+            ms = metric.timestamp or default_ms
+            if not ms:
+                time_ns, stamp = received, 0
+            elif ms > _MAX_MS:
+                time_ns, stamp, quality = received, 0, _ABSURD
+                absurd += 1
+            else:
+                time_ns = ms * 1_000_000
+                if metric.is_historical:
+                    stamp = 0  # old on purpose: no measure of the node's clock
+                    if time_ns > received + skew:
+                        time_ns, quality = received, _ABSURD
+                        absurd += 1
+                elif abs(time_ns - received) > skew:
+                    time_ns, stamp, quality = received, 0, _ABSURD
+                    absurd += 1
+                else:
+                    stamp = time_ns
+            if metric.is_null:
+                self._append(tag, time_ns, math.nan, _NULL | quality, stamp)
+                continue
+            kind = binding.kind
+            if kind is Kind.DOUBLE:
+                value = metric.double_value
+            elif kind is Kind.FLOAT:
+                value = metric.float_value
+            elif kind is Kind.SIGNED32:  # int_value; some encoders use long_value
+                raw = metric.int_value
+                value = signed32(raw, binding.datatype) if raw else signed64(metric.long_value)
+            elif kind is Kind.UNSIGNED32:  # UInt32 is long_value in Tahu, int_value elsewhere
+                value = metric.int_value or metric.long_value
+            elif kind is Kind.BOOLEAN:
+                value = 1.0 if metric.boolean_value else 0.0
+            elif kind is Kind.SIGNED64:
+                value = signed64(metric.long_value)
+            elif kind is Kind.UNSIGNED64:
+                value = metric.long_value
+            elif kind is Kind.TEXT:
+                self._texts[len(self._tags)] = metric.string_value
+                value = math.nan
+            else:
+                self._array(binding, metric, topic, time_ns, quality, stamp)
+                continue
+            self._append(tag, time_ns, value, quality, stamp)
+        if unknown:
+            self.reject(NO_BIRTH, topic, f"{unknown} metrics no birth declared")
+        if absurd:
+            self.reject(ABSURD_TIMESTAMP, topic, f"{absurd} metric times beyond max_clock_skew")
+
+    def _append(self, tag: int, time_ns: int, value: float, quality: int, stamp: int) -> None:
+        self._tags.append(tag)
+        self._times.append(time_ns)
+        self._values.append(value)
+        self._qualities.append(quality)
+        self._stamps.append(stamp)
+
+    def _array(
+        self, binding: Binding, metric: Any, topic: str, time_ns: int, quality: int, stamp: int
+    ) -> None:
+        """One sample per element, ``interval`` apart from the metric's time."""
+        data = metric.bytes_value
+        texts: list[str] | None = None
+        try:
+            if binding.kind is Kind.STRING_ARRAY:
+                texts = unpack_strings(data)
+                values = np.full(len(texts), math.nan)
+            else:
+                values = unpack_array(binding.datatype, data)
+        except ArrayError as exc:
+            self.reject(MALFORMED, topic, f"{DataType(binding.datatype).name}: {exc}")
+            self._append(binding.tag, time_ns, math.nan, _BAD_ARRAY, stamp)
+            return
+        first = len(self._tags)
+        n = values.shape[0]
+        self._tags.extend([binding.tag] * n)
+        self._times.extend(range(time_ns, time_ns + n * binding.interval, binding.interval))
+        self._values.extend(values.tolist())
+        self._qualities.extend([quality] * n)
+        self._stamps.extend([stamp] * n)
+        if texts is not None:
+            self._texts.update(zip(range(first, first + n), texts, strict=True))
+
+    # -- hand-over ------------------------------------------------------------------------------
+
+    def take_frame(self, received: int) -> Frame | None:
+        if not self._tags:
+            return None
+        frame = Frame(
+            np.array(self._tags, np.int32),
+            np.array(self._times, np.int64),
+            np.array(self._values, np.float64),
+            np.array(self._qualities, np.uint16),
+            received,
+        )
+        stamps = np.array(self._stamps, np.int64)
+        if stamps.any():  # the node's clock: the clock model's input
+            frame.source_time = stamps
+            frame.device_clock = True
+        if self._texts:
+            frame.text = np.full(len(frame), None, dtype=object)
+            frame.text[list(self._texts)] = list(self._texts.values())
+            self._texts = {}
+        self._tags, self._times, self._values, self._qualities = [], [], [], []
+        self._stamps = []
+        return frame
+
+    def take_errors(self) -> tuple[dict[str, int], dict[str, str]]:
+        errors, examples = self.errors, self.examples
+        self.errors, self.examples = {}, {}
+        return errors, examples
+
+
+def _integer(metric: Any) -> int | None:
+    """An integer metric's value (bdSeq is UInt64 by the specification, Int32 in some)."""
+    which = metric.WhichOneof("value")
+    if which in ("long_value", "int_value"):
+        return int(getattr(metric, which))
+    return None
+
+
+def _property(metric: Any, *keys: str) -> str | None:
+    """A string property of a birth metric (engineering unit), if it has one."""
+    if not metric.HasField("properties"):
+        return None
+    properties = metric.properties
+    for key, value in zip(properties.keys, properties.values, strict=False):
+        if key in keys and value.WhichOneof("value") == "string_value":
+            return str(value.string_value)
+    return None
