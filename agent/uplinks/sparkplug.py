@@ -370,11 +370,16 @@ class SparkplugUplink:
             quality[rows].tolist(),
             strict=True,
         ):
-            metric = metrics.add(alias=a, timestamp=ms)
+            text_tag = a in text_tags
+            # the datatype again, though the birth declared it (the specification's SHOULD
+            # NOT): Tahu's JavaScript decoder, on which many hosts build, needs it per metric
+            metric = metrics.add(
+                alias=a, timestamp=ms, datatype=DataType.String if text_tag else DataType.Double
+            )
             if word & _REPLAYED:
                 metric.is_historical = True
             string = text[row] if text is not None else None
-            if a in text_tags:
+            if text_tag:
                 if string is not None:
                     metric.string_value = string
                 elif math.isnan(v):

@@ -45,8 +45,9 @@ connect();
 readline.createInterface({ input: process.stdin }).on("line", (line) => {
   const command = JSON.parse(line);
   if (command.cmd === "offline") {
+    // the edge node hears of it before the host leaves (it may publish until then)
     client.publish(stateTopic, state(false), { qos: 1, retain: true }, () =>
-      client.end(false, {}, () => say({ event: "offline" })));
+      setTimeout(() => client.end(false, {}, () => say({ event: "offline" })), 300));
   } else if (command.cmd === "online") {
     connect();
   } else if (command.cmd === "rebirth") {
