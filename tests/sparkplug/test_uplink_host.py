@@ -68,7 +68,7 @@ async def test_host_gets_births_every_sample_once_and_history_after_its_outage(
     config = agent_toml(store, SOURCES.format(url=sparkplug_broker.url), lateness="200ms")
     async with node_script(tahu_modules, "host.js", sparkplug_broker.url, "Edge", "scada") as host:
         await host.wait_for(lambda line: line.get("event") == "online")
-        async with running_agent(config) as agent:
+        async with running_agent(config):
             await wait_for(lambda: bool(received_data(host)))
             await asyncio.sleep(1.5)
             await host.command(cmd="offline")
