@@ -395,3 +395,33 @@ async def conformance_peer() -> AsyncIterator[dict[str, Any]]:
                 yield {"url": broker.url, "mqtt_version": version}
             finally:
                 await simulator.stop()
+
+
+def from_cli(
+    seed: int, group: str, node: str, period_ns: int, qos: int, faults: str, mqtt_version: str
+) -> SparkplugNodeSimulator:
+    """The simulator of ``edge-agent simulate sparkplug``; ``faults`` is a comma list of
+    ``gap=N`` (every N-th data message skips a seq), ``ghost`` (DDATA without a birth),
+    ``malformed=N`` (every N-th tick, bytes that are not protobuf) and ``rebirth=10s``
+    (born again with other aliases that often)."""
+    from agent.config.durations import parse_duration
+
+    options: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in faults.split(","))):
+        key, _, value = item.partition("=")
+        options[key] = value
+    unknown = set(options) - {"gap", "ghost", "malformed", "rebirth"}
+    if unknown:
+        raise ValueError(f"unknown faults {sorted(unknown)}: gap=N, ghost, malformed=N, rebirth=S")
+    return SparkplugNodeSimulator(
+        seed,
+        group=group,
+        node=node,
+        period_ns=period_ns,
+        qos=qos,
+        mqtt_version=mqtt_version,
+        gap_every=int(options.get("gap") or 0),
+        ghost_device="ghost" in options,
+        malformed_every=int(options.get("malformed") or 0),
+        rebirth_every_ns=parse_duration(options["rebirth"]) if options.get("rebirth") else 0,
+    )

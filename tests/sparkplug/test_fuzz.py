@@ -5,6 +5,7 @@ where the reason is about one metric)."""
 
 from __future__ import annotations
 
+import itertools
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -20,9 +21,7 @@ from protocols.sparkplug.values import is_known
 
 Payload = payload_class()
 SLOTS = 40
-FUZZ = settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 NOW_MS = 1_800_000_000_000
 TYPES = ["NBIRTH", "NDATA", "NDEATH", "DBIRTH", "DDATA", "DDEATH", "NCMD", "STATE", "XDATA"]
 
@@ -177,6 +176,6 @@ def test_every_sequence_jump_is_counted(seqs: list[int]) -> None:
             data = Payload(seq=seq)
             data.metrics.add(alias=1, double_value=1.0)
             fuzzed.decode("spBv1.0/G/NDATA/n0", data.SerializeToString(), NOW_MS * 1_000_000)
-        jumps = sum(1 for a, b in zip(seqs, seqs[1:], strict=False) if b != (a + 1) % 256)
+        jumps = sum(1 for a, b in itertools.pairwise(seqs) if b != (a + 1) % 256)
         errors, _ = fuzzed.take_errors()
         assert errors.get("sequence_gap", 0) == jumps
