@@ -27,7 +27,8 @@ from protocols.sparkplug.schema import DataType
 
 
 class Kind(enum.IntEnum):
-    SIGNED32 = 1  # Int8, Int16, Int32 in int_value
+    SIGNED32 = 1  # Int32 in int_value
+    NARROW = 13  # Int8, Int16 in int_value
     UNSIGNED32 = 2  # UInt8, UInt16, UInt32 in int_value
     SIGNED64 = 3  # Int64 in long_value
     UNSIGNED64 = 4  # UInt64, DateTime in long_value
@@ -42,8 +43,8 @@ class Kind(enum.IntEnum):
 
 
 KINDS: dict[int, Kind] = {
-    DataType.Int8: Kind.SIGNED32,
-    DataType.Int16: Kind.SIGNED32,
+    DataType.Int8: Kind.NARROW,
+    DataType.Int16: Kind.NARROW,
     DataType.Int32: Kind.SIGNED32,
     DataType.UInt8: Kind.UNSIGNED32,
     DataType.UInt16: Kind.UNSIGNED32,
