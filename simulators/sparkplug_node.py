@@ -20,6 +20,8 @@ birth only). Faults, each counted in ``faults`` under the reason the agent repor
 - :meth:`rebirth`, :meth:`device_death`, :meth:`kill` (connection dropped: the broker
   publishes the will) and :meth:`stop` (NDEATH, then a clean disconnect) on demand.
 
+Like a conformant node it obeys NCMD ``Node Control/Rebirth``: births again at once.
+
 Publishes at QoS ``qos`` (1 by default; the specification says 0 for data, which a broker
 does not queue for an absent subscriber, see protocols/sparkplug/README.md).
 """
@@ -144,6 +146,7 @@ class SparkplugNodeSimulator:
         self.faults: Counter[str] = Counter()
         self.published = 0
         self.births = 0  # NBIRTHs published
+        self.rebirth_requests = 0  # NCMD Rebirth commands obeyed
         self.ticks: list[int] = []  # tick times whose data was published, in order
         self.dead: set[str] = set()  # devices after device_death()
         self._data_messages = 0
@@ -279,11 +282,24 @@ class SparkplugNodeSimulator:
         death = self.payload(timestamp=time.time_ns() // 1_000_000)
         death.metrics.add(name=BD_SEQ, datatype=int(DataType.UInt64), long_value=self.bdseq)
         client.will_set(topic(self.group, "NDEATH", self.node), death.SerializeToString(), 1)
+        client.on_message = self._on_command
         connection = AsyncMqttClient(client)
         host, port = parts.hostname or "127.0.0.1", parts.port or 1883
         await connection.connect(host, port, 30, 10.0, True if v5 else None)
+        client.subscribe(topic(self.group, "NCMD", self.node), 0)
         self._connection = connection
         self._birth(time.time_ns())
+
+    def _on_command(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        """NCMD Node Control/Rebirth = true: born again (same aliases), as a node must."""
+        try:
+            command = self.payload.FromString(bytes(message.payload))
+        except Exception:
+            return
+        if any(m.name == REBIRTH and m.boolean_value for m in command.metrics):
+            self.rebirth_requests += 1
+            self.dead.clear()
+            self._birth(time.time_ns())
 
     def _birth(self, now_ns: int) -> None:
         self.seq = 0

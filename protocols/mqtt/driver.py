@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 from protocols.mqtt.config import MqttSourceConfig, MqttSubscriberConfig
@@ -71,6 +72,8 @@ class SubscriberDriver(Driver):
                 tasks.create_task(session.emit_forever())
                 tasks.create_task(session.until_lost())
                 tasks.create_task(self._housekeeping(ctx))
+                for task in self.session_tasks(session, ctx):
+                    tasks.create_task(task)
         except asyncio.CancelledError:
             # the agent is stopping (not Task.cancelling(): on Python 3.11 a TaskGroup
             # whose child failed leaves it raised)
@@ -84,6 +87,12 @@ class SubscriberDriver(Driver):
                 if self.delivered is not None:
                     self.delivered.close()
                 self._report_errors(ctx)
+
+    def session_tasks(
+        self, session: MqttSession, ctx: DriverContext
+    ) -> list[Coroutine[Any, Any, None]]:
+        """Extra coroutines for the session's lifetime (a subclass's); none by default."""
+        return []
 
     async def _housekeeping(self, ctx: DriverContext) -> None:
         while True:

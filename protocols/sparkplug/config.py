@@ -77,6 +77,12 @@ class SparkplugSourceConfig(MqttSubscriberConfig):
     sample_interval: Duration | None = Field(
         default=None, description="element spacing of automatic array tags; default: rate"
     )
+    rebirth_requests: bool = Field(
+        default=False,
+        description="opt-in: ask a node whose birth is missing, or after a sequence gap, to "
+        "rebirth (NCMD Node Control/Rebirth): a write to the edge node, the only thing "
+        "this source then publishes",
+    )
     max_clock_skew: Duration = Field(
         default=86_400_000_000_000,
         description="a metric time further than this from receive time is absurd",

@@ -174,6 +174,8 @@ class SparkplugDecoder:
         # not their time (0: none, or historical); the others need no column entry of their own
         self._odd: dict[int, tuple[int, int]] = {}
         self._texts: dict[int, str] = {}  # row -> text of string metrics
+        # nodes to ask for a rebirth (only with rebirth_requests): missing births, gaps
+        self.rebirth_wanted: set[tuple[str, str]] = set()
         self.errors: dict[str, int] = {}
         self.examples: dict[str, str] = {}
         self.messages = 0
@@ -244,12 +246,14 @@ class SparkplugDecoder:
             seq, last = message.seq, node.seq
             if last is not None and seq != (last + 1) % 256:
                 self.reject(SEQUENCE_GAP, topic, f"seq {seq} after {last}")
+                self._want_rebirth(key)
             node.seq = seq
         table = node.table
         if kind == "DDATA":  # the common case first
             known = node.devices.get(device or "") if table is not None else None
             if known is None:
                 self.reject(NO_BIRTH, topic, "DDATA before the device's DBIRTH, or the NBIRTH")
+                self._want_rebirth(key)
             else:
                 self._data(known, message, topic, received)
         elif kind == "NBIRTH":
@@ -260,6 +264,7 @@ class SparkplugDecoder:
                 self._data(node.table, message, topic, received)
         elif table is None:
             self.reject(NO_BIRTH, topic, f"{kind} before the node's NBIRTH")
+            self._want_rebirth(key)
         elif kind == "NDATA":
             self._data(table, message, topic, received)
         elif kind == "DBIRTH":
@@ -274,6 +279,10 @@ class SparkplugDecoder:
             if gone is not None:
                 self._mark_dead(gone.tags(), received)
             self._forget(group, node_id, device)
+
+    def _want_rebirth(self, key: tuple[str, str]) -> None:
+        if self.config.rebirth_requests:
+            self.rebirth_wanted.add(key)
 
     def _route(self, topic: str) -> Route | None:
         """(message type, group, node, device, node key) of a topic, cached; the type is ""

@@ -4,7 +4,10 @@ It subscribes to ``spBv1.0/<group>/+/<edge node>`` and ``.../<device>`` (what th
 filter names) and hands each message to :class:`~protocols.sparkplug.decoder.SparkplugDecoder`;
 sessions, acknowledgement after the frame log write, the redelivery filter of persistent
 sessions and the counting of bad input are the mqtt driver's (:class:`SubscriberDriver`).
-It never publishes: no NCMD, no DCMD, no STATE.
+It never publishes (no NCMD, no DCMD, no STATE), unless ``rebirth_requests = true``: then,
+for a node whose data arrives without the birth it needs or after a sequence gap, it
+publishes one NCMD ``Node Control/Rebirth = true`` (QoS 0), at most every
+``_REBIRTH_EVERY_S`` per node. That is a write to the edge node, so it is opt-in.
 
 Before the agent recovers its spool, :meth:`SparkplugDriver.prepare` names the automatic
 tags the catalogue remembers and replays the kept births (``protocols.sparkplug.store``),
@@ -14,15 +17,23 @@ its births declared.
 
 from __future__ import annotations
 
+import asyncio
+import math
+import time
+from collections.abc import Coroutine
 from typing import Any
 
 from protocols.mqtt.driver import SubscriberDriver
+from protocols.mqtt.session import MqttSession
 from protocols.sdk import DriverContext
 from protocols.sparkplug.config import SparkplugSourceConfig
 from protocols.sparkplug.decoder import SparkplugDecoder
+from protocols.sparkplug.schema import REBIRTH, DataType, payload_class, topic
 from protocols.sparkplug.store import BirthStore, TagCatalogue
 
 STORAGE_PROBLEM = "sparkplug-store"
+_HOUSEKEEPING_S = 1.0
+_REBIRTH_EVERY_S = 10.0  # per node: a node slow to rebirth is not flooded with commands
 
 
 class SparkplugDriver(SubscriberDriver):
@@ -70,6 +81,28 @@ class SparkplugDriver(SubscriberDriver):
                 "data queued meanwhile, and new automatic tags are not mapped",
                 error=str(error),
             )
+
+    def session_tasks(
+        self, session: MqttSession, ctx: DriverContext
+    ) -> list[Coroutine[Any, Any, None]]:
+        return [self._request_rebirths(session, ctx)] if self.config.rebirth_requests else []
+
+    async def _request_rebirths(self, session: MqttSession, ctx: DriverContext) -> None:
+        asked: dict[tuple[str, str], float] = {}  # node -> monotonic time of the last NCMD
+        command = payload_class()()
+        command.metrics.add(name=REBIRTH, datatype=DataType.Boolean, boolean_value=True)
+        while True:
+            await asyncio.sleep(_HOUSEKEEPING_S)
+            wanted, self.decoder.rebirth_wanted = self.decoder.rebirth_wanted, set()
+            now = time.monotonic()
+            for group, node in sorted(wanted):
+                if now - asked.get((group, node), -math.inf) < _REBIRTH_EVERY_S:
+                    continue
+                asked[(group, node)] = now
+                command.timestamp = time.time_ns() // 1_000_000
+                name = topic(group, "NCMD", node)
+                session.connection.client.publish(name, command.SerializeToString(), qos=0)
+                ctx.log.info("Sparkplug rebirth requested", node=f"{group}/{node}")
 
     @classmethod
     def conformance_peer(cls) -> Any:
