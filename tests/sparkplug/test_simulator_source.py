@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet
 
 from agent.acquisition import quality as q
 from agent.runtime import Agent
@@ -103,3 +104,53 @@ async def test_rebirth_requests_are_opt_in(tmp_path: Path, sparkplug_broker: Pri
         await node.stop()
         assert node.rebirth_requests == (1 if asks else 0)
         assert (points > 0) == asks
+
+
+async def test_automatic_tags_keep_their_places_across_a_restart(
+    tmp_path: Path, sparkplug_broker: PrivateBroker
+) -> None:
+    """Metrics named at run time: each keeps its tag (and its place, by which the frame log
+    holds samples) across a restart; the wide output has columns for named tags only."""
+    source = f"""
+[[sources]]
+name = "line1"
+protocol = "sparkplug"
+url = "{sparkplug_broker.url}"
+group = "Plant1"
+auto_tags = true
+include = ["Line1/Spindle/*"]
+auto_tag_slots = 20
+
+[resample]
+period = "100ms"
+path = "{tmp_path / "wide"}"
+"""
+    store = tmp_path / "store"
+    config = agent_toml(store, source)
+    places = []
+    for _ in range(2):
+        node = SparkplugNodeSimulator(seed=5)
+        async with running_agent(config) as agent:
+            await wait_for(lambda: source_up(agent, "line1"))
+            await node.start(sparkplug_broker.url)
+            await wait_for(lambda: len(node.ticks) >= 5)  # noqa: B023
+            await node.stop()
+            await asyncio.sleep(0.3)
+            table = agent.tag_table
+            places.append(
+                {table.qualified[g]: g for g in range(len(table)) if not table.placeholder[g]}
+            )
+    assert places[0] == places[1], "the same metric in the same place after the restart"
+    assert set(places[0]) == {
+        f"line1/Line1.Spindle.{name}"
+        for name in ("Speed", "Load", "Running", "Parts", "Temperature", "Vibration", "State")
+    }, "the Spindle's metrics by include, not the Coolant's"
+    stored = read_store(store)
+    assert set(stored["tag"].cast(pa.string()).to_pylist()) == {
+        name.split("/", 1)[1] for name in places[0]
+    }
+    wide = read_store(tmp_path / "wide")
+    columns = {c for c in wide.column_names if not c.endswith(":quality")}
+    assert columns - {"gateway", "date"} == {"time", *places[0]}, "no column for a free place"
+    tags = pa.parquet.read_schema(next(store.rglob("*.parquet"))).metadata[b"edge_agent.tags"]
+    assert b'"unit":"rpm"' in tags

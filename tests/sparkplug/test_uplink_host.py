@@ -68,7 +68,7 @@ async def test_host_gets_births_every_sample_once_and_history_after_its_outage(
     config = agent_toml(store, SOURCES.format(url=sparkplug_broker.url), lateness="200ms")
     async with node_script(tahu_modules, "host.js", sparkplug_broker.url, "Edge", "scada") as host:
         await host.wait_for(lambda line: line.get("event") == "online")
-        async with running_agent(config):
+        async with running_agent(config) as agent:
             await wait_for(lambda: bool(received_data(host)))
             await asyncio.sleep(1.5)
             await host.command(cmd="offline")
@@ -79,6 +79,9 @@ async def test_host_gets_births_every_sample_once_and_history_after_its_outage(
             await host.command(cmd="online")
             await wait_for(lambda: len(births(host, "NBIRTH")) >= 2)
             await asyncio.sleep(2.0)
+            await host.command(cmd="rebirth", node="test-gw")  # NCMD Node Control/Rebirth
+            await wait_for(lambda: len(births(host, "NBIRTH")) >= 3)
+            await asyncio.sleep(0.5)
         await asyncio.sleep(0.5)  # the last DDATA of the stop's flush reaches the host
 
     node_births = births(host, "NBIRTH")
@@ -115,5 +118,10 @@ async def test_host_gets_births_every_sample_once_and_history_after_its_outage(
     assert historical, "the outage's batches were sent as historical metrics"
     assert offline_at // 1_000_000 - 3000 < min(historical)
     assert max(historical) < back_at // 1_000_000
-    sequence = [line["payload"]["seq"] for line in host.lines if "/DDATA/" in line.get("topic", "")]
-    assert all(s < 256 for s in sequence)
+    rebirth = births(host, "NBIRTH")[2]["payload"]
+    assert rebirth["seq"] == 0, "a rebirth starts the sequence again"
+    assert [m["value"] for m in rebirth["metrics"] if m["name"] == "bdSeq"] == [bdseqs[1]]
+    unconfirmed = agent.metrics.registry.get_sample_value(
+        "edge_agent_uplink_unconfirmed_points_total", {"uplink": "sparkplug"}
+    )
+    assert unconfirmed == sum(truth.values()), "QoS 0: every sample sent, none confirmed"
