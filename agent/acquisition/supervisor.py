@@ -27,7 +27,7 @@ import numpy as np
 from agent.acquisition import quality as q
 from agent.acquisition.backoff import Backoff
 from agent.acquisition.backoff import (
-    backoff_delay as backoff_delay,  # re-exported for agent.forwarder
+    backoff_delay as backoff_delay,  # re-exported for agent.store.forwarder
 )
 from agent.acquisition.clock import SourceClock
 from agent.acquisition.frame import Frame

@@ -127,7 +127,7 @@ class Recovered:
 
 
 _WAL_LIMIT = 4 << 20  # bytes the WAL file keeps after a checkpoint
-_RESERVE_BYTES = 1 << 20  # freed to open the spool on a full disk (see agent.atrisk)
+_RESERVE_BYTES = 1 << 20  # freed to open the spool on a full disk (see agent.store.atrisk)
 # SQLite's answers that say the disk refused a write, not that the database is damaged
 # (a truncated file is an I/O error too, SQLITE_IOERR_SHORT_READ: damage, salvaged)
 _STORAGE_REFUSED = {
@@ -235,7 +235,7 @@ class Spool:
         row = self.db.execute("SELECT value FROM state WHERE key = 'last_frame'").fetchone()
         self.frame_log.start_after(int(row[0]) if row else 0)
         self._last_frame = 0
-        # frames whose write failed, oldest first (agent.atrisk), and the ledger of what a
+        # frames whose write failed, oldest first (agent.store.atrisk), and the ledger of what a
         # kill would lose of them plus what a kill of the last run lost, not yet recorded
         self.unlogged: list[UnloggedFrame] = []
         self.last_error: OSError | None = None

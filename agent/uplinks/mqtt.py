@@ -33,7 +33,7 @@ from protocols.mqtt.session import make_client
 # (others, such as Not authorized or Quota exceeded, are the broker's state: retried)
 _REJECTS_THE_BATCH = frozenset({0x95, 0x99})
 
-BATCH_SCHEMA = "edge-agent.batch/1"  # the SCHEMA of agent.batch; bump when it changes
+BATCH_SCHEMA = "edge-agent.batch/1"  # the SCHEMA of agent.windows.batch; bump when it changes
 BATCH_ENCODING = "parquet+zstd"
 
 

@@ -115,7 +115,7 @@ class Batch:
     window_end_ns: int
     table: pa.Table
     quality: dict[str, Any] | None = None  # data-quality figures, also in the metadata
-    data: bytes | None = None  # the table already encoded (agent.encoding), e.g. by the spool
+    data: bytes | None = None  # the table already encoded (agent.store.encoding), e.g. by the spool
 
     @property
     def points(self) -> int:

@@ -93,7 +93,7 @@ def _unprivileged() -> list[str]:
 
 def _cannot_import(prefix: list[str], pythonpath: Path) -> str:
     probe = subprocess.run(
-        [*prefix, sys.executable, "-c", "import os, agent.paths; print(os.geteuid())"],
+        [*prefix, sys.executable, "-c", "import os, agent.config.paths; print(os.geteuid())"],
         capture_output=True,
         text=True,
         timeout=120,
