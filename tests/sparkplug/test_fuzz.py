@@ -179,3 +179,10 @@ def test_every_sequence_jump_is_counted(seqs: list[int]) -> None:
         jumps = sum(1 for a, b in itertools.pairwise(seqs) if b != (a + 1) % 256)
         errors, _ = fuzzed.take_errors()
         assert errors.get("sequence_gap", 0) == jumps
+
+
+def test_an_oversized_payload_is_dropped_unread() -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        fuzzed, _ = decoder(Path(folder))
+        fuzzed.decode("spBv1.0/G/NDATA/n0", b"\x00" * 4097, NOW_MS * 1_000_000)
+        assert fuzzed.take_errors()[0] == {"oversized": 1}

@@ -143,11 +143,17 @@ async def test_values_names_units_times_deaths_gaps_and_rebirth(
             await node.command(  # alias 10 is gone with the old birth: counted, not guessed
                 cmd="ddata", device="Press", metrics=[data(10, "Double", 666.0, t + 80)]
             )
-            await wait_for(lambda: runner.points >= 26)
+            # a store-and-forward flush: a minute old, into windows closed long ago
+            await node.command(
+                cmd="ddata",
+                device="Press",
+                metrics=[data(111, "Int16", -1, t - 60_000) | {"isHistorical": True}],
+            )
+            await wait_for(lambda: runner.points >= 27)
             await node.command(cmd="ddeath", device="Press")
-            await wait_for(lambda: runner.points >= 31)
-            await node.command(cmd="stop")  # NDEATH
             await wait_for(lambda: runner.points >= 32)
+            await node.command(cmd="stop")  # NDEATH
+            await wait_for(lambda: runner.points >= 33)
     table = read_store(store)
     assert payload_errors(agent, "sequence_gap") == 1
     assert payload_errors(agent, "no_birth") == 1
@@ -161,8 +167,12 @@ async def test_values_names_units_times_deaths_gaps_and_rebirth(
     assert unflagged(qualities[-1]) == _DEAD, "DDEATH: the device's tags bad"
     assert (qualities[:-1] & q.SEVERITY_MASK == q.GOOD).all()
 
-    _, temps, temp_quality, _ = series(table, "Tahu1.Press.Temp")  # an automatic tag
-    assert temps[:-1].tolist() == [-7.0, -8.0, -9.0, -10.0, -7.0]
+    temp_times, temps, temp_quality, _ = series(table, "Tahu1.Press.Temp")  # automatic
+    assert temps[0] == -1.0, "the historical value, at its own time"
+    assert temp_times[0] // 1_000_000 == t - 60_000
+    assert temp_quality[0] & q.Flag.LATE, "its window was closed: flagged late"
+    assert temps[1:-1].tolist() == [-7.0, -8.0, -9.0, -10.0, -7.0]
+    assert not (temp_quality[1:] & q.Flag.LATE).any()
     assert unflagged(temp_quality[-1]) == _DEAD
     _, _, _, modes = series(table, "Tahu1.Press.Mode")
     assert modes[:-1] == ["AUTO", "STEP1", "STEP2", "STEP3", "AUTO"]
