@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
+import sys
 import time
 import tomllib
 from pathlib import Path
@@ -61,6 +63,9 @@ def demo_config(
         + ("\n" + scada[0].agent_config(url=scada[1]) if scada is not None else "")
         + ("\n" + line.agent_config(url=scada[1]) if scada is not None and line else "")
     )
+
+
+_MARKER = ".edge-demo"  # a dot file: pyarrow datasets and the report skip it
 
 
 def _state_dir(out: Path) -> Path:
@@ -172,15 +177,53 @@ async def _demo(duration: float, out: Path, rate: str, seed: int) -> int:
             stop.set()
             await task
     print(f"\nWrote {agent.batches_written} batches, {agent.points_written} points under {out}/")
-    print("Read them back:")
-    print(
-        '  python -c "import pyarrow.dataset as ds; '
-        f"t = ds.dataset('{out}', partitioning='hive').to_table(); "
-        "print(t.group_by(['source', 'tag']).aggregate([('value', 'count'), ('value', 'mean')]))\""
-    )
+    print(f"Per-tag summary of what was stored:\n  {_edge_agent()} report {out}")
     return 0
 
 
-def run_demo(duration: float, out: Path, rate: str, seed: int) -> int:
+def _edge_agent() -> str:
+    """How to call edge-agent again as this process was called: on PATH, or by the full
+    path of the venv's script when the venv is not activated."""
+    script = Path(sys.executable).parent / "edge-agent"
+    on_path = shutil.which("edge-agent")
+    if on_path is not None and Path(on_path).resolve() == script.resolve():
+        return "edge-agent"
+    return str(script) if script.exists() else f"{sys.executable} -m agent.commands.cli"
+
+
+def _prepare(out: Path, append: bool) -> str:
+    """Start a fresh dataset (the previous demo's is replaced) unless ``append``; a folder
+    the demo did not write is never deleted. Returns what was done, for the first line."""
+    state = _state_dir(out)
+    if out.exists() and any(out.iterdir()):
+        if append:
+            return f"appending to the earlier run's dataset in {out}/"
+        if not (out / _MARKER).exists():
+            raise DemoRefused(
+                f"{out} holds files edge-agent demo did not write: choose another --out "
+                "(or --append to add to it)"
+            )
+        shutil.rmtree(out)
+        shutil.rmtree(state, ignore_errors=True)
+        started = f"a fresh dataset in {out}/ (the earlier run's was replaced; --append keeps it)"
+    else:
+        started = f"a fresh dataset in {out}/"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / _MARKER).write_text("written by edge-agent demo: a new demo run replaces it\n")
+    return started
+
+
+class DemoRefused(Exception):
+    """The demo will not write where it was asked to (see :func:`_prepare`)."""
+
+
+def run_demo(duration: float, out: Path, rate: str, seed: int, append: bool = False) -> int:
     configure("warning")
-    return asyncio.run(_demo(duration, out.resolve(), rate, seed))
+    out = out.resolve()
+    try:
+        started = _prepare(out, append)
+    except DemoRefused as exc:
+        print(f"edge-agent demo: {exc}", file=sys.stderr)
+        return 2
+    print(f"edge-agent demo: {started}; agent state (spool, frame log) in {_state_dir(out)}/")
+    return asyncio.run(_demo(duration, out, rate, seed))

@@ -67,6 +67,8 @@ def validation_problems(
             message = "unknown key"
         elif item["type"] == "missing":
             message = "required key is missing"
+        elif item["type"] == "uplink_type":  # the table is the input: show only its type
+            message += f" (got {item['input'].get('type')!r})"
         elif "input" in item and item["type"] not in ("value_error",):
             message += f" (got {item['input']!r})"
         message = message.removeprefix("Value error, ")
