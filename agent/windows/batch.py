@@ -95,11 +95,14 @@ class TagTable:
         """What a driver learnt of a tag at run time: ``lineage`` entries over the config's
         (replacing what an earlier call added) and, for a placeholder, its name. Batches
         closed from now on carry them."""
+        described = self._configured[gtag] | lineage
+        if described == self.lineage[gtag] and name in (None, self.tag_names[gtag]):
+            return  # said before (a device born again): nothing changes, no new version
         if name is not None:
             self.tag_names[gtag] = name
             self.qualified[gtag] = f"{self.source_names[self.tag_source[gtag]]}/{name}"
             self.placeholder[gtag] = False
-        self.lineage[gtag] = self._configured[gtag] | lineage
+        self.lineage[gtag] = described
         entry = json.dumps(self.lineage[gtag], separators=(",", ":"))
         self.lineage_json[gtag] = f"{json.dumps(self.qualified[gtag])}:{entry}"
         self.version += 1

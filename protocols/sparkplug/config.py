@@ -97,6 +97,9 @@ class SparkplugSourceConfig(MqttSubscriberConfig):
         if not protobuf_installed():
             raise ValueError(MISSING_PROTOBUF)
         explicit = [tag for tag in self.tags if tag.auto_slot is None]
+        for tag in self.tags:
+            if tag.auto_slot is not None and not tag.name.startswith(SLOT_PREFIX):
+                raise ValueError(f"tag {tag.name!r}: auto_slot is the driver's, not a config key")
         for tag in explicit:
             if tag.metric is None:
                 raise ValueError(f"tag {tag.name!r} has no metric (the name in the birth)")
