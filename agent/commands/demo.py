@@ -97,7 +97,8 @@ def _sparkplug_node(seed: int, scada: tuple[MqttScadaSimulator, str] | None) -> 
     if not protobuf_installed():
         print("Sparkplug left out: pip install 'edge-agent[sparkplug]' (protobuf)")
         return None
-    return SparkplugNodeSimulator(seed, mqtt_version=scada[0].mqtt_version)
+    # once a second, as a line publishes: the demo's CPU stays with the polled PLC
+    return SparkplugNodeSimulator(seed, period_ns=1_000_000_000, mqtt_version=scada[0].mqtt_version)
 
 
 async def _start_when_subscribed(
