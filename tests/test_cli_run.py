@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from protocols.sparkplug.schema import protobuf_installed
 from simulators.modbus_plc import POINTS, ModbusPLCSimulator
 from simulators.mqtt_broker import broker_class
 from tests.conftest import agent_toml, read_store
@@ -78,6 +79,8 @@ async def test_demo_shows_data_flowing_and_where_it_went(tmp_path: Path) -> None
     assert table.num_rows >= len(POINTS) * 20
     assert set(table["gateway"].to_pylist()) == {"demo-gw"}
     mqtt = {"scada_json"} if broker_class() is not None else set()  # a broker can run here
+    if mqtt and protobuf_installed():
+        mqtt.add("line1")  # the Sparkplug B node on the same broker
     assert set(table["source"].cast("string").to_pylist()) == {"plc1", "cnc1"} | mqtt
     if not mqtt:
         assert "MQTT left out: no broker here" in text

@@ -443,7 +443,7 @@ BROKEN = {
     "unknown_uplink_type": (
         _modbus(GOOD_TAG, top='[[uplinks]]\ntype = "kafka"\n'),
         "uplinks[0]",
-        ['"parquet", "mqtt" or "postgres"'],
+        ['"parquet", "mqtt", "postgres" or "sparkplug"'],
     ),
     "quoted_integer": (
         _modbus(GOOD_TAG, source_extra='unit_id = "1"'),

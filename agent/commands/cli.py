@@ -205,6 +205,18 @@ def _simulators(simulate: argparse.ArgumentParser) -> None:
         "--mqtt-version", default="5", choices=("3.1.1", "5"), help="MQTT protocol version"
     )
 
+    spb = _command(devices, "sparkplug", "Sparkplug B edge node of a machining line")
+    spb.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="mqtt://host:port")
+    spb.add_argument("--seed", type=int, default=0, help=seed_help)
+    spb.add_argument("--group", default="Plant1", help="Sparkplug group id")
+    spb.add_argument("--node", default="Line1", help="edge node id")
+    spb.add_argument("--period", default="1s", help="how often data is published")
+    spb.add_argument("--qos", type=int, default=1, choices=(0, 1), help="MQTT QoS of the data")
+    spb.add_argument("--faults", default="", help='e.g. "gap=50,ghost,malformed=20,rebirth=30s"')
+    spb.add_argument(
+        "--mqtt-version", default="5", choices=("3.1.1", "5"), help="MQTT protocol version"
+    )
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
@@ -235,6 +247,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                 "modbus": _simulate_modbus,
                 "opcua": _simulate_opcua,
                 "mqtt": _simulate_mqtt,
+                "sparkplug": _simulate_sparkplug,
             }
             asyncio.run(simulators[args.device](args))
             return 0
@@ -399,6 +412,23 @@ async def _simulate_mqtt(args: argparse.Namespace) -> None:
     )
     await simulator.start(args.broker)
     await _serve(simulator, f"mqtt simulator publishing to {args.broker} (seed {args.seed})")
+
+
+async def _simulate_sparkplug(args: argparse.Namespace) -> None:
+    from simulators.sparkplug_node import from_cli
+
+    simulator = from_cli(
+        args.seed,
+        args.group,
+        args.node,
+        parse_duration(args.period),
+        args.qos,
+        args.faults,
+        args.mqtt_version,
+    )
+    await simulator.start(args.broker)
+    where = f"{args.group}/{args.node} publishing to {args.broker}"
+    await _serve(simulator, f"sparkplug edge node {where} (seed {args.seed})")
 
 
 class _Stoppable(Protocol):

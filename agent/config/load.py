@@ -124,7 +124,7 @@ def parse_config(data: Mapping[str, Any], path: Path) -> LoadedConfig:
     try:
         config = AgentConfig.model_validate({**rest, "sources": sources})
     except ValidationError as exc:
-        own = validation_problems(exc, "", {"parquet", "mqtt", "postgres"})
+        own = validation_problems(exc, "", {"parquet", "mqtt", "postgres", "sparkplug"})
         if problems:  # an empty or short source list is the consequence of those problems
             own = [p for p in own if p[0] != "sources"]
         problems.extend(own)

@@ -294,6 +294,13 @@ class SourceConfig(Section):
         by rate would call a value that held still missing."""
         return False
 
+    @property
+    def placeholder_tags(self) -> int:
+        """How many of the last tags are places the driver names at run time
+        (``DriverContext.describe_tag``), e.g. Sparkplug's automatic tags: until named they
+        have no column in the wide output."""
+        return 0
+
     @field_validator("tags")
     @classmethod
     def _unique_tag_names(cls, tags: list[TagConfig]) -> list[TagConfig]:
@@ -604,11 +611,50 @@ def _by_type(types: str) -> Discriminator:
     )
 
 
+class SparkplugUplinkConfig(MqttConnection, UplinkRetry):
+    """The gateway as a Sparkplug B edge node: each source a device, each tag a metric."""
+
+    type: Literal["sparkplug"] = "sparkplug"
+    name: Name = "sparkplug"
+    group: str = Field(description="Sparkplug group id the gateway's edge node is in")
+    edge_node: str | None = Field(default=None, description="edge node id; default: gateway_id")
+    primary_host: str | None = Field(
+        default=None,
+        description="host application id whose STATE the node follows: data waits in the "
+        "spool while it is offline and goes out as historical metrics when it returns",
+    )
+    data_qos: Literal[0, 1] = Field(
+        default=0, description="QoS of DDATA: 0 as the specification says, 1 to be acknowledged"
+    )
+    max_metrics: int = Field(default=1000, ge=1, description="samples per DDATA message")
+    publish_timeout: Duration = Field(
+        default=30_000_000_000, description="births and data not out (QoS 1: acked) by then"
+    )
+
+    @field_validator("group", "edge_node", "primary_host")
+    @classmethod
+    def _sparkplug_id(cls, value: str | None) -> str | None:
+        if value is not None and (not value or set(value) & set("/+#")):
+            raise ValueError(f"a Sparkplug id has no '/', '+' or '#', got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _protobuf_installed(self) -> SparkplugUplinkConfig:
+        if importlib.util.find_spec("google.protobuf") is None:
+            raise ValueError("needs the protobuf package: pip install 'edge-agent[sparkplug]'")
+        return self
+
+    @property
+    def target(self) -> str:
+        return f"{self.url} spBv1.0/{self.group}/<type>/{self.edge_node or '<gateway>'}"
+
+
 UplinkConfig = Annotated[
     Annotated[ParquetUplinkConfig, Tag("parquet")]
     | Annotated[MqttUplinkConfig, Tag("mqtt")]
-    | Annotated[PostgresUplinkConfig, Tag("postgres")],
-    _by_type('"parquet", "mqtt" or "postgres"'),
+    | Annotated[PostgresUplinkConfig, Tag("postgres")]
+    | Annotated[SparkplugUplinkConfig, Tag("sparkplug")],
+    _by_type('"parquet", "mqtt", "postgres" or "sparkplug"'),
 ]
 StoreConfig = Annotated[
     Annotated[ParquetUplinkConfig, Tag("parquet")]
@@ -651,7 +697,12 @@ class CollectConfig(Section):
 
 
 _Named = TypeVar(
-    "_Named", SourceConfig, ParquetUplinkConfig, MqttUplinkConfig, PostgresUplinkConfig
+    "_Named",
+    SourceConfig,
+    ParquetUplinkConfig,
+    MqttUplinkConfig,
+    PostgresUplinkConfig,
+    SparkplugUplinkConfig,
 )
 
 

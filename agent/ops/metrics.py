@@ -153,6 +153,13 @@ class Metrics:
         self.batch_points = Counter(
             "edge_agent_batch_points", "Samples in batches written", ["uplink"], registry=r
         )
+        self.uplink_unconfirmed = Counter(
+            "edge_agent_uplink_unconfirmed_points",
+            "Samples an uplink handed to the network without an acknowledgement from the "
+            "receiver (Sparkplug data at QoS 0)",
+            ["uplink"],
+            registry=r,
+        )
         self.uplink_errors = Counter(
             "edge_agent_uplink_errors", "Failed batch writes", ["uplink"], registry=r
         )

@@ -54,13 +54,16 @@ class TagTable:
 
     def __init__(self, sources: Sequence[SourceConfig]) -> None:
         entries: list[tuple[int, str, dict[str, Any]]] = []
+        placeholders: list[int] = []
         for index, source in enumerate(sources):
             on_change = {"on_change": True} if source.reports_on_change else {}
             tags = [(tag.name, tag_lineage(tag) | on_change) for tag in source.tags]
+            first_placeholder = len(entries) + len(tags) - source.placeholder_tags
+            placeholders += range(first_placeholder, len(entries) + len(tags))
             entries += [
                 (index, n, lineage) for n, lineage in tags + derived_tags(source.tags, source.name)
             ]
-        self._index([source.name for source in sources], entries)
+        self._index([source.name for source in sources], entries, placeholders)
 
     @classmethod
     def of_lineage(
@@ -69,11 +72,14 @@ class TagTable:
         """The table of tags known only by what batches said of them (source index, name,
         lineage), e.g. a stored dataset's, for the resampler of ``edge-agent export``."""
         table = cls.__new__(cls)
-        table._index(list(source_names), sorted(entries, key=lambda entry: entry[0]))
+        table._index(list(source_names), sorted(entries, key=lambda entry: entry[0]), [])
         return table
 
     def _index(
-        self, source_names: list[str], entries: Sequence[tuple[int, str, dict[str, Any]]]
+        self,
+        source_names: list[str],
+        entries: Sequence[tuple[int, str, dict[str, Any]]],
+        placeholders: list[int],
     ) -> None:
         """Number the tags; ``entries`` come grouped by source, in source order."""
         self.source_names = source_names
@@ -91,6 +97,11 @@ class TagTable:
             else 0
             for lineage in self.lineage
         ]
+        self._configured = list(self.lineage)
+        # places a driver names at run time (describe): no wide-output column until then
+        self.placeholder = np.zeros(len(names), bool)
+        self.placeholder[placeholders] = True
+        self.version = 0  # bumped by every describe()
         self.tag_names = np.array(names, dtype=object)
         self.tag_source = np.array(owners, dtype=np.int32)
         self.rate_ns = np.array(rates, dtype=np.int64)
@@ -103,6 +114,22 @@ class TagTable:
 
     def __len__(self) -> int:
         return len(self.tag_names)
+
+    def describe(self, gtag: int, name: str | None, lineage: dict[str, Any]) -> None:
+        """What a driver learnt of a tag at run time: ``lineage`` entries over the config's
+        (replacing what an earlier call added) and, for a placeholder, its name. Batches
+        closed from now on carry them."""
+        described = self._configured[gtag] | lineage
+        if described == self.lineage[gtag] and name in (None, self.tag_names[gtag]):
+            return  # said before (a device born again): nothing changes, no new version
+        if name is not None:
+            self.tag_names[gtag] = name
+            self.qualified[gtag] = f"{self.source_names[self.tag_source[gtag]]}/{name}"
+            self.placeholder[gtag] = False
+        self.lineage[gtag] = described
+        entry = json.dumps(self.lineage[gtag], separators=(",", ":"))
+        self.lineage_json[gtag] = f"{json.dumps(self.qualified[gtag])}:{entry}"
+        self.version += 1
 
 
 @dataclass(frozen=True)
