@@ -5,8 +5,9 @@ or the laptop of whoever picks the dataset up, in under a minute and a gigabyte.
 built, not waited for: simulators/dataset.py drives the agent's own pipeline, quality
 tally, batcher and encoder with the simulators' values (the "simulator mix" of
 bench/bench_wire.py: the PLC's 26 numeric tags, the CNC's 12 scalar nodes and the SCADA
-publisher's 10 plant tags, all at 100 ms, times on the tick, 1 s windows), so the 86,400
-files are the files the agent writes. It is built once into ``--data`` and reused.
+publisher's 10 plant tags, all at 100 ms, times on the tick, in the default 1 s windows or
+``--window``), so the 86,400 files are the files the agent writes. It is built once into
+``--data`` and reused.
 
 Each command then runs as its own process, as a user would run it; wall time is measured
 around it, CPU time and peak RSS are the child's (os.wait4: ``ru_utime + ru_stime``,
@@ -35,10 +36,11 @@ S = 1_000_000_000
 T0 = 1_795_000_000 * S  # 2026-11-18T06:13:20Z: a whole minute
 
 
-def build(data: Path, hours: float) -> None:
+def build(data: Path, hours: float, window_s: float) -> None:
     """The dataset, unless a complete one is there already (a marker file says so)."""
     marker = data / ".complete"
-    if marker.exists() and json.loads(marker.read_text()) == {"hours": hours}:
+    wanted = {"hours": hours} | ({"window_s": window_s} if window_s != 1 else {})
+    if marker.exists() and json.loads(marker.read_text()) == wanted:
         return
     sources, tables = mix_sources()
     truth = {source.name: dict(tags) for source, tags in zip(sources, tables, strict=True)}
@@ -48,10 +50,17 @@ def build(data: Path, hours: float) -> None:
 
     started = time.perf_counter()
     batches = write_dataset(
-        sources, values, data, T0, T0 + round(hours * 3600 * S), gateway="bench-gw", jitter_ns=0
+        sources,
+        values,
+        data,
+        T0,
+        T0 + round(hours * 3600 * S),
+        window_ns=round(window_s * S),
+        gateway="bench-gw",
+        jitter_ns=0,
     )
     print(f"built {batches} batches in {time.perf_counter() - started:.0f} s under {data}")
-    marker.write_text(json.dumps({"hours": hours}))
+    marker.write_text(json.dumps(wanted))
 
 
 def measure(name: str, args: list[str]) -> dict[str, object]:
@@ -80,9 +89,10 @@ def measure(name: str, args: list[str]) -> dict[str, object]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--hours", type=float, default=24.0)
+    parser.add_argument("--window", type=float, default=1.0, help="batch window, seconds")
     parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "edge-bench-day")
     args = parser.parse_args()
-    build(args.data, args.hours)
+    build(args.data, args.hours, args.window)
     files = list(args.data.rglob("*.parquet"))
     size = sum(f.stat().st_size for f in files)
     print(f"dataset: {len(files)} files, {size / 1e6:.0f} MB")

@@ -77,5 +77,8 @@ class ChunkBuilder:
         time = column("time").view(np.int64)
         keep = (series >= 0) & (time >= self.low) & (time < self.high)
         order = np.flatnonzero(keep)
-        order = order[np.argsort(series[order], kind="stable")]
+        kept = series[order]
+        if self.series.count <= 65_536:  # numpy's stable sort of 16-bit keys is a radix sort
+            kept = kept.astype(np.uint16)
+        order = order[np.argsort(kept, kind="stable")]
         return Chunk(series[order], time[order], column("value")[order], column("quality")[order])
