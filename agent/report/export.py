@@ -15,7 +15,7 @@ Bad samples are never used: they are gaps.
 Values go to SI units where the unit table knows the unit (``rpm`` -> ``rad/s``,
 ``degC`` -> ``K``), the conversion recorded per tag. ``--normalize`` needs the statistics
 of the whole column before the first value is written, so the table is first written
-plain to a temporary file beside the output, then read back and scaled; the parameters go
+plain to a temporary Parquet file beside the output, then read back and scaled; the parameters go
 to ``normalization.json`` and the data card. Files appear under their final names only when
 complete. Nothing in the output depends on the clock or the machine: the same input gives
 byte-identical files.
@@ -114,9 +114,11 @@ def export(dataset: Path, out: Path, options: ExportOptions) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     suffix = "parquet" if options.format == "parquet" else "csv"
     data = out / f"data.{suffix}"
-    plain = out / f".data.plain.{suffix}" if options.normalize else data
+    plain = out / ".data.plain.parquet" if options.normalize else data
     grid = _Grid(series, columns, period, start, end, options)
-    stats, report = grid.write(dataset, _temporary(plain))
+    stats, report = grid.write(
+        dataset, _temporary(plain), "parquet" if options.normalize else options.format
+    )
     _temporary(plain).replace(plain)
     normalization = None
     if options.normalize:
@@ -312,14 +314,15 @@ class _Grid:
         metadata = {"edge_agent.export": json.dumps({"period": format_duration(self.period)})}
         return pa.schema(fields, metadata=metadata)
 
-    def write(self, dataset: Path, path: Path) -> tuple[ColumnStats, Report]:
-        """The second pass: the table written to ``path``; its statistics, and the report of
-        the batches' footers (their figures for the data card) read on the way."""
+    def write(self, dataset: Path, path: Path, format: str) -> tuple[ColumnStats, Report]:
+        """The second pass: the table written to ``path`` as ``format``; its statistics, and
+        the report of the batches' footers (their figures for the data card) read on the
+        way."""
         stats = ColumnStats.empty(len(self.columns))
         self.series.rewind()  # the lineage history again, with the figures
         footers = FooterFigures(self.series)
         reader = DatasetReader(dataset, self.options.selection, SAMPLE_COLUMNS)
-        writer = TableWriter(path, self.schema(), self.options.format)
+        writer = TableWriter(path, self.schema(), format)
         try:
             for values, filled in self._cells(reader, footers):
                 stats.add(values, filled)

@@ -96,24 +96,15 @@ def rescale(
     scale: np.ndarray,
     format: str,
 ) -> None:
-    """Rewrite the plain table with every value column normalised."""
+    """Rewrite the plain table (always Parquet: cheaper to write and read back than CSV)
+    as ``format`` with every value column normalised."""
     index = {name: i for i, name in enumerate(names)}
-    if format == "parquet":
-        file = pq.ParquetFile(source)
-        schema = file.schema_arrow
-        batches = (file.read_row_group(g) for g in range(file.num_row_groups))
-    else:
-        reader = pacsv.open_csv(
-            source,
-            convert_options=pacsv.ConvertOptions(
-                column_types={"time": TIME, **dict.fromkeys(names, pa.float64())}
-            ),
-        )
-        schema = reader.schema
-        batches = (pa.Table.from_batches([b]) for b in reader)
+    file = pq.ParquetFile(source)
+    schema = file.schema_arrow
     writer = TableWriter(target, schema, format)
     try:
-        for table in batches:
+        for group in range(file.num_row_groups):
+            table = file.read_row_group(group)
             arrays = []
             for name in table.column_names:
                 column = table[name]
