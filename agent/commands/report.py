@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from agent.report.dataset import Selection
 
 EXIT_USAGE = 2
+EXIT_FAILED = 1  # nothing to export, or an output the system refused
 
 
 class UsageError(Exception):
@@ -118,18 +119,22 @@ def run_report(args: argparse.Namespace) -> int:
     except (UsageError, NotADataset, PlotlyMissing) as exc:
         print(exc, file=sys.stderr)
         return EXIT_USAGE
-    if args.json:
-        with _output(args.json) as out:
-            json.dump(to_dict(report), out, indent=1, allow_nan=False)
-            out.write("\n")
-    if args.csv:
-        with _output(args.csv) as out:
-            write_csv(report, out)
-    if args.html is not None:
-        from agent.report.html import write_html
+    try:
+        if args.json:
+            with _output(args.json) as out:
+                json.dump(to_dict(report), out, indent=1, allow_nan=False)
+                out.write("\n")
+        if args.csv:
+            with _output(args.csv) as out:
+                write_csv(report, out)
+        if args.html is not None:
+            from agent.report.html import write_html
 
-        write_html(report, args.html)
-        print(f"report written to {args.html}", file=sys.stderr)
+            write_html(report, args.html)
+            print(f"report written to {args.html}", file=sys.stderr)
+    except OSError as exc:
+        print(f"cannot write the report: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     if not (args.json == "-" or args.csv == "-"):
         print(format_text(report))
     return 0
@@ -137,7 +142,7 @@ def run_report(args: argparse.Namespace) -> int:
 
 def run_export(args: argparse.Namespace) -> int:
     from agent.report.dataset import NotADataset
-    from agent.report.export import ExportOptions, NothingToExport, export
+    from agent.report.export import ExportOptions, GridTooWide, NothingToExport, export
 
     try:
         options = ExportOptions(
@@ -149,9 +154,15 @@ def run_export(args: argparse.Namespace) -> int:
             si_units=args.units == "si",
         )
         written = export(args.dataset, args.out, options)
-    except (UsageError, NotADataset, NothingToExport) as exc:
+    except (UsageError, NotADataset, GridTooWide) as exc:
         print(exc, file=sys.stderr)
-        return EXIT_USAGE if not isinstance(exc, NothingToExport) else 1
+        return EXIT_USAGE
+    except NothingToExport as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as exc:
+        print(f"cannot write the export: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     for path in written:
         print(path)
     return 0

@@ -63,6 +63,10 @@ class NothingToExport(Exception):
     """The selection holds no tag or no batch."""
 
 
+class GridTooWide(Exception):
+    """A period or a gap to bridge longer than the resampler's chunks can hold."""
+
+
 @dataclass(frozen=True)
 class ExportOptions:
     selection: Selection = field(default_factory=Selection)
@@ -111,11 +115,11 @@ def export(dataset: Path, out: Path, options: ExportOptions) -> list[Path]:
     start = options.selection.from_ns or first
     end = options.selection.to_ns or last
     start, end = start // period * period, -(-end // period) * period
+    grid = _Grid(series, columns, period, start, end, options)
     out.mkdir(parents=True, exist_ok=True)
     suffix = "parquet" if options.format == "parquet" else "csv"
     data = out / f"data.{suffix}"
     plain = out / ".data.plain.parquet" if options.normalize else data
-    grid = _Grid(series, columns, period, start, end, options)
     stats, report = grid.write(
         dataset, _temporary(plain), "parquet" if options.normalize else options.format
     )
@@ -282,7 +286,11 @@ class _Grid:
         reach = int(bridged.max())
         room = _REACH_LIMIT_NS - 2 * reach
         if room < period:
-            raise ValueError("gaps to bridge are too long for the resampler")
+            raise GridTooWide(
+                f"--period {format_duration(period)} with gaps bridged up to "
+                f"{format_duration(reach)}: the period plus twice the longest bridge must stay "
+                f"under {format_duration(_REACH_LIMIT_NS)}; shorten --period or --max-gap"
+            )
         chunk = min(_CHUNK_MAX_NS, room, max(period, _CHUNK_CELLS // len(columns) * period))
         self.chunk_ns = max(period, chunk // period * period)
         self.natural = Resampler(self.tags, methods, period, natural)

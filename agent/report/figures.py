@@ -62,19 +62,8 @@ def compute(dataset: Path, selection: Selection, samples: bool = False) -> Repor
     footers.flush()
     gaps = None
     if finder is not None:
-        widths = {}
-        for gateway, starts in footers.windows.items():
-            widths[gateway] = _window_width(starts)
-        gaps = finder.result(footers.windows, widths, footers.last_ns or 0)
+        gaps = finder.result(footers.windows, footers.widths, footers.last_ns or 0)
     return Report(dataset, selection, series, footers, sample_figures, gaps, reader.skipped)
-
-
-def _window_width(starts: list[int]) -> int:
-    """A gateway's window: the smallest step between its batches (0 if it has one)."""
-    if len(starts) < 2:
-        return 0
-    steps = np.diff(np.unique(np.array(starts, np.int64)))
-    return int(steps.min()) if steps.size else 0
 
 
 def iso(ns: int | None) -> str | None:

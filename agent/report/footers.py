@@ -68,6 +68,7 @@ class FooterFigures:
         self.first_ns: int | None = None  # the windows' range
         self.last_ns: int | None = None
         self.windows: dict[str, list[int]] = {}  # gateway -> window starts
+        self.widths: dict[str, int] = {}  # gateway -> its (narrowest) window
         self.configs: dict[tuple[str, str], ConfigSpan] = {}
         self.source_keys: list[tuple[str, str]] = []
         self._source_number: dict[tuple[str, str], int] = {}
@@ -84,6 +85,7 @@ class FooterFigures:
         self.first_ns = start if self.first_ns is None else min(self.first_ns, start)
         self.last_ns = end if self.last_ns is None else max(self.last_ns, end)
         self.windows.setdefault(footer.gateway, []).append(start)
+        self.widths[footer.gateway] = min(self.widths.get(footer.gateway, end - start), end - start)
         span = self.configs.setdefault((footer.gateway, footer.config_hash), ConfigSpan(start, end))
         span.first_ns, span.last_ns = min(span.first_ns, start), max(span.last_ns, end)
         span.batches += 1

@@ -191,3 +191,29 @@ def test_from_to_and_tags_select_the_grid(synthetic: Synthetic, tmp_path: Path) 
 def test_nothing_to_export_is_said_not_written(synthetic: Synthetic, tmp_path: Path) -> None:
     assert main(["export", str(synthetic.store), "--out", str(tmp_path), "--tags", "nope/*"]) == 1
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--max-gap", "10m"], "--period 100ms with gaps bridged up to 10m: the period plus"),
+        (["--period", "soon"], "--period: expected a duration string"),
+        (["--normalize", "max"], "invalid choice: 'max'"),
+    ],
+)
+def test_an_export_it_cannot_make_exits_2_and_writes_nothing(
+    synthetic: Synthetic,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    message: str,
+) -> None:
+    out = tmp_path / "out"
+    with_period = [] if "--period" in args else ["--period", "100ms"]
+    try:
+        status = main(["export", str(synthetic.store), "--out", str(out), *with_period, *args])
+    except SystemExit as exit:  # argparse refuses a choice itself
+        status = exit.code
+    assert status == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
