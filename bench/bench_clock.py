@@ -4,9 +4,11 @@ Why: the suite checks clock correction for a few seconds; a drifting clock shows
 error over minutes, when the offset has moved by 100 ppm x 600 s = 60 ms. This runs two
 OPC UA CNC simulators, one whose server clock is +5 s off and drifts +100 ppm (it stamps
 both SourceTimestamp and ServerTimestamp) and one with a correct server clock and a device
-clock +5 s/+100 ppm, each read by a subscription and by polling, one agent with
-``correct_clock = true``, and reports the error of every stored timestamp against the
-simulator's true sampling instant.
+clock +5 s/+100 ppm, each read by a subscription and by polling, and two MQTT SCADA
+publishers whose payload times run +5 s/+100 ppm, one in epoch milliseconds and one in
+epoch microseconds, through a private broker; one agent with ``correct_clock = true``
+reads all six, and the error of every stored timestamp against the simulator's true
+sampling instant is reported per source.
 
 The second part runs the Modbus PLC simulator's tag mix at 100 ms with ``snap`` off and on
 and reports the compressed bytes per point of the ``time`` column in the Parquet files.
@@ -20,6 +22,7 @@ import argparse
 import asyncio
 import tempfile
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +36,8 @@ from agent.config_load import parse_config
 from agent.logs import configure
 from agent.runtime import Agent
 from simulators.modbus_plc import ModbusPLCSimulator
+from simulators.mqtt_broker import private_broker
+from simulators.mqtt_scada import MqttScadaSimulator
 from simulators.opcua_cnc import NODES_BY_NAME, OpcUaCncSimulator
 
 MS = 1_000_000
@@ -64,6 +69,42 @@ SKEWS = {  # both kinds at +5 s and +100 ppm
 }
 
 
+def print_errors(name: str, rows: pa.Table, true: Callable[[pa.Table], np.ndarray]) -> None:
+    """One line: the error of every good row's ``time`` against ``true`` of its rows."""
+    quality = rows["quality"].to_numpy()
+    good = quality == q.GOOD
+    times = rows["time"].cast(pa.int64()).to_numpy()[good]
+    error = np.abs(times - true(rows.filter(pa.array(good)))) / MS
+    settling = int(((quality & q.Flag.CLOCK_UNCERTAIN) != 0).sum())
+    print(
+        f"  {name:<16} {good.sum():>8} {settling:>8} {np.percentile(error, 50):>8.3f} "
+        f"{np.percentile(error, 99):>8.3f} {error.max():>8.3f}"
+    )
+
+
+def source_truth(simulator: OpcUaCncSimulator) -> Callable[[pa.Table], np.ndarray]:
+    """The true instants of OPC UA rows: their SourceTimestamps through the machine clock."""
+
+    def true(rows: pa.Table) -> np.ndarray:
+        return simulator.true_time(rows["source_time"].cast(pa.int64()).to_numpy())
+
+    return true
+
+
+def nearest_tick(published: list[int]) -> Callable[[pa.Table], np.ndarray]:
+    """The true instants of MQTT rows: the published tick nearest each stored time (ticks
+    are 100 ms apart, the errors milliseconds)."""
+    ticks = np.array(published, np.int64)
+
+    def true(rows: pa.Table) -> np.ndarray:
+        times = rows["time"].cast(pa.int64()).to_numpy()
+        after = np.clip(np.searchsorted(ticks, times), 1, len(ticks) - 1)
+        before = ticks[after - 1]
+        return np.where(times - before <= ticks[after] - times, before, ticks[after])
+
+    return true
+
+
 async def clock_accuracy(minutes: float) -> None:
     simulators = {
         skew: OpcUaCncSimulator(seed=seed, update_ns=100 * MS, **kwargs)  # type: ignore[arg-type]
@@ -76,34 +117,52 @@ async def clock_accuracy(minutes: float) -> None:
     }
     with tempfile.TemporaryDirectory() as tmp:
         store = Path(tmp)
-        async with simulators["server"], simulators["device"]:
+        async with (
+            simulators["server"],
+            simulators["device"],
+            private_broker(store / "broker") as broker,
+        ):
+            publishers = {
+                unit: MqttScadaSimulator(
+                    seed=seed,
+                    shapes=("json",),
+                    clock_offset_ns=5_000_000_000,
+                    clock_drift_ppm=100.0,
+                    epoch_unit=unit,
+                    mqtt_version=broker.mqtt_version(),
+                )
+                for seed, unit in enumerate(("ms", "us"), 11)
+            }
             blocks = "".join(
                 simulator.agent_config(
                     source=name, nodes=SCALARS, extra=f'mode = "{mode}"\ncorrect_clock = true\n'
                 )
                 for name, (simulator, mode) in sources.items()
+            ) + "".join(
+                publisher.agent_config(f"mqtt-{unit}", broker.url, "correct_clock = true\n")
+                for unit, publisher in publishers.items()
             )
+            for publisher in publishers.values():
+                await publisher.start(broker.url)
             await run(config(store, blocks), minutes * 60)
+            for publisher in publishers.values():
+                await publisher.stop()
         table = ds.dataset(store / "data", partitioning="hive").to_table()
     print(
         f"clock: {minutes:g} min; server clock +5 s/+100 ppm (both stamps), and a device "
-        "+5 s/+100 ppm behind a correct server; each read by subscription and by polling"
+        "+5 s/+100 ppm behind a correct server, each read by subscription and by polling; "
+        "MQTT payload times +5 s/+100 ppm in epoch ms and in epoch us"
     )
     print(
         f"  {'source':<16} {'samples':>8} {'settling':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}"
     )
+    source = table["source"].cast(pa.string())
     for name, (simulator, _) in sources.items():
-        rows = table.filter(pc.equal(table["source"].cast(pa.string()), name))
-        quality = rows["quality"].to_numpy()
-        good = quality == q.GOOD
-        times = rows["time"].cast(pa.int64()).to_numpy()[good]
-        true = simulator.true_time(rows["source_time"].cast(pa.int64()).to_numpy()[good])
-        error = np.abs(times - true) / MS
-        settling = int(((quality & q.Flag.CLOCK_UNCERTAIN) != 0).sum())
-        print(
-            f"  {name:<16} {good.sum():>8} {settling:>8} {np.percentile(error, 50):>8.3f} "
-            f"{np.percentile(error, 99):>8.3f} {error.max():>8.3f}"
-        )
+        rows = table.filter(pc.equal(source, name))
+        print_errors(name, rows, source_truth(simulator))
+    for unit, publisher in publishers.items():
+        name = f"mqtt-{unit}_json"
+        print_errors(name, table.filter(pc.equal(source, name)), nearest_tick(publisher.ticks))
 
 
 def time_column_bytes(store: Path) -> tuple[int, int]:
