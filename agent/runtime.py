@@ -8,14 +8,14 @@ uplink sends them in order, retrying with backoff. On stop, sources are cancelle
 what the pipelines hold is flushed and every open window closed, so SIGTERM loses nothing
 that was acquired.
 
-Every long-lived task runs under :class:`agent.tasks.TaskSupervisor` (restarted when it
+Every long-lived task runs under :class:`agent.ops.tasks.TaskSupervisor` (restarted when it
 fails; the agent exits non-zero when one cannot be kept alive), and the systemd watchdog is
 fed only while none is failing or stalled.
 
 Storage faults (disk full, I/O errors, a read-only filesystem) never stop acquisition: a
 frame the frame log cannot take, and a batch the spool cannot take, are held in memory and
 written as soon as storage accepts them again (what only memory holds is in the at-risk
-ledger, :mod:`agent.atrisk`); past ``spool.memory_max_bytes`` held, acquisition pauses
+ledger, :mod:`agent.store.atrisk`); past ``spool.memory_max_bytes`` held, acquisition pauses
 until storage recovers, so nothing acquired is dropped uncounted.
 """
 
@@ -32,24 +32,24 @@ from typing import Any
 
 import structlog
 
-from agent import systemd
-from agent.backoff import backoff_delay
-from agent.batch import Batch, Batcher, TagTable
-from agent.config import ParquetUplinkConfig
-from agent.config_load import LoadedConfig
-from agent.dataquality import QualityTally
-from agent.encoding import encode
-from agent.forwarder import Forwarder, send_with_retry
-from agent.frame import Frame
-from agent.health import ProblemLog
-from agent.http import StatusServer
-from agent.metrics import Metrics
-from agent.quarantine import Quarantine
-from agent.resample import Resampler
-from agent.spool import Spool
-from agent.supervisor import SourceRunner
-from agent.tasks import Heartbeat, TaskSupervisor, first_of
+from agent.acquisition.backoff import backoff_delay
+from agent.acquisition.frame import Frame
+from agent.acquisition.supervisor import SourceRunner
+from agent.config.load import LoadedConfig
+from agent.config.model import ParquetUplinkConfig
+from agent.ops import systemd
+from agent.ops.health import ProblemLog
+from agent.ops.http import StatusServer
+from agent.ops.metrics import Metrics
+from agent.ops.tasks import Heartbeat, TaskSupervisor, first_of
+from agent.store.encoding import encode
+from agent.store.forwarder import Forwarder, send_with_retry
+from agent.store.quarantine import Quarantine
+from agent.store.spool import Spool
 from agent.uplinks import Uplink, make_uplink
+from agent.windows.batch import Batch, Batcher, TagTable
+from agent.windows.dataquality import QualityTally
+from agent.windows.resample import Resampler
 from protocols.sdk import DriverContext
 
 log = structlog.get_logger()

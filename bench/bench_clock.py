@@ -31,9 +31,9 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from agent import quality as q
-from agent.config_load import parse_config
-from agent.logs import configure
+from agent.acquisition import quality as q
+from agent.config.load import parse_config
+from agent.ops.logs import configure
 from agent.runtime import Agent
 from simulators.modbus_plc import ModbusPLCSimulator
 from simulators.mqtt_broker import private_broker

@@ -26,7 +26,7 @@ import sys
 
 import numpy as np
 
-from agent.frame import Frame, concat
+from agent.acquisition.frame import Frame, concat
 from agent.stages.swinging_door import SwingingDoorStage
 from simulators.signals import CncSignals
 

@@ -64,9 +64,9 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.compute as pc  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from agent import quality as q  # noqa: E402
-from agent.collect import Collector  # noqa: E402
-from agent.logs import configure  # noqa: E402
+from agent.acquisition import quality as q  # noqa: E402
+from agent.commands.collect import Collector  # noqa: E402
+from agent.ops.logs import configure  # noqa: E402
 from simulators.modbus_plc import ModbusPLCSimulator  # noqa: E402
 from simulators.mqtt_broker import PrivateBroker, broker_class, private_broker  # noqa: E402
 from tests.faults.harness import (  # noqa: E402
@@ -134,7 +134,7 @@ class Run:
         )
         with self.log.open("ab") as log:  # the child keeps its own descriptor
             self.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "agent.cli", "run", "-c", str(config),
+                sys.executable, "-m", "agent.commands.cli", "run", "-c", str(config),
                 stdout=asyncio.subprocess.DEVNULL, stderr=log, cwd=ROOT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )  # fmt: skip

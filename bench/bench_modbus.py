@@ -45,9 +45,9 @@ import numpy as np
 import pymodbus
 from pymodbus.client import AsyncModbusTcpClient
 
-from agent.config_load import LoadedConfig, parse_config
-from agent.durations import parse_duration
-from agent.logs import configure
+from agent.config.durations import parse_duration
+from agent.config.load import LoadedConfig, parse_config
+from agent.ops.logs import configure
 from agent.runtime import Agent
 from protocols.modbus.blocks import plan_blocks
 from protocols.modbus.config import ModbusSourceConfig
@@ -244,7 +244,7 @@ def agent_config(port: int, tags: int, rate: str, out: Path) -> LoadedConfig:
 @contextlib.contextmanager
 def simulator(tags: int) -> Iterator[tuple[str, int, int]]:
     """A simulator process serving ``tags`` bulk float32 tags; yields host, port and pid."""
-    command = [sys.executable, "-m", "agent.cli", "simulate", "modbus", "--port", "0"]
+    command = [sys.executable, "-m", "agent.commands.cli", "simulate", "modbus", "--port", "0"]
     process = subprocess.Popen([*command, "--bulk-tags", str(tags)], stdout=subprocess.PIPE)
     try:
         assert process.stdout is not None

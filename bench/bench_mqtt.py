@@ -41,8 +41,8 @@ import paho.mqtt.client as mqtt
 from bench_modbus import cpu_seconds
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.config_load import parse_config
-from agent.logs import configure
+from agent.config.load import parse_config
+from agent.ops.logs import configure
 from agent.runtime import Agent
 from simulators.mqtt_broker import private_broker
 

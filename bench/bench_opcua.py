@@ -32,8 +32,8 @@ import asyncua
 from asyncua import Client
 from bench_modbus import cpu_seconds
 
-from agent.config_load import parse_config
-from agent.logs import configure
+from agent.config.load import parse_config
+from agent.ops.logs import configure
 from agent.runtime import Agent
 
 GOAL = 1.25
@@ -42,7 +42,7 @@ GOAL = 1.25
 @contextlib.contextmanager
 def simulator(items: int, update: str) -> Iterator[tuple[str, int]]:
     """A simulator process with ``items`` bulk variables; yields its URL and pid."""
-    command = [sys.executable, "-m", "agent.cli", "simulate", "opcua", "--port", "0"]
+    command = [sys.executable, "-m", "agent.commands.cli", "simulate", "opcua", "--port", "0"]
     command += ["--bulk-tags", str(items), "--update", update]
     process = subprocess.Popen(command, stdout=subprocess.PIPE)
     try:

@@ -34,11 +34,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from agent.batch import Batcher, TagTable
-from agent.config import SourceConfig, TagConfig
-from agent.frame import Frame, concat
-from agent.pipeline import SourcePipeline
+from agent.acquisition.frame import Frame, concat
+from agent.acquisition.pipeline import SourcePipeline
+from agent.config.model import SourceConfig, TagConfig
 from agent.stages.swinging_door import SwingingDoorStage
+from agent.windows.batch import Batcher, TagTable
 from simulators.signals import CncSignals
 
 S = 1_000_000_000

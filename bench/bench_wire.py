@@ -26,13 +26,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from agent.batch import Batch, Batcher, TagTable
-from agent.config import ParquetUplinkConfig
-from agent.dataquality import QualityTally
-from agent.encoding import batch_of, decode, encode
-from agent.frame import Frame
-from agent.spool import Spool
+from agent.acquisition.frame import Frame
+from agent.config.model import ParquetUplinkConfig
+from agent.store.encoding import batch_of, decode, encode
+from agent.store.spool import Spool
 from agent.uplinks.parquet import ParquetUplink
+from agent.windows.batch import Batch, Batcher, TagTable
+from agent.windows.dataquality import QualityTally
 from protocols._template.driver import TemplateSourceConfig
 from simulators.modbus_plc import POINTS, ModbusPLCSimulator
 from simulators.mqtt_scada import PLANT, MqttScadaSimulator

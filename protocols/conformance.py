@@ -23,8 +23,8 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.config_load import ConfigError, parse_config
-from agent.frame import Frame, FrameError
+from agent.acquisition.frame import Frame, FrameError
+from agent.config.load import ConfigError, parse_config
 from protocols.sdk import Driver, DriverContext
 
 CANCEL_DEADLINE_S = 1.0

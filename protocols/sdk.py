@@ -34,14 +34,14 @@ from typing import Any, ClassVar
 import numpy as np
 import structlog
 
-from agent import quality
-from agent.config import SourceConfig, TagConfig
-from agent.durations import format_duration
-from agent.frame import Frame
-from agent.health import ProblemLog
-from agent.metrics import Metrics, PollStats
-from agent.quality import Reason
-from agent.scheduler import Tick, TickClock, ticks
+from agent.acquisition import quality
+from agent.acquisition.frame import Frame
+from agent.acquisition.quality import Reason
+from agent.acquisition.scheduler import Tick, TickClock, ticks
+from agent.config.durations import format_duration
+from agent.config.model import SourceConfig, TagConfig
+from agent.ops.health import ProblemLog
+from agent.ops.metrics import Metrics, PollStats
 
 __all__ = [
     "Driver",

@@ -36,7 +36,7 @@ import numpy as np
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.scheduler import ticks
+from agent.acquisition.scheduler import ticks
 from protocols.mqtt.aio import AsyncMqttClient
 from simulators.signals import NS, noise, uniform
 

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
 
-from agent.config_load import parse_config
+from agent.config.load import parse_config
 from agent.runtime import Agent
 
 

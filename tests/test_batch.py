@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent import quality as q
-from agent.batch import SCHEMA, Batch, Batcher, TagTable
-from agent.config import SourceConfig
-from agent.frame import Frame
+from agent.acquisition import quality as q
+from agent.acquisition.frame import Frame
+from agent.config.model import SourceConfig
+from agent.windows.batch import SCHEMA, Batch, Batcher, TagTable
 from protocols._template.driver import TemplateSourceConfig
 from protocols.modbus.config import ModbusSourceConfig
 

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from agent import quality as q
+from agent.acquisition import quality as q
 from simulators.modbus_plc import SEQUENCE_AREA, ModbusPLCSimulator
 from simulators.mqtt_broker import Feature, PrivateBroker
 from tests.protocols.mqtt.helpers import needs_broker
@@ -52,7 +52,7 @@ def agent_config(tmp_path: Path, plc: ModbusPLCSimulator, broker: PrivateBroker)
 
 async def start_agent(config: Path) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "agent.cli", "run", "-c", str(config),
+        sys.executable, "-m", "agent.commands.cli", "run", "-c", str(config),
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )  # fmt: skip

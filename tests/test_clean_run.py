@@ -16,8 +16,8 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from agent.cli import main
-from agent.report import summarise
+from agent.commands.cli import main
+from agent.commands.report import summarise
 
 _TAG_LINE = re.compile(r"^(\S+/\S+)\s+(\d+)\s+([\d.]+)\s+(\d+)\s+(\S+)\s+(\S+)$")
 _SOURCE_LINE = re.compile(r"^source (\S+): (complete|session up) (\S+);")

@@ -21,7 +21,7 @@ from tests.conftest import agent_toml, read_store
 async def start_agent(config: Path, **options: Any) -> asyncio.subprocess.Process:
     """``edge-agent run -c config`` as its own process, as systemd would start it."""
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "agent.cli", "run", "-c", str(config), **options
+        sys.executable, "-m", "agent.commands.cli", "run", "-c", str(config), **options
     )
 
 
@@ -52,7 +52,7 @@ async def test_demo_shows_data_flowing_and_where_it_went(tmp_path: Path) -> None
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "agent.cli",
+        "agent.commands.cli",
         "demo",
         "--duration",
         "3",

@@ -8,11 +8,11 @@ import structlog
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent import quality as q
-from agent.clock import ClockModel, SourceClock
-from agent.frame import Frame
-from agent.health import ProblemLog
-from agent.metrics import Metrics
+from agent.acquisition import quality as q
+from agent.acquisition.clock import ClockModel, SourceClock
+from agent.acquisition.frame import Frame
+from agent.ops.health import ProblemLog
+from agent.ops.metrics import Metrics
 from protocols._template.driver import TemplateSourceConfig
 
 S = 1_000_000_000

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from agent import quality as q
+from agent.acquisition import quality as q
 from simulators.modbus_plc import POINTS, ModbusPLCSimulator
 from simulators.opcua_cnc import NODES_BY_NAME, OpcUaCncSimulator
 from tests.conftest import agent_toml, read_store, run_agent

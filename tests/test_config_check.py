@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.cli import EXIT_CONFIG, main
-from agent.config_load import ConfigError, key_path, load_config
-from agent.durations import format_duration, parse_duration
+from agent.commands.cli import EXIT_CONFIG, main
+from agent.config.durations import format_duration, parse_duration
+from agent.config.load import ConfigError, key_path, load_config
 from protocols.modbus.config import ModbusSourceConfig
 
 MS = 1_000_000
@@ -537,7 +537,7 @@ def test_check_unreadable_encoding(tmp_path: Path, capsys: pytest.CaptureFixture
 def test_check_as_a_real_process_has_no_traceback(tmp_path: Path) -> None:
     path = _write(tmp_path, BROKEN["bad_address"][0], "subprocess.toml")
     result = subprocess.run(
-        [sys.executable, "-m", "agent.cli", "check", "-c", str(path)],
+        [sys.executable, "-m", "agent.commands.cli", "check", "-c", str(path)],
         capture_output=True,
         text=True,
         timeout=60,

@@ -11,14 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent import quality as q
-from agent.batch import Batcher, TagTable
-from agent.cli import main
-from agent.config_load import parse_config
-from agent.dataquality import QualityTally, tag_figures
-from agent.frame import Frame
-from agent.report import DatasetSummary, TagSummary, summarise
+from agent.acquisition import quality as q
+from agent.acquisition.frame import Frame
+from agent.commands.cli import main
+from agent.commands.report import DatasetSummary, TagSummary, summarise
+from agent.config.load import parse_config
 from agent.runtime import Agent
+from agent.windows.batch import Batcher, TagTable
+from agent.windows.dataquality import QualityTally, tag_figures
 from protocols._template.driver import TemplateSourceConfig
 from simulators.modbus_plc import POINTS, ModbusPLCSimulator
 from simulators.opcua_cnc import NODES, OpcUaCncSimulator

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from agent.metrics import LeanHistogram, Ring, percentile
+from agent.ops.metrics import LeanHistogram, Ring, percentile
 
 
 def test_ring_keeps_the_most_recent_values_in_order() -> None:

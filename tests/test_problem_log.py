@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from agent.health import ProblemLog
+from agent.ops.health import ProblemLog
 
 
 class Lines:

@@ -13,9 +13,9 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from agent import quality as q
-from agent.config_load import parse_config
-from agent.frame import Frame
+from agent.acquisition import quality as q
+from agent.acquisition.frame import Frame
+from agent.config.load import parse_config
 from agent.runtime import Agent
 from simulators.modbus_plc import POINTS_BY_NAME, ModbusPLCSimulator
 from tests.conftest import agent_toml, read_store

@@ -17,8 +17,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from agent import quality as q
-from agent.config_load import parse_config
+from agent.acquisition import quality as q
+from agent.config.load import parse_config
 from agent.runtime import Agent
 from protocols.opcua.driver import queue_size
 from simulators.opcua_cnc import NODES_BY_NAME, OpcUaCncSimulator

@@ -11,13 +11,13 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
 
-from agent import quality as q
-from agent.batch import Batch, Batcher, TagTable
-from agent.config_load import ConfigError, parse_config
-from agent.dataquality import QualityTally
-from agent.frame import Frame
-from agent.resample import Resampler
+from agent.acquisition import quality as q
+from agent.acquisition.frame import Frame
+from agent.config.load import ConfigError, parse_config
 from agent.runtime import Agent
+from agent.windows.batch import Batch, Batcher, TagTable
+from agent.windows.dataquality import QualityTally
+from agent.windows.resample import Resampler
 from protocols._template.driver import TemplateSourceConfig
 from simulators.modbus_plc import POINTS, ModbusPLCSimulator
 from tests.conftest import agent_toml

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.scheduler import Tick, TickClock, next_index, ticks
+from agent.acquisition.scheduler import Tick, TickClock, next_index, ticks
 
 MS = 1_000_000
 S = 1_000_000_000

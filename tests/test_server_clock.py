@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from agent import quality as q
+from agent.acquisition import quality as q
 from simulators.mqtt_broker import PrivateBroker
 from simulators.mqtt_scada import PLANT, MqttScadaSimulator
 from simulators.opcua_cnc import NODES_BY_NAME, OpcUaCncSimulator

@@ -13,12 +13,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from agent import quality as q
-from agent.batch import Batcher, TagTable
-from agent.config_load import parse_config
-from agent.frame import Frame
+from agent.acquisition import quality as q
+from agent.acquisition.frame import Frame
+from agent.config.load import parse_config
 from agent.runtime import Agent
-from agent.spool import Spool, decode_frame, frame_parts
+from agent.store.spool import Spool, decode_frame, frame_parts
+from agent.windows.batch import Batcher, TagTable
 from protocols._template.driver import TemplateSourceConfig
 from simulators.modbus_plc import POINTS, ModbusPLCSimulator
 from tests.conftest import read_store, run_agent

@@ -1,1 +1,4 @@
-"""Pipeline stages, one module each; :mod:`agent.pipeline` puts them in their fixed order."""
+"""Pipeline stages, one module each.
+
+:mod:`agent.acquisition.pipeline` puts them in their fixed order.
+"""

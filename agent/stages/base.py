@@ -14,8 +14,8 @@ from typing import Protocol
 
 import numpy as np
 
-from agent import quality as q
-from agent.frame import Frame, concat
+from agent.acquisition import quality as q
+from agent.acquisition.frame import Frame, concat
 
 DropCounter = Callable[[str, int], None]
 """``count(reason, n)``: the pipeline's hook into the drop counter (Prometheus)."""

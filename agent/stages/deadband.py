@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from agent.frame import Frame, concat
+from agent.acquisition.frame import Frame, concat
 from agent.stages.base import DropCounter, RoundStage, no_count, usable
 
 

@@ -16,9 +16,9 @@ from collections.abc import Sequence
 import numpy as np
 import pywt
 
-from agent import quality as q
-from agent.config import DenoiseConfig
-from agent.frame import Frame, concat
+from agent.acquisition import quality as q
+from agent.acquisition.frame import Frame, concat
+from agent.config.model import DenoiseConfig
 from agent.stages.base import TagStage, usable
 
 MAX_AUTO_LEVEL = 4

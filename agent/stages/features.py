@@ -16,9 +16,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from agent import quality as q
-from agent.config import FEATURES, FeaturesConfig
-from agent.frame import TAG_DTYPE, Frame, concat
+from agent.acquisition import quality as q
+from agent.acquisition.frame import TAG_DTYPE, Frame, concat
+from agent.config.model import FEATURES, FeaturesConfig
 from agent.stages.base import usable
 
 _SUMS = 5  # n, and the sums of (x - shift) ** 1..4

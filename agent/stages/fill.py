@@ -13,8 +13,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from agent import quality as q
-from agent.frame import Frame, concat
+from agent.acquisition import quality as q
+from agent.acquisition.frame import Frame, concat
 from agent.stages.base import RoundStage, usable
 
 INTERPOLATED = q.make(q.UNCERTAIN, q.Reason.INTERPOLATED)

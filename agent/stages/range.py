@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from agent import quality as q
-from agent.frame import Frame
+from agent.acquisition import quality as q
+from agent.acquisition.frame import Frame
 from agent.stages.base import DropCounter, TagStage, no_count, usable
 
 OUT_OF_RANGE = q.make(q.BAD, q.Reason.OUT_OF_RANGE)

@@ -17,8 +17,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from agent import quality as q
-from agent.frame import Frame
+from agent.acquisition import quality as q
+from agent.acquisition.frame import Frame
 from agent.stages.base import DropCounter, RoundStage, no_count, usable
 
 SPIKE = q.make(q.BAD, q.Reason.SPIKE)

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from agent.frame import QUALITY_DTYPE, TAG_DTYPE, Frame, concat
+from agent.acquisition.frame import QUALITY_DTYPE, TAG_DTYPE, Frame, concat
 from agent.stages.base import DropCounter, RoundStage, no_count, usable
 
 BUFFER = 64

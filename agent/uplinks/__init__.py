@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from agent.batch import Batch
-from agent.config import MqttUplinkConfig, ParquetUplinkConfig, PostgresUplinkConfig, UplinkConfig
+from agent.config.model import (
+    MqttUplinkConfig,
+    ParquetUplinkConfig,
+    PostgresUplinkConfig,
+    UplinkConfig,
+)
+from agent.windows.batch import Batch
 
 
 class RejectedBatch(Exception):

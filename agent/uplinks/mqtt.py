@@ -1,6 +1,6 @@
 """The ``mqtt`` uplink: each batch published to a central broker, acknowledged by PUBACK.
 
-The payload is the batch's :func:`agent.encoding.encode` bytes (the same Parquet the spool
+The payload is the batch's :func:`agent.store.encoding.encode` bytes (the same Parquet the spool
 and the ``parquet`` uplink hold), published with QoS 1 to
 ``<topic_prefix>/<gateway_id>/batches``; MQTT 5 properties carry the content type and, as
 user properties, the batch id, gateway, schema and encoding, so a broker-side rule can route
@@ -22,10 +22,10 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from agent.batch import Batch
-from agent.config import MqttUplinkConfig
-from agent.encoding import MEDIA_TYPE, encoded
+from agent.config.model import MqttUplinkConfig
+from agent.store.encoding import MEDIA_TYPE, encoded
 from agent.uplinks import RejectedBatch
+from agent.windows.batch import Batch
 from protocols.mqtt.aio import AsyncMqttClient
 from protocols.mqtt.session import make_client
 
@@ -33,7 +33,7 @@ from protocols.mqtt.session import make_client
 # (others, such as Not authorized or Quota exceeded, are the broker's state: retried)
 _REJECTS_THE_BATCH = frozenset({0x95, 0x99})
 
-BATCH_SCHEMA = "edge-agent.batch/1"  # the SCHEMA of agent.batch; bump when it changes
+BATCH_SCHEMA = "edge-agent.batch/1"  # the SCHEMA of agent.windows.batch; bump when it changes
 BATCH_ENCODING = "parquet+zstd"
 
 

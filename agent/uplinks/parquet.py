@@ -19,9 +19,9 @@ from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
 
-from agent.batch import Batch
-from agent.config import ParquetUplinkConfig
-from agent.encoding import encode, encoded
+from agent.config.model import ParquetUplinkConfig
+from agent.store.encoding import encode, encoded
+from agent.windows.batch import Batch
 
 
 def batch_path(batch: Batch) -> str:

@@ -34,9 +34,9 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import structlog
 
-from agent.batch import Batch
-from agent.config import PostgresUplinkConfig
+from agent.config.model import PostgresUplinkConfig
 from agent.uplinks import RejectedBatch
+from agent.windows.batch import Batch
 
 if TYPE_CHECKING:
     import psycopg

@@ -8,8 +8,8 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from agent import quality as q
-from agent.metrics import PollStats
+from agent.acquisition import quality as q
+from agent.ops.metrics import PollStats
 from protocols.sdk import (
     Frame,
     PollGroup,

@@ -14,8 +14,8 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
-from agent.config import SourceConfig, TagConfig
-from agent.durations import Duration
+from agent.config.durations import Duration
+from agent.config.model import SourceConfig, TagConfig
 
 TABLES = {"hr": "holding", "ir": "input", "coil": "coil", "di": "discrete"}
 BIT_TABLES = {"coil", "di"}

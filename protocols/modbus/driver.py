@@ -31,9 +31,9 @@ from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusIOException
 from pymodbus.pdu import ExceptionResponse
 
-from agent import quality as q
-from agent.frame import Frame
-from agent.metrics import PollStats
+from agent.acquisition import quality as q
+from agent.acquisition.frame import Frame
+from agent.ops.metrics import PollStats
 from protocols.modbus.blocks import Block, plan_blocks
 from protocols.modbus.config import ModbusSourceConfig
 from protocols.modbus.replies import use_numpy_replies

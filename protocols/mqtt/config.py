@@ -17,8 +17,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from agent.config import MqttConnection, SourceConfig, TagConfig
-from agent.durations import Duration
+from agent.config.durations import Duration
+from agent.config.model import MqttConnection, SourceConfig, TagConfig
 from protocols.mqtt.jsonpath import compile_path
 from protocols.mqtt.timestamps import TimestampFormat
 from protocols.mqtt.topics import TopicSpec

@@ -38,8 +38,8 @@ from typing import Any
 
 import numpy as np
 
-from agent import quality as q
-from agent.frame import Frame
+from agent.acquisition import quality as q
+from agent.acquisition.frame import Frame
 from protocols.mqtt.config import MqttSourceConfig
 from protocols.mqtt.jsonpath import MISSING, Path, compile_path, format_path, walk
 from protocols.mqtt.timestamps import TimestampError, TimestampFormat, timestamp_ns

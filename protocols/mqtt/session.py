@@ -29,8 +29,8 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from agent.config import MqttConnection
-from agent.frame import Frame, concat
+from agent.acquisition.frame import Frame, concat
+from agent.config.model import MqttConnection
 from protocols.mqtt.acking import DurableAckClient
 from protocols.mqtt.aio import AsyncMqttClient
 from protocols.mqtt.config import MqttSourceConfig

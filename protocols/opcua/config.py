@@ -9,8 +9,8 @@ from typing import Literal
 from asyncua import ua
 from pydantic import Field, field_validator, model_validator
 
-from agent.config import SourceConfig, TagConfig, UserCredentials
-from agent.durations import Duration
+from agent.config.durations import Duration
+from agent.config.model import SourceConfig, TagConfig, UserCredentials
 
 SecurityPolicy = Literal["None", "Basic256Sha256", "Aes128Sha256RsaOaep", "Aes256Sha256RsaPss"]
 SecurityMode = Literal["None", "Sign", "SignAndEncrypt"]

@@ -29,9 +29,9 @@ from asyncua import Client, ua
 from asyncua.common.subscription import Subscription
 from asyncua.ua.ua_binary import struct_from_binary
 
-from agent import quality as q
-from agent.frame import Frame, concat
-from agent.metrics import PollStats
+from agent.acquisition import quality as q
+from agent.acquisition.frame import Frame, concat
+from agent.ops.metrics import PollStats
 from protocols.opcua.config import OpcUaSourceConfig, OpcUaTagConfig
 from protocols.opcua.security import SecurityError, configure_client
 from protocols.opcua.values import ValueDecoder, ns_of
@@ -231,7 +231,7 @@ class OpcUaDriver(PollingDriver):
             frame = self.decoder.decode(
                 [item.ClientHandle - 1 for item in items], [item.Value for item in items], received
             )
-            frame.sent = sent  # the server's clock at PublishTime: see agent/clock.py
+            frame.sent = sent  # the server's clock at PublishTime: see agent/acquisition/clock.py
             self._report_undecodable(ctx)
             await ctx.emit(frame)
 
@@ -333,7 +333,7 @@ class OpcUaDriver(PollingDriver):
             stats.request_done(received - sent)
             self._ctx.problems.ok(key)
             frame = self.decoder.decode(part, values, received, (sent + received) // 2)
-            frame.requested, frame.sent = sent, answered  # a round trip: see agent/clock.py
+            frame.requested, frame.sent = sent, answered  # a round trip, see SourceClock
             frames.append(frame)
             self._report_undecodable(self._ctx)
         return concat(frames)

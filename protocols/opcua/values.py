@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 from asyncua import ua
 
-from agent import quality as q
-from agent.frame import Frame, concat
+from agent.acquisition import quality as q
+from agent.acquisition.frame import Frame, concat
 from protocols.opcua.config import OpcUaTagConfig
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)

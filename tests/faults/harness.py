@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from agent import quality as q
+from agent.acquisition import quality as q
 from simulators.modbus_plc import SEQUENCE_AREA
 
 
@@ -107,7 +107,7 @@ async def agent_processes() -> AsyncIterator[
 
     async def start(config: Path) -> asyncio.subprocess.Process:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "agent.cli", "run", "-c", str(config),
+            sys.executable, "-m", "agent.commands.cli", "run", "-c", str(config),
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
         started.append(process)

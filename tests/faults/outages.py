@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from agent import quality as q
+from agent.acquisition import quality as q
 from simulators.mqtt_broker import PrivateBroker
 from tests.conftest import running_agent as running_agent
 

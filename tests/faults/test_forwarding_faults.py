@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.config_load import parse_config
+from agent.config.load import parse_config
 from agent.runtime import Agent
 from simulators.modbus_plc import ModbusPLCSimulator
 from tests.faults.harness import balance, sequence_source, spool_losses

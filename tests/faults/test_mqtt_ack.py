@@ -111,7 +111,7 @@ def agent_config(
 async def start_agent(config: Path, log: Path) -> asyncio.subprocess.Process:
     with log.open("ab") as stderr:
         return await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "agent.cli", "run", "-c", str(config),
+            sys.executable, "-m", "agent.commands.cli", "run", "-c", str(config),
             stdout=asyncio.subprocess.DEVNULL, stderr=stderr,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )  # fmt: skip

@@ -12,10 +12,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from agent import quality as q
-from agent.frame import Frame
+from agent.acquisition import quality as q
+from agent.acquisition.frame import Frame
+from agent.acquisition.supervisor import mark_not_finite
 from agent.runtime import Agent
-from agent.supervisor import mark_not_finite
 from simulators.modbus_plc import POINTS_BY_NAME, ModbusPLCSimulator
 from simulators.mqtt_broker import PrivateBroker
 from tests.conftest import agent_toml, read_store, run_agent

@@ -15,8 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from agent.quarantine import Quarantine
-from agent.spool import CorruptBatch
+from agent.store.quarantine import Quarantine
+from agent.store.spool import CorruptBatch
 from tests.faults.test_spool_integrity import POINTS, flip_blob_byte, spool_with_batches
 
 

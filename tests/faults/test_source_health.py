@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import structlog
 
-from agent import quality as q
-from agent.frame import Frame
-from agent.metrics import Metrics
-from agent.supervisor import MIN_DEGRADED_AFTER_S, SourceRunner, degraded_after_s
+from agent.acquisition import quality as q
+from agent.acquisition.frame import Frame
+from agent.acquisition.supervisor import MIN_DEGRADED_AFTER_S, SourceRunner, degraded_after_s
+from agent.ops.metrics import Metrics
 from protocols.modbus.config import ModbusSourceConfig
 from protocols.modbus.driver import ModbusDriver
 from protocols.sdk import DriverContext

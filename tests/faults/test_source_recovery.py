@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from agent.backoff import Backoff, accepts
-from agent.config import MqttUplinkConfig
-from agent.supervisor import SESSION
+from agent.acquisition.backoff import Backoff, accepts
+from agent.acquisition.supervisor import SESSION
+from agent.config.model import MqttUplinkConfig
 from agent.uplinks.mqtt import MqttUplink
 from protocols.modbus.config import ModbusSourceConfig
 from protocols.modbus.driver import ModbusDriver

@@ -13,10 +13,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.batch import Batcher, TagTable
-from agent.frame import Frame
-from agent.framelog import FrameLog
-from agent.spool import CorruptBatch, Spool, frame_parts, frame_rows
+from agent.acquisition.frame import Frame
+from agent.store.framelog import FrameLog
+from agent.store.spool import CorruptBatch, Spool, frame_parts, frame_rows
+from agent.windows.batch import Batcher, TagTable
 from protocols._template.driver import TemplateSourceConfig
 
 S = 1_000_000_000

@@ -13,8 +13,8 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from agent.salvage import SizeLog, wal_database_pages
-from agent.spool import Spool, SpoolInUse
+from agent.store.salvage import SizeLog, wal_database_pages
+from agent.store.spool import Spool, SpoolInUse
 from simulators.modbus_plc import POINTS as MODBUS_POINTS
 from simulators.modbus_plc import ModbusPLCSimulator
 from tests.conftest import agent_toml, read_store, run_agent

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from agent import framelog
-from agent.atrisk import AtRiskLedger
-from agent.spool import Spool
+from agent.store import framelog
+from agent.store.atrisk import AtRiskLedger
+from agent.store.spool import Spool
 from simulators.modbus_plc import ModbusPLCSimulator
 from tests.faults.harness import agent_processes, balance, sequence_source, spool_losses
 from tests.faults.outages import running_agent, wait_for

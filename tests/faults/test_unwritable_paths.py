@@ -24,9 +24,9 @@ from pathlib import Path
 import pytest
 
 import agent
-from agent.cli import EXIT_CONFIG, EXIT_IO
-from agent.config_load import load_config
-from agent.paths import agent_dirs, local_dir, write_problem
+from agent.commands.cli import EXIT_CONFIG, EXIT_IO
+from agent.config.load import load_config
+from agent.config.paths import agent_dirs, local_dir, write_problem
 
 REPO = Path(agent.__file__).resolve().parent.parent
 IS_ROOT = os.geteuid() == 0
@@ -93,7 +93,7 @@ def _unprivileged() -> list[str]:
 
 def _cannot_import(prefix: list[str], pythonpath: Path) -> str:
     probe = subprocess.run(
-        [*prefix, sys.executable, "-c", "import os, agent.paths; print(os.geteuid())"],
+        [*prefix, sys.executable, "-c", "import os, agent.config.paths; print(os.geteuid())"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -133,7 +133,7 @@ def edge_agent(
             *(_unprivileged() if unprivileged else []),
             sys.executable,
             "-m",
-            "agent.cli",
+            "agent.commands.cli",
             command,
             "-c",
             str(config),

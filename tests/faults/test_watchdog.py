@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from agent.config_load import parse_config
+from agent.config.load import parse_config
+from agent.ops.tasks import Heartbeat
 from agent.runtime import Agent
-from agent.tasks import Heartbeat
 from simulators.modbus_plc import POINTS, ModbusPLCSimulator
 from tests.conftest import agent_toml
 

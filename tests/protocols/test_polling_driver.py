@@ -6,8 +6,8 @@ import asyncio
 
 import numpy as np
 
-from agent import quality as q
-from agent.metrics import PollStats
+from agent.acquisition import quality as q
+from agent.ops.metrics import PollStats
 from protocols._template.driver import TemplateDriver, TemplateSourceConfig
 from protocols.sdk import DriverContext, Frame, PollGroup, Tick
 

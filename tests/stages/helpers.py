@@ -7,8 +7,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from agent import quality as q
-from agent.frame import Frame, concat
+from agent.acquisition import quality as q
+from agent.acquisition.frame import Frame, concat
 
 S = 1_000_000_000
 T0 = 1_700_000_000 * S

@@ -8,10 +8,10 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent import quality as q
-from agent.config import TagConfig
-from agent.frame import Frame
-from agent.pipeline import SourcePipeline
+from agent.acquisition import quality as q
+from agent.acquisition.frame import Frame
+from agent.acquisition.pipeline import SourcePipeline
+from agent.config.model import TagConfig
 from agent.stages import swinging_door
 from agent.stages.deadband import DeadbandStage
 from agent.stages.swinging_door import SwingingDoorStage

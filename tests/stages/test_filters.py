@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agent import quality as q
-from agent.frame import Frame
+from agent.acquisition import quality as q
+from agent.acquisition.frame import Frame
 from agent.stages.base import rounds
 from agent.stages.fill import INTERPOLATED, FillStage
 from agent.stages.range import OUT_OF_RANGE, RangeStage

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent import quality as q
-from agent.batch import Batcher, TagTable
-from agent.config_load import ConfigError, LoadedConfig, parse_config
-from agent.frame import Frame
+from agent.acquisition import quality as q
+from agent.acquisition.frame import Frame
+from agent.config.load import ConfigError, LoadedConfig, parse_config
 from agent.runtime import Agent
+from agent.windows.batch import Batcher, TagTable
 from tests.stages.helpers import T0, S, frame
 
 TAGS = """

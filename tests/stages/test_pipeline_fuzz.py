@@ -6,9 +6,9 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent import quality as q
-from agent.config import TagConfig
-from agent.pipeline import SourcePipeline, derived_tags
+from agent.acquisition import quality as q
+from agent.acquisition.pipeline import SourcePipeline, derived_tags
+from agent.config.model import TagConfig
 from tests.stages.helpers import T0, frame
 
 ALL = {

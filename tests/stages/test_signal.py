@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agent import quality as q
-from agent.config import FEATURES, DenoiseConfig, FeaturesConfig
+from agent.acquisition import quality as q
+from agent.config.model import FEATURES, DenoiseConfig, FeaturesConfig
 from agent.stages.denoise import DenoiseStage
 from agent.stages.features import FeatureStage
 from tests.stages.helpers import T0, by_tag, frame, joined, split

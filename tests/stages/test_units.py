@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.config_load import ConfigError, parse_config
-from agent.pipeline import SourcePipeline
+from agent.acquisition.pipeline import SourcePipeline
+from agent.config.load import ConfigError, parse_config
 from agent.stages.units import UNITS, UnitError, conversion
 from protocols._template.driver import TemplateTagConfig
 from tests.stages.helpers import T0, frame

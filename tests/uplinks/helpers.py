@@ -13,11 +13,11 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
 
-from agent.batch import Batch, Batcher, TagTable
-from agent.collect import Collector
-from agent.config import CollectConfig, SourceConfig
-from agent.frame import Frame
+from agent.acquisition.frame import Frame
+from agent.commands.collect import Collector
+from agent.config.model import CollectConfig, SourceConfig
 from agent.uplinks import Uplink
+from agent.windows.batch import Batch, Batcher, TagTable
 from protocols._template.driver import TemplateSourceConfig
 from protocols.modbus.config import ModbusSourceConfig
 

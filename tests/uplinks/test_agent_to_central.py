@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from agent.collect import Collector
+from agent.commands.collect import Collector
 from simulators.modbus_plc import POINTS, ModbusPLCSimulator
 from simulators.mqtt_broker import PrivateBroker
 from tests.conftest import agent_toml, read_store, run_agent

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import MqttUplinkConfig
+from agent.config.model import MqttUplinkConfig
 from agent.uplinks.mqtt import MqttUplink
 from simulators.mqtt_broker import PrivateBroker
 from tests.uplinks.conftest import PgSchema
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 
 async def start_collector(config: Path) -> asyncio.subprocess.Process:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "agent.cli", "collect", "-c", str(config),
+        sys.executable, "-m", "agent.commands.cli", "collect", "-c", str(config),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
     assert process.stdout is not None

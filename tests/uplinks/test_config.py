@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli import EXIT_CONFIG, main
+from agent.commands.cli import EXIT_CONFIG, main
 
 AGENT = """\
 [agent]

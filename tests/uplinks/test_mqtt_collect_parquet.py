@@ -9,12 +9,12 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from agent.batch import Batch
-from agent.config import MqttUplinkConfig
-from agent.encoding import MEDIA_TYPE, decode, encode
+from agent.config.model import MqttUplinkConfig
+from agent.store.encoding import MEDIA_TYPE, decode, encode
 from agent.uplinks import make_uplink
 from agent.uplinks.mqtt import BATCH_SCHEMA, MqttUplink
 from agent.uplinks.parquet import ParquetUplink
+from agent.windows.batch import Batch
 from protocols.mqtt.aio import AsyncMqttClient
 from protocols.mqtt.session import make_client
 from simulators.mqtt_broker import PrivateBroker
@@ -222,7 +222,7 @@ async def test_collect_command_runs_from_a_config_file_until_sigterm(
     )
     batches = make_batches(windows=3)
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "agent.cli", "collect", "-c", str(config),
+        sys.executable, "-m", "agent.commands.cli", "collect", "-c", str(config),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
     assert process.stdout is not None

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from agent.config import MqttUplinkConfig
+from agent.config.model import MqttUplinkConfig
 from agent.uplinks.mqtt import MqttUplink
 from simulators.mqtt_broker import BrokerTls, Feature, PrivateBroker
 from tests.protocols.mqtt.helpers import broker_or_skip, needs_broker

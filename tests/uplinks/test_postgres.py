@@ -9,7 +9,7 @@ import psycopg
 import pyarrow as pa
 import pytest
 
-from agent.config import MqttUplinkConfig, PostgresUplinkConfig
+from agent.config.model import MqttUplinkConfig, PostgresUplinkConfig
 from agent.uplinks import make_uplink
 from agent.uplinks.mqtt import MqttUplink
 from agent.uplinks.postgres import PostgresUplink

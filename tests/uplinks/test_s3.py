@@ -8,7 +8,7 @@ import pyarrow.dataset as ds
 import pytest
 from pydantic import ValidationError
 
-from agent.config import MqttUplinkConfig, ParquetUplinkConfig
+from agent.config.model import MqttUplinkConfig, ParquetUplinkConfig
 from agent.uplinks import make_uplink
 from agent.uplinks.mqtt import MqttUplink
 from agent.uplinks.parquet import ParquetUplink

@@ -19,8 +19,8 @@ import pyarrow.parquet as pq
 import pytest
 import structlog
 
-from agent import quality as q
-from agent.config_load import parse_config
+from agent.acquisition import quality as q
+from agent.config.load import parse_config
 from agent.runtime import Agent
 from simulators.modbus_plc import POINTS, ModbusPLCSimulator
 from simulators.serial_link import SerialLink

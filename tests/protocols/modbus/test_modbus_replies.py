@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import structlog
 
-from agent import quality as q
+from agent.acquisition import quality as q
 from tests.conftest import agent_toml, read_store, run_agent
 
 HONEST, TOO_LONG, WRONG_FUNCTION, TRUNCATED = 20, 0, 10, 30  # holding register each tag reads

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from agent.frame import Frame, concat
+from agent.acquisition.frame import Frame, concat
 from agent.runtime import Agent
 from protocols.mqtt.aio import AsyncMqttClient
 from protocols.mqtt.config import MqttSourceConfig

@@ -10,7 +10,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent import quality as q
+from agent.acquisition import quality as q
 from protocols.mqtt.config import MqttSourceConfig
 from protocols.mqtt.mapping import REASONS, PayloadDecoder
 from simulators.mqtt_scada import FAULTS, broken

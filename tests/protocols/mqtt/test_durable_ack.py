@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.frame import Frame, concat
+from agent.acquisition.frame import Frame, concat
 from protocols.mqtt.config import MqttSourceConfig
 from protocols.mqtt.driver import DUPLICATE, MqttDriver
 from protocols.sdk import DriverContext

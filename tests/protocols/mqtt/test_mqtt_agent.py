@@ -16,8 +16,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from agent import quality as q
-from agent.frame import Frame, concat
+from agent.acquisition import quality as q
+from agent.acquisition.frame import Frame, concat
 from agent.runtime import Agent
 from protocols.mqtt import session as mqtt_session
 from protocols.mqtt.config import MqttSourceConfig
@@ -267,7 +267,7 @@ async def test_simulate_mqtt_command_publishes_the_seeded_plant(
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "agent.cli",
+            "agent.commands.cli",
             "simulate",
             "mqtt",
             "--broker",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import structlog
 
-from agent.frame import Frame
+from agent.acquisition.frame import Frame
 from protocols.mqtt import driver as mqtt_driver
 from protocols.mqtt.config import MqttSourceConfig
 from protocols.mqtt.driver import MqttDriver

@@ -15,9 +15,9 @@ import pyarrow.compute as pc
 import pytest
 import structlog
 
-from agent import quality as q
-from agent.config_load import parse_config
-from agent.frame import Frame
+from agent.acquisition import quality as q
+from agent.acquisition.frame import Frame
+from agent.config.load import parse_config
 from agent.runtime import Agent
 from protocols.opcua.driver import OpcUaDriver
 from protocols.sdk import DriverContext
@@ -239,7 +239,7 @@ async def test_browse_output_pasted_into_a_config_checks_and_runs(tmp_path: Path
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "agent.cli",
+            "agent.commands.cli",
             "browse",
             simulator.url,
             "--rate",
@@ -258,7 +258,7 @@ async def test_browse_output_pasted_into_a_config_checks_and_runs(tmp_path: Path
         check = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "agent.cli",
+            "agent.commands.cli",
             "check",
             "-c",
             str(config_path),

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from asyncua import ua
 
-from agent import quality as q
-from agent.cli import main
+from agent.acquisition import quality as q
+from agent.commands.cli import main
 from protocols.opcua.config import OpcUaSourceConfig, OpcUaTagConfig
 from protocols.opcua.values import ValueDecoder, ns_of, quality_of
 

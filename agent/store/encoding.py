@@ -14,7 +14,7 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from agent.batch import META_PREFIX, Batch
+from agent.windows.batch import META_PREFIX, Batch
 
 MEDIA_TYPE = "application/vnd.apache.parquet"
 _DICTIONARY = ["source", "tag", "quality"]

@@ -3,7 +3,7 @@
 Config problems print one line each (file, key path, expectation) and exit with status 2;
 no traceback reaches plant IT for a mistake in a file. A folder the agent must write
 (``data_dir``, a local parquet path) that cannot be created or written is such a problem,
-found by ``check``, ``run`` and ``collect`` before anything starts (see agent/paths.py).
+found by ``check``, ``run`` and ``collect`` before anything starts (see agent/config/paths.py).
 The systemd unit does not restart on status 2: restarting cannot fix a file.
 
 A file or folder the system refuses once ``run`` or ``collect`` has begun (a read-only
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import sqlite3
 import sys
 import traceback
@@ -27,11 +26,12 @@ from typing import Any, Protocol
 import structlog
 
 from agent import __version__
-from agent.config import AgentSection
-from agent.config_load import ConfigError, LoadedConfig, load_config
-from agent.durations import format_duration, parse_duration
-from agent.logs import configure
-from agent.paths import agent_dirs, collect_dirs, require_writable
+from agent.commands.signals import install_stop_signals
+from agent.config.durations import format_duration, parse_duration
+from agent.config.load import ConfigError, LoadedConfig, load_config
+from agent.config.model import AgentSection
+from agent.config.paths import agent_dirs, collect_dirs, require_writable
+from agent.ops.logs import configure
 
 EXIT_CONFIG = 2
 EXIT_IO = 74  # sysexits EX_IOERR: the system refused a file; systemd restarts on it
@@ -164,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "report":
             return _report(args.dataset)
         if args.command == "demo":
-            from agent.demo import run_demo
+            from agent.commands.demo import run_demo
 
             return run_demo(args.duration, args.out, args.rate, args.seed)
     except ConfigError as exc:
@@ -176,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _report(dataset: Path) -> int:
-    from agent.report import format_summary, summarise
+    from agent.commands.report import format_summary, summarise
 
     if not dataset.is_dir():
         print(f"{dataset}: no such folder", file=sys.stderr)
@@ -209,12 +209,6 @@ def _check(loaded: LoadedConfig) -> int:
     return 0
 
 
-def install_stop_signals(stop: asyncio.Event) -> None:
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-
-
 def _until_stopped(command: str, main: Coroutine[Any, Any, int | None]) -> int:
     """Run the agent or the collector until it stops; its status, or 0. An OS error that
     ends it (nothing inside handles it) is one log line naming where it came from, not a
@@ -232,7 +226,7 @@ def _until_stopped(command: str, main: Coroutine[Any, Any, int | None]) -> int:
 
 
 def _where(exc: BaseException) -> str:
-    """``agent/spool.py:139``: the deepest line of edge-agent's own code the error passed."""
+    """``agent/store/spool.py:139``: the deepest line of edge-agent's own code the error passed."""
     root = Path(__file__).resolve().parent.parent
     where = ""
     for frame, line in traceback.walk_tb(exc.__traceback__):
@@ -254,7 +248,7 @@ async def _run(loaded: LoadedConfig) -> int:
 
 
 def _collect(path: Path) -> int:
-    from agent.collect import Collector, load_collect_config
+    from agent.commands.collect import Collector, load_collect_config
 
     config = load_collect_config(path)
     require_writable(path, collect_dirs(config), keep=True)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from agent import quality as q
+from agent.acquisition import quality as q
 
 TAG_DTYPE = np.dtype(np.int32)
 TIME_DTYPE = np.dtype(np.int64)

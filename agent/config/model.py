@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from agent.durations import Duration, Interval
+from agent.config.durations import Duration, Interval
 from agent.stages.units import UnitError, conversion
 
 NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$"
@@ -384,7 +384,7 @@ class ResampleSection(Section):
 
 
 class SpoolSection(Section):
-    """The durable spool between batches and uplinks (see agent/spool.py)."""
+    """The durable spool between batches and uplinks (see agent/store/spool.py)."""
 
     max_bytes: int = Field(default=1 << 30, ge=1, description="cap on spooled batch bytes")
     max_age: Duration = Field(default=7 * 86_400_000_000_000, description="cap on batch age")

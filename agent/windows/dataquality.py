@@ -39,10 +39,10 @@ from typing import Any
 
 import numpy as np
 
-from agent import quality as q
-from agent.durations import parse_duration
-from agent.frame import Frame
-from agent.metrics import percentile
+from agent.acquisition import quality as q
+from agent.acquisition.frame import Frame
+from agent.config.durations import parse_duration
+from agent.ops.metrics import percentile
 
 _NOT_RECEIVED = (int(q.Reason.COMM_ERROR), int(q.Reason.TIMEOUT))
 _NEVER = np.iinfo(np.int64).max  # a tag not acquired yet

@@ -12,7 +12,7 @@ and the broker delivers it again when that collector comes back.
 A message that is not a batch is counted and logged once, then acknowledged, so it never
 loops; a store that fails is retried with backoff while the message stays unacknowledged;
 a lost broker connection is reconnected with backoff, which ends early once the broker
-accepts connections again (``agent.backoff``; ``[broker]`` ``backoff_initial``,
+accepts connections again (``agent.acquisition.backoff``; ``[broker]`` ``backoff_initial``,
 ``backoff_max``, ``probe_interval``).
 """
 
@@ -32,15 +32,15 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from prometheus_client import CollectorRegistry, Counter
 from pydantic import ValidationError
 
-from agent.backoff import Backoff
-from agent.batch import Batch
-from agent.config import CollectConfig
-from agent.config_load import ConfigError, read_toml, validation_problems
-from agent.encoding import batch_of, decode
-from agent.health import ProblemLog
-from agent.tasks import TaskSupervisor, first_of
+from agent.acquisition.backoff import Backoff
+from agent.config.load import ConfigError, read_toml, validation_problems
+from agent.config.model import CollectConfig
+from agent.ops.health import ProblemLog
+from agent.ops.tasks import TaskSupervisor, first_of
+from agent.store.encoding import batch_of, decode
 from agent.uplinks import Uplink, make_uplink
 from agent.uplinks.mqtt import BATCH_SCHEMA
+from agent.windows.batch import Batch
 from protocols.mqtt.aio import AsyncMqttClient
 from protocols.mqtt.session import make_client
 

@@ -5,7 +5,7 @@ another. The first failure of an outage is logged once with its cause, later ret
 only counted, and the first sample after it logs "recovered". When a session fails,
 one bad comm-error sample per tag marks where the gap starts in the data itself. The
 backoff between sessions ends early once the driver's endpoint accepts connections again
-(``agent.backoff``), so a returning device is read again within about a second.
+(``agent.acquisition.backoff``), so a returning device is read again within about a second.
 
 A session can also stay up while every read fails (a PLC answering each request with an
 exception): when nothing but bad samples has arrived for ``degraded_after_s``, the source
@@ -24,12 +24,14 @@ from collections.abc import Awaitable, Callable
 
 import numpy as np
 
-from agent import quality as q
-from agent.backoff import Backoff
-from agent.backoff import backoff_delay as backoff_delay  # re-exported for agent.forwarder
-from agent.clock import SourceClock
-from agent.frame import Frame
-from agent.pipeline import SourcePipeline
+from agent.acquisition import quality as q
+from agent.acquisition.backoff import Backoff
+from agent.acquisition.backoff import (
+    backoff_delay as backoff_delay,  # re-exported for agent.store.forwarder
+)
+from agent.acquisition.clock import SourceClock
+from agent.acquisition.frame import Frame
+from agent.acquisition.pipeline import SourcePipeline
 from protocols.sdk import Driver, DriverContext
 
 SESSION = "session"

@@ -13,8 +13,8 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from agent.batch import META_PREFIX
-from agent.dataquality import tag_figures
+from agent.windows.batch import META_PREFIX
+from agent.windows.dataquality import tag_figures
 
 
 @dataclass

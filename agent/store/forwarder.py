@@ -29,16 +29,16 @@ import numpy as np
 import pyarrow as pa
 import structlog
 
-from agent import quality as q
-from agent.backoff import backoff_delay
-from agent.batch import META_PREFIX, Batch
-from agent.config import UplinkRetry
-from agent.health import ProblemLog
-from agent.metrics import Metrics
-from agent.quarantine import Quarantine
-from agent.spool import CorruptBatch, Spool, SpooledBatch
-from agent.tasks import Heartbeat
+from agent.acquisition import quality as q
+from agent.acquisition.backoff import backoff_delay
+from agent.config.model import UplinkRetry
+from agent.ops.health import ProblemLog
+from agent.ops.metrics import Metrics
+from agent.ops.tasks import Heartbeat
+from agent.store.quarantine import Quarantine
+from agent.store.spool import CorruptBatch, Spool, SpooledBatch
 from agent.uplinks import RejectedBatch, Uplink
+from agent.windows.batch import META_PREFIX, Batch
 
 log = structlog.get_logger()
 

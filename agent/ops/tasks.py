@@ -28,8 +28,8 @@ from typing import Any
 import structlog
 from prometheus_client import Counter
 
-from agent.backoff import backoff_delay
-from agent.supervisor import describe_error
+from agent.acquisition.backoff import backoff_delay
+from agent.acquisition.supervisor import describe_error
 
 log = structlog.get_logger()
 

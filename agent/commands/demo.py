@@ -17,11 +17,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from agent.cli import install_stop_signals
-from agent.config_load import parse_config
-from agent.logs import configure
+from agent.acquisition.supervisor import SourceRunner
+from agent.commands.signals import install_stop_signals
+from agent.config.load import parse_config
+from agent.ops.logs import configure
 from agent.runtime import Agent
-from agent.supervisor import SourceRunner
 from simulators.modbus_plc import ModbusPLCSimulator
 from simulators.mqtt_broker import broker_class
 from simulators.mqtt_scada import MqttScadaSimulator

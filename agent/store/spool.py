@@ -4,7 +4,7 @@ On-disk format: a frame log and one SQLite database, ``<data_dir>/spool.sqlite``
 mode.
 
 Frames: every frame that reaches the batcher goes first to the frame log beside the
-database (``spool.frames/``, :mod:`agent.framelog`), with one ``write()``: it reaches the
+database (``spool.frames/``, :mod:`agent.store.framelog`), with one ``write()``: it reaches the
 OS before the batcher sees the frame, so a killed process loses at most the poll in
 flight (a power cut, the unsynced tail). A frame is a 4-byte little-endian header length,
 a JSON header (``rows``, ``received``, the optional timestamp columns present, the text
@@ -16,7 +16,7 @@ The database's tables:
 
 ``batches(seq INTEGER PRIMARY KEY, batch_id TEXT UNIQUE, window_start INTEGER,
     points INTEGER, bytes INTEGER, created_ns INTEGER, data BLOB, crc INTEGER)``
-    Closed batches in :mod:`agent.encoding` form (Parquet, zstd), committed with
+    Closed batches in :mod:`agent.store.encoding` form (Parquet, zstd), committed with
     ``synchronous=FULL`` (fsync) together with the ``state`` that says which frames they
     consumed, before anything is sent; the frame log's segments they retired are deleted
     after that commit. ``crc`` is the CRC-32 of ``data``, checked before a batch is
@@ -31,7 +31,7 @@ The database's tables:
     frame id that was pending when it was emitted), which recovery needs.
 ``losses(reason TEXT PRIMARY KEY, batches INTEGER, points INTEGER)``
     Loss counters that survive restarts: ``overflow``, ``spool_corrupt`` (batches a
-    salvage could not keep, see :mod:`agent.salvage`), ``frame_log_corrupt`` (damaged
+    salvage could not keep, see :mod:`agent.store.salvage`), ``frame_log_corrupt`` (damaged
     frame records, ``batches`` counting records).
 
 Recovery: frames still in the log were not (or not wholly) in a committed batch. Frames
@@ -64,12 +64,12 @@ import numpy as np
 import pyarrow as pa
 import structlog
 
-from agent.atrisk import AtRiskLedger, SpaceReserve, UnloggedFrame
-from agent.batch import Batch
-from agent.encoding import batch_of, decode, encoded
-from agent.frame import Frame
-from agent.framelog import FrameLog
-from agent.salvage import Salvaged, SizeLog, open_damaged, salvage, wal_database_pages
+from agent.acquisition.frame import Frame
+from agent.store.atrisk import AtRiskLedger, SpaceReserve, UnloggedFrame
+from agent.store.encoding import batch_of, decode, encoded
+from agent.store.framelog import FrameLog
+from agent.store.salvage import Salvaged, SizeLog, open_damaged, salvage, wal_database_pages
+from agent.windows.batch import Batch
 
 log = structlog.get_logger()
 
@@ -127,7 +127,7 @@ class Recovered:
 
 
 _WAL_LIMIT = 4 << 20  # bytes the WAL file keeps after a checkpoint
-_RESERVE_BYTES = 1 << 20  # freed to open the spool on a full disk (see agent.atrisk)
+_RESERVE_BYTES = 1 << 20  # freed to open the spool on a full disk (see agent.store.atrisk)
 # SQLite's answers that say the disk refused a write, not that the database is damaged
 # (a truncated file is an I/O error too, SQLITE_IOERR_SHORT_READ: damage, salvaged)
 _STORAGE_REFUSED = {
@@ -235,7 +235,7 @@ class Spool:
         row = self.db.execute("SELECT value FROM state WHERE key = 'last_frame'").fetchone()
         self.frame_log.start_after(int(row[0]) if row else 0)
         self._last_frame = 0
-        # frames whose write failed, oldest first (agent.atrisk), and the ledger of what a
+        # frames whose write failed, oldest first (agent.store.atrisk), and the ledger of what a
         # kill would lose of them plus what a kill of the last run lost, not yet recorded
         self.unlogged: list[UnloggedFrame] = []
         self.last_error: OSError | None = None

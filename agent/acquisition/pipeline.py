@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from agent.config import TagConfig
-from agent.durations import format_duration
-from agent.frame import Frame, concat
+from agent.acquisition.frame import Frame, concat
+from agent.config.durations import format_duration
+from agent.config.model import TagConfig
 from agent.stages.base import DropCounter, Stage, no_count
 from agent.stages.deadband import DeadbandStage
 from agent.stages.denoise import DenoiseStage

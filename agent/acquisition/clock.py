@@ -37,11 +37,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from agent import quality as q
-from agent.config import SourceConfig
-from agent.frame import Frame
-from agent.health import ProblemLog
-from agent.metrics import Metrics
+from agent.acquisition import quality as q
+from agent.acquisition.frame import Frame
+from agent.config.model import SourceConfig
+from agent.ops.health import ProblemLog
+from agent.ops.metrics import Metrics
 
 _CLOCK_UNCERTAIN = np.uint16(q.Flag.CLOCK_UNCERTAIN)
 _PROBLEM = "clock"

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from agent import quality as q
-from agent.batch import META_PREFIX, Batch, TagTable, batch_id_for
+from agent.acquisition import quality as q
+from agent.windows.batch import META_PREFIX, Batch, TagTable, batch_id_for
 
 METHODS = ("linear", "previous", "mean", "min", "max", "last")
 _AGGREGATIONS = ("mean", "min", "max", "last")

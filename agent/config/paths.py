@@ -22,8 +22,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from agent.config import AgentConfig, CollectConfig, ParquetUplinkConfig
-from agent.config_load import ConfigError
+from agent.config.load import ConfigError
+from agent.config.model import AgentConfig, CollectConfig, ParquetUplinkConfig
 
 _FULL = {errno.ENOSPC, errno.EDQUOT}
 

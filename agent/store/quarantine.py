@@ -26,7 +26,7 @@ from typing import Any
 
 import structlog
 
-from agent.durable import replace_durably
+from agent.store.durable import replace_durably
 
 log = structlog.get_logger()
 

@@ -16,7 +16,7 @@ segment is a sequence of records, each a 28-byte little-endian header, ``<IIqiq`
 - source index,
 - the frame's latest sample time (int64 ns),
 
-then the payload, a frame in :func:`agent.spool.frame_parts` form. A new segment starts
+then the payload, a frame in :func:`agent.store.spool.frame_parts` form. A new segment starts
 after every batch commit (:meth:`FrameLog.rotate`); a segment is deleted once every frame
 in it is retired (:meth:`FrameLog.retire`).
 
@@ -51,7 +51,7 @@ from pathlib import Path
 import numpy as np
 import structlog
 
-from agent.durable import replace_durably
+from agent.store.durable import replace_durably
 
 log = structlog.get_logger()
 

@@ -22,12 +22,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from agent import quality as q
-from agent.config import SourceConfig
-from agent.dataquality import QualityTally
-from agent.durations import parse_duration
-from agent.frame import Frame, join_optional
-from agent.pipeline import derived_tags, tag_lineage
+from agent.acquisition import quality as q
+from agent.acquisition.frame import Frame, join_optional
+from agent.acquisition.pipeline import derived_tags, tag_lineage
+from agent.config.durations import parse_duration
+from agent.config.model import SourceConfig
+from agent.windows.dataquality import QualityTally
 
 META_PREFIX = "edge_agent."
 _TIMESTAMP = pa.timestamp("ns", tz="UTC")
@@ -94,7 +94,7 @@ class Batch:
     window_end_ns: int
     table: pa.Table
     quality: dict[str, Any] | None = None  # data-quality figures, also in the metadata
-    data: bytes | None = None  # the table already encoded (agent.encoding), e.g. by the spool
+    data: bytes | None = None  # the table already encoded (agent.store.encoding), e.g. by the spool
 
     @property
     def points(self) -> int:

@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from agent.config import AgentConfig, SourceConfig
+from agent.config.model import AgentConfig, SourceConfig
 from protocols.registry import DriverNotFound, load_driver
 from protocols.sdk import Driver
 

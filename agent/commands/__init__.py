@@ -1,0 +1,1 @@
+"""Commands: the `edge-agent` CLI and its subcommands (run, check, demo, report, collect, ...)."""

@@ -1,0 +1,16 @@
+"""Signals a running command answers: SIGINT and SIGTERM stop it cleanly.
+
+A module of its own so that every long-running command (run, collect, demo, the
+simulators) installs the same handlers without importing the CLI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+
+def install_stop_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)

@@ -1,0 +1,4 @@
+"""Configuration.
+
+The TOML file's models, loading with key-path errors, durations and path checks.
+"""
