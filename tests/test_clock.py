@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from agent.acquisition import quality as q
 from agent.acquisition.clock import ClockModel, SourceClock
-from agent.acquisition.frame import Frame
+from agent.acquisition.frame import Frame, concat
 from agent.ops.health import ProblemLog
 from agent.ops.metrics import Metrics
 from protocols._template.driver import TemplateSourceConfig
@@ -289,3 +289,16 @@ def test_a_polled_server_is_measured_by_its_responses_not_its_values_ages() -> N
     described = stage.describe()
     assert described is not None
     assert described["server_offset_ms"] == pytest.approx(5000.0, abs=1.0)
+
+
+def test_a_read_split_in_chunks_is_one_round_trip_spanning_them() -> None:
+    first = polled_frame(T0, 5 * S, 0, 2 * MS)
+    second = polled_frame(T0 + 3 * MS, 5 * S, 0, 2 * MS)
+    joined = concat([first, second])
+    assert (joined.requested, joined.received, joined.sent) == (
+        first.requested,
+        second.received,
+        second.sent,
+    )
+    assert joined.requested < joined.sent - 5 * S < joined.received
+    assert joined.take(np.array([0])).requested == first.requested
