@@ -8,7 +8,10 @@ clock +5 s/+100 ppm, each read by a subscription and by polling, and two MQTT SC
 publishers whose payload times run +5 s/+100 ppm, one in epoch milliseconds and one in
 epoch microseconds, through a private broker; one agent with ``correct_clock = true``
 reads all six, and the error of every stored timestamp against the simulator's true
-sampling instant is reported per source.
+sampling instant is reported per source. The publishers run as processes of their own
+(``edge-agent simulate mqtt``), as devices do: in the agent's process each tick of theirs
+waited behind the OPC UA simulators' publishing at the same instants, milliseconds between
+a payload's time and its sending that no clock model can tell from the publisher's offset.
 
 The second part runs the Modbus PLC simulator's tag mix at 100 ms with ``snap`` off and on
 and reports the compressed bytes per point of the ``time`` column in the Parquet files.
@@ -20,9 +23,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import subprocess
+import sys
 import tempfile
 import tomllib
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +47,9 @@ from simulators.mqtt_scada import MqttScadaSimulator
 from simulators.opcua_cnc import NODES_BY_NAME, OpcUaCncSimulator
 
 MS = 1_000_000
+PERIOD = 100 * MS  # of the MQTT publishers
+PUBLISHERS = ((11, "ms"), (12, "us"))  # (seed, payload time unit)
+ROOT = Path(__file__).resolve().parents[1]  # the publishers import this tree's agent
 SCALARS = tuple(NODES_BY_NAME[name] for name in ("axis_x", "axis_y", "axis_z", "spindle_speed"))
 
 
@@ -91,18 +100,38 @@ def source_truth(simulator: OpcUaCncSimulator) -> Callable[[pa.Table], np.ndarra
     return true
 
 
-def nearest_tick(published: list[int]) -> Callable[[pa.Table], np.ndarray]:
-    """The true instants of MQTT rows: the published tick nearest each stored time (ticks
-    are 100 ms apart, the errors milliseconds)."""
-    ticks = np.array(published, np.int64)
+def nearest_tick(rows: pa.Table) -> np.ndarray:
+    """The true instants of MQTT rows: the publisher's tick (a multiple of its 100 ms
+    period) nearest each stored time; the errors are milliseconds."""
+    times = rows["time"].cast(pa.int64()).to_numpy()
+    return (times + PERIOD // 2) // PERIOD * PERIOD
 
-    def true(rows: pa.Table) -> np.ndarray:
-        times = rows["time"].cast(pa.int64()).to_numpy()
-        after = np.clip(np.searchsorted(ticks, times), 1, len(ticks) - 1)
-        before = ticks[after - 1]
-        return np.where(times - before <= ticks[after] - times, before, ticks[after])
 
-    return true
+@contextlib.asynccontextmanager
+async def publishers(url: str, mqtt_version: str) -> AsyncIterator[None]:
+    """The MQTT publishers of ``PUBLISHERS`` running against ``url``, stopped at the end."""
+    started = []
+    try:
+        for seed, unit in PUBLISHERS:
+            command = (
+                f"{sys.executable} -m agent.commands.cli simulate mqtt --broker {url} "
+                f"--seed {seed} --shapes json --period {PERIOD}ns --clock-offset 5s "
+                f"--clock-drift-ppm 100 --epoch-unit {unit} --mqtt-version {mqtt_version}"
+            )
+            started.append(
+                await asyncio.create_subprocess_exec(
+                    *command.split(),
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    cwd=ROOT,
+                )
+            )
+        yield
+    finally:
+        for process in started:
+            process.terminate()
+        for process in started:
+            await process.wait()
 
 
 async def clock_accuracy(minutes: float) -> None:
@@ -122,31 +151,19 @@ async def clock_accuracy(minutes: float) -> None:
             simulators["device"],
             private_broker(store / "broker") as broker,
         ):
-            publishers = {
-                unit: MqttScadaSimulator(
-                    seed=seed,
-                    shapes=("json",),
-                    clock_offset_ns=5_000_000_000,
-                    clock_drift_ppm=100.0,
-                    epoch_unit=unit,
-                    mqtt_version=broker.mqtt_version(),
-                )
-                for seed, unit in enumerate(("ms", "us"), 11)
-            }
             blocks = "".join(
                 simulator.agent_config(
                     source=name, nodes=SCALARS, extra=f'mode = "{mode}"\ncorrect_clock = true\n'
                 )
                 for name, (simulator, mode) in sources.items()
             ) + "".join(
-                publisher.agent_config(f"mqtt-{unit}", broker.url, "correct_clock = true\n")
-                for unit, publisher in publishers.items()
+                MqttScadaSimulator(seed, shapes=("json",)).agent_config(
+                    f"mqtt-{unit}", broker.url, "correct_clock = true\n"
+                )
+                for seed, unit in PUBLISHERS
             )
-            for publisher in publishers.values():
-                await publisher.start(broker.url)
-            await run(config(store, blocks), minutes * 60)
-            for publisher in publishers.values():
-                await publisher.stop()
+            async with publishers(broker.url, broker.mqtt_version()):
+                await run(config(store, blocks), minutes * 60)
         table = ds.dataset(store / "data", partitioning="hive").to_table()
     print(
         f"clock: {minutes:g} min; server clock +5 s/+100 ppm (both stamps), and a device "
@@ -160,9 +177,9 @@ async def clock_accuracy(minutes: float) -> None:
     for name, (simulator, _) in sources.items():
         rows = table.filter(pc.equal(source, name))
         print_errors(name, rows, source_truth(simulator))
-    for unit, publisher in publishers.items():
+    for _, unit in PUBLISHERS:
         name = f"mqtt-{unit}_json"
-        print_errors(name, table.filter(pc.equal(source, name)), nearest_tick(publisher.ticks))
+        print_errors(name, table.filter(pc.equal(source, name)), nearest_tick)
 
 
 def time_column_bytes(store: Path) -> tuple[int, int]:
