@@ -107,6 +107,19 @@ def nearest_tick(rows: pa.Table) -> np.ndarray:
     return (times + PERIOD // 2) // PERIOD * PERIOD
 
 
+def print_least_delays(rows: pa.Table) -> None:
+    """What bounds a one-way clock model: the least delay from a tick to the agent's receipt
+    in each minute (the model cannot tell it from the publisher's offset)."""
+    true = nearest_tick(rows)
+    delay = rows["received_time"].cast(pa.int64()).to_numpy() - true
+    minute = (true - true.min()) // (60 * 1000 * MS)
+    least = np.array([delay[minute == m].min() for m in np.unique(minute)]) / MS
+    print(
+        f"  {'':<16} least tick-to-receipt delay per minute: min {least.min():.3f}, "
+        f"median {np.median(least):.3f}, max {least.max():.3f} ms"
+    )
+
+
 @contextlib.asynccontextmanager
 async def publishers(url: str, mqtt_version: str) -> AsyncIterator[None]:
     """The MQTT publishers of ``PUBLISHERS`` running against ``url``, stopped at the end."""
@@ -179,7 +192,9 @@ async def clock_accuracy(minutes: float) -> None:
         print_errors(name, rows, source_truth(simulator))
     for _, unit in PUBLISHERS:
         name = f"mqtt-{unit}_json"
-        print_errors(name, table.filter(pc.equal(source, name)), nearest_tick)
+        rows = table.filter(pc.equal(source, name))
+        print_errors(name, rows, nearest_tick)
+        print_least_delays(rows.filter(pc.equal(rows["quality"], q.GOOD)))
 
 
 def time_column_bytes(store: Path) -> tuple[int, int]:
