@@ -46,7 +46,7 @@ from agent.store.encoding import encode
 from agent.store.forwarder import Forwarder, send_with_retry
 from agent.store.quarantine import Quarantine
 from agent.store.spool import Spool
-from agent.uplinks import Uplink, make_uplink
+from agent.uplinks import GatewayAware, Uplink, make_uplink
 from agent.windows.batch import Batch, Batcher, TagTable
 from agent.windows.dataquality import QualityTally
 from agent.windows.resample import Resampler
@@ -87,6 +87,11 @@ class Agent:
             self._clock_figures,
         )
         self.uplinks: list[Uplink] = [make_uplink(u) for u in config.uplinks]
+        for uplink in self.uplinks:
+            if isinstance(uplink, GatewayAware):
+                uplink.bind(
+                    self.tag_table, config.agent.gateway_id, config.agent.data_dir, self.metrics
+                )
         self.resampler: Resampler | None = None
         self.wide_uplinks: list[Uplink] = []
         if config.resample is not None:
@@ -128,7 +133,11 @@ class Agent:
                 loaded.drivers[source.name](source),
                 self._enqueue,
                 partial(
-                    DriverContext, source, metrics=self.metrics, data_dir=config.agent.data_dir
+                    DriverContext,
+                    source,
+                    metrics=self.metrics,
+                    data_dir=config.agent.data_dir,
+                    describe=partial(self._describe_tag, index),
                 ),
                 acquired=self.tally.add,
             )
@@ -139,6 +148,13 @@ class Agent:
         self.written: list[Batch] = []  # the most recent batches, for demo and tests
         self.wide_written: list[Batch] = []  # the same for the resampled output
         self.status_port: int | None = None
+
+    def _describe_tag(
+        self, source: int, tag: int, name: str | None, lineage: dict[str, Any]
+    ) -> None:
+        """A driver's word on one of its tags (a unit from a birth certificate, the name of
+        a placeholder), for the batches from now on."""
+        self.tag_table.describe(self.tag_table.source_offset[source] + tag, name, lineage)
 
     def _clock_figures(self) -> dict[int, dict[str, Any]]:
         """Per source: its clock model's estimate or, for a source without timestamps

@@ -58,10 +58,13 @@ class TagTable:
         owners: list[int] = []
         rates: list[int] = []
         self.lineage: list[dict[str, Any]] = []
+        placeholders: list[int] = []
         for index, source in enumerate(sources):
             self.source_offset.append(len(names))
             on_change = {"on_change": True} if source.reports_on_change else {}
             tags = [(tag.name, tag_lineage(tag) | on_change) for tag in source.tags]
+            first_placeholder = len(names) + len(tags) - source.placeholder_tags
+            placeholders += range(first_placeholder, len(names) + len(tags))
             for name, lineage in tags + derived_tags(source.tags, source.name):
                 names.append(name)
                 owners.append(index)
@@ -70,6 +73,11 @@ class TagTable:
                 owed = "rate" in lineage and not lineage.get("on_change")
                 rates.append(parse_duration(lineage["rate"]) if owed else 0)
                 self.lineage.append(lineage)
+        self._configured = list(self.lineage)
+        # places a driver names at run time (describe): no wide-output column until then
+        self.placeholder = np.zeros(len(names), bool)
+        self.placeholder[placeholders] = True
+        self.version = 0  # bumped by every describe()
         self.tag_names = np.array(names, dtype=object)
         self.tag_source = np.array(owners, dtype=np.int32)
         self.rate_ns = np.array(rates, dtype=np.int64)
@@ -82,6 +90,22 @@ class TagTable:
 
     def __len__(self) -> int:
         return len(self.tag_names)
+
+    def describe(self, gtag: int, name: str | None, lineage: dict[str, Any]) -> None:
+        """What a driver learnt of a tag at run time: ``lineage`` entries over the config's
+        (replacing what an earlier call added) and, for a placeholder, its name. Batches
+        closed from now on carry them."""
+        described = self._configured[gtag] | lineage
+        if described == self.lineage[gtag] and name in (None, self.tag_names[gtag]):
+            return  # said before (a device born again): nothing changes, no new version
+        if name is not None:
+            self.tag_names[gtag] = name
+            self.qualified[gtag] = f"{self.source_names[self.tag_source[gtag]]}/{name}"
+            self.placeholder[gtag] = False
+        self.lineage[gtag] = described
+        entry = json.dumps(self.lineage[gtag], separators=(",", ":"))
+        self.lineage_json[gtag] = f"{json.dumps(self.qualified[gtag])}:{entry}"
+        self.version += 1
 
 
 @dataclass(frozen=True)

@@ -70,11 +70,11 @@ class Resampler:
             method: np.array([i for i, m in enumerate(methods) if m == method], np.int64)
             for method in METHODS
         }
-        self._methods_json = json.dumps(dict(zip(tags.qualified, methods, strict=True)))
-        self._gtag_of = {
-            (tags.source_names[int(s)], str(n)): g
-            for g, (s, n) in enumerate(zip(tags.tag_source, tags.tag_names, strict=True))
-        }
+        self._methods = methods
+        self._version = -1  # of the tag table the names below were read from
+        self._methods_json = ""
+        self._gtag_of: dict[tuple[str, str], int] = {}
+        self._named = np.zeros(0, np.int64)
         self._held: tuple[Batch, _Samples] | None = None
         # the last usable sample of every tag before the held window: its left neighbour
         self._last = _Samples(
@@ -84,8 +84,23 @@ class Resampler:
             np.zeros(len(tags), np.uint16),
         )
 
+    def _read_names(self) -> None:
+        """Names, and which tags have a column, from the tag table (drivers may name
+        placeholder tags at run time: ``TagTable.describe``)."""
+        tags = self.tags
+        if self._version == tags.version:
+            return
+        self._version = tags.version
+        self._named = np.flatnonzero(~tags.placeholder)
+        named = self._named.tolist()
+        self._methods_json = json.dumps({tags.qualified[g]: self._methods[g] for g in named})
+        self._gtag_of = {
+            (tags.source_names[int(tags.tag_source[g])], str(tags.tag_names[g])): g for g in named
+        }
+
     def feed(self, batch: Batch) -> list[Batch]:
         """Take a closed batch; return the wide batch of the window before it, if any."""
+        self._read_names()
         samples = self._samples(batch)
         held, self._held = self._held, (batch, samples)
         if held is None:
@@ -93,6 +108,7 @@ class Resampler:
         return [self._resample(*held, following=samples)]
 
     def flush(self) -> list[Batch]:
+        self._read_names()
         held, self._held = self._held, None
         return [] if held is None else [self._resample(*held, following=None)]
 
@@ -229,7 +245,8 @@ class Resampler:
         self, batch: Batch, grid: np.ndarray, values: np.ndarray, qualities: np.ndarray
     ) -> Batch:
         columns: dict[str, pa.Array] = {"time": pa.array(grid, _TIMESTAMP)}
-        for g, name in enumerate(self.tags.qualified):
+        for g in self._named.tolist():
+            name = self.tags.qualified[g]
             columns[name] = pa.array(values[g], pa.float64(), mask=np.isnan(values[g]))
             columns[f"{name}:quality"] = pa.array(qualities[g], pa.uint16())
         digest = hashlib.sha1(usedforsecurity=False)
