@@ -26,7 +26,9 @@ from typing import Any, Protocol
 import structlog
 
 from agent import __version__
-from agent.commands.signals import install_stop_signals
+from agent.commands.reload import add_reload_parser
+from agent.commands.signals import install_reload_signal, install_stop_signals
+from agent.commands.status import add_status_parser
 from agent.config.durations import format_duration, parse_duration
 from agent.config.load import ConfigError, LoadedConfig, load_config
 from agent.config.model import AgentSection
@@ -58,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check", help="validate a config file and summarise it")
     check.add_argument("-c", "--config", required=True, type=Path, help="TOML config file")
+
+    add_status_parser(commands)
+    add_reload_parser(commands)
 
     simulate = commands.add_parser("simulate", help="run a bundled device simulator")
     devices = simulate.add_subparsers(dest="device", required=True, metavar="DEVICE")
@@ -145,6 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _until_stopped("run", _run(loaded))
         if args.command == "collect":
             return _collect(args.config)
+        if args.command in ("status", "reload"):
+            return int(args.main(args))
         if args.command == "simulate":
             configure("info")
             simulators = {
@@ -240,10 +247,11 @@ async def _run(loaded: LoadedConfig) -> int:
     """1 when a task of the agent could not be kept alive: systemd restarts it."""
     from agent.runtime import Agent
 
-    stop = asyncio.Event()
+    stop, reload = asyncio.Event(), asyncio.Event()
     install_stop_signals(stop)
+    install_reload_signal(reload)
     agent = Agent(loaded)
-    await agent.run(stop)
+    await agent.run(stop, reload)
     return 1 if agent.failed else 0
 
 
