@@ -78,12 +78,13 @@ def _once(url: str, as_json: bool) -> int:
     except Unreachable as exc:
         print(exc, file=sys.stderr)
         return EXIT_UNREACHABLE
-    print(json.dumps(document, indent=2) if as_json else render(document))
+    width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+    print(json.dumps(document, indent=2) if as_json else render(document, width))
     return 0 if document.get("agent", {}).get("ok") else EXIT_UNHEALTHY
 
 
-def render(status: dict[str, Any], width: int = 120) -> str:
-    """The status document as a screen of text, lines cut at ``width``."""
+def render(status: dict[str, Any], width: int | None = None) -> str:
+    """The status document as a screen of text, lines cut at ``width`` (a terminal's)."""
     agent = status["agent"]
     verdict = "OK" if agent["ok"] else "FAILING: " + ", ".join(agent["failed"])
     lines = [
@@ -114,7 +115,7 @@ def render(status: dict[str, Any], width: int = 120) -> str:
         lines += ["", f"last window {quality['window_start']}"]
         for name, figures in quality["sources"].items():
             lines.append(f"  {name}: {_quality(figures)}")
-    return "\n".join(line[:width] for line in lines)
+    return "\n".join(line[:width] if width else line for line in lines)
 
 
 def _source_rows(sources: list[dict[str, Any]]) -> list[list[str]]:

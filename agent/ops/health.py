@@ -79,7 +79,10 @@ class ProblemLog:
         episode = self._episodes.get(key)
         began = episode is None or not episode.failing
         if episode is None:
-            episode = self._episodes[key] = _Episode(event, now, now, failing_since_ns=now)
+            # the first line tells the first failure: summaries count from the next one
+            episode = self._episodes[key] = _Episode(
+                event, now, now, counted_at_summary=1, failing_since_ns=now
+            )
             self.log.warning(event, problem=key, **(totals or {}), **details)
         elif not episode.failing:  # back within settle_s: the same episode, not a new line
             if episode.settle is not None:
