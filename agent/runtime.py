@@ -488,7 +488,12 @@ class Agent:
         can (:mod:`agent.ops.reload`); else only the sources and uplinks whose config
         changed are restarted, and the rest never stops. One log line says what happened."""
         async with self._reload_lock:
-            result = await self._reload()
+            # systemd shows the unit "reloading" until READY=1 (as Type=notify-reload wants)
+            systemd.notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
+            try:
+                result = await self._reload()
+            finally:
+                systemd.notify("READY=1")
         self.last_reload = (time.time_ns(), result)
         return result
 

@@ -10,8 +10,10 @@ rewrites that file between reloads.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -342,3 +344,26 @@ async def test_frames_logged_before_a_reload_are_replayed_as_their_tags_after_a_
     )
     assert spindle.num_rows > 10
     assert not np.isin(spindle["value"].to_numpy(), served).any(), "no number under another tag"
+
+
+async def test_systemd_sees_the_reload_begin_and_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(path))
+        sock.setblocking(False)
+        monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+        async with ModbusPLCSimulator(seed=16) as plc:
+            config = agent_file(tmp_path, seq_source("plc", plc.port))
+            async with agent_on(config) as agent:
+                await wait_for(lambda: agent.runners[0].points > 5, 10.0, "first polls")
+                result = await agent.reload()
+        messages = []
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                messages.append(sock.recv(256).decode())
+    assert result.outcome == "unchanged"
+    reloading = next(i for i, m in enumerate(messages) if m.startswith("RELOADING=1\n"))
+    assert messages[reloading].split("\n")[1].startswith("MONOTONIC_USEC=")
+    assert messages[reloading + 1] == "READY=1", messages
