@@ -26,7 +26,7 @@ import dataclasses
 import random
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -51,7 +51,7 @@ from agent.store.encoding import encode
 from agent.store.forwarder import Forwarder, send_with_retry
 from agent.store.quarantine import Quarantine
 from agent.store.spool import Recovered, Spool
-from agent.uplinks import Uplink, make_uplink
+from agent.uplinks import GatewayAware, Uplink, make_uplink
 from agent.windows.batch import (
     Batch,
     Batcher,
@@ -100,6 +100,7 @@ class Agent:
             self._clock_figures,
         )
         self.uplinks: list[Uplink] = [make_uplink(u) for u in config.uplinks]
+        self._bind(self.uplinks)
         self.resampler: Resampler | None = None
         self.wide_uplinks: list[Uplink] = []
         if config.resample is not None:
@@ -139,10 +140,11 @@ class Agent:
         self._wide: asyncio.Queue[Batch] = asyncio.Queue()
         # a runner's index names it for the run; its slot in the tag table may change
         self._runner_ids = iter(range(1 << 62))
+        self._slots: dict[int, int] = {}  # runner index -> its slot in the tag table
         self.runners = [
-            self._runner(source, loaded.drivers[source.name]) for source in self.sources
+            self._runner(source, loaded.drivers[source.name](source), slot)
+            for slot, source in enumerate(self.sources)
         ]
-        self._slots = {runner.index: slot for slot, runner in enumerate(self.runners)}
         self._reload_lock = asyncio.Lock()
         self._stopping = False
         self.last_reload: tuple[int, ReloadResult] | None = None  # wall ns, result
@@ -155,22 +157,35 @@ class Agent:
         self.wide_written: list[Batch] = []  # the same for the resampled output
         self.status_port: int | None = None
 
-    def _runner(self, source: SourceConfig, driver: type[Driver]) -> SourceRunner:
+    def _runner(self, source: SourceConfig, driver: Driver, slot: int) -> SourceRunner:
+        """A source's runner, in ``slot`` of the current tag table (its driver may describe
+        tags as it is made: ``Driver.prepare``)."""
+        runner = next(self._runner_ids)
+        self._slots[runner] = slot
         return SourceRunner(
-            next(self._runner_ids),
-            driver(source),
+            runner,
+            driver,
             self._enqueue,
             partial(
                 DriverContext,
                 source,
                 metrics=self.metrics,
                 data_dir=self.loaded.config.agent.data_dir,
+                describe=partial(self._describe_tag, runner),
             ),
             acquired=self._tally_add,
         )
 
     def _tally_add(self, runner: int, frame: Frame) -> None:
         self.tally.add(self._slots[runner], frame)
+
+    def _describe_tag(
+        self, runner: int, tag: int, name: str | None, lineage: dict[str, Any]
+    ) -> None:
+        """A driver's word on one of its tags (a unit from a birth certificate, the name of
+        a placeholder), for the batches from now on."""
+        offset = self.tag_table.source_offset[self._slots[runner]]
+        self.tag_table.describe(offset + tag, name, lineage)
 
     def _clock_figures(self) -> dict[int, dict[str, Any]]:
         """Per source: its clock model's estimate or, for a source without timestamps
@@ -529,13 +544,19 @@ class Agent:
             log.info("reload: the config is unchanged", config=str(path), config_hash=current)
             return answer("unchanged", "nothing to change")
         try:  # everything that can fail before anything is stopped
-            drivers = {name: loaded.drivers[name] for name in plan.sources.started}
+            configs = {source.name: source for source in loaded.config.sources}
+            drivers = {name: loaded.drivers[name](configs[name]) for name in plan.sources.started}
             by_name = {uplink.name: uplink for uplink in loaded.config.uplinks}
             uplinks = {name: make_uplink(by_name[name]) for name in plan.uplinks.started}
         except Exception as exc:  # a driver or an uplink that cannot be made: nothing changes
             log.error("reload refused: nothing was applied", error=describe_error(exc))
             return answer("refused", describe_error(exc))
-        await self._apply(loaded, plan, drivers, uplinks)
+        try:
+            await self._apply(loaded, plan, drivers, uplinks)
+        except Exception as exc:  # cannot be undone: a restart starts clean on the new file
+            log.exception("reload failed halfway: the agent stops, to be started on the new config")
+            self.tasks.give_up(f"reload failed halfway: {describe_error(exc)}")
+            return answer("refused", f"failed halfway, the agent stops: {describe_error(exc)}")
         changes = plan.summary()
         log.info("reload applied", config=str(path), config_hash=loaded.config_hash, **changes)
         return ReloadResult("applied", "applied", str(path), loaded.config_hash, changes)
@@ -544,7 +565,7 @@ class Agent:
         self,
         loaded: LoadedConfig,
         plan: ReloadPlan,
-        drivers: dict[str, type[Driver]],
+        drivers: dict[str, Driver],
         uplinks: dict[str, Uplink],
     ) -> None:
         config = loaded.config
@@ -556,24 +577,25 @@ class Agent:
             await self.tasks.discard(f"source:{name}")
             self._store_frame(self._slots[runner.index], runner.pipeline.flush())
         sources = [source for source in config.sources if source.enabled]
-        runners: list[SourceRunner] = []
-        started: list[SourceRunner] = []
-        for source in sources:
-            if source.name in plan.sources.kept:
-                runners.append(old[source.name])
-                continue
-            runner = self._runner(source, drivers[source.name])
-            if source.name in old:
-                runner.take_over(old[source.name])
-            runners.append(runner)
-            started.append(runner)
         # renumbered at once, between two awaits: no frame sees half of it
         before = {runner.config.name: self._slots[runner.index] for runner in self.runners}
         self.loaded = loaded
         self.sources = sources
         self._retable(sources)
+        self._slots = {}
+        runners: list[SourceRunner] = []
+        started: list[SourceRunner] = []
+        for slot, source in enumerate(sources):
+            if source.name in plan.sources.kept:
+                runner = old[source.name]
+                self._slots[runner.index] = slot
+            else:  # made after the new table: its driver may describe tags as it is made
+                runner = self._runner(source, drivers[source.name], slot)
+                if source.name in old:
+                    runner.take_over(old[source.name])
+                started.append(runner)
+            runners.append(runner)
         self.runners = runners
-        self._slots = {runner.index: slot for slot, runner in enumerate(runners)}
         self.tally.source_moved(
             {
                 before[r.config.name]: slot
@@ -594,6 +616,7 @@ class Agent:
             self.forwarder.remove(name, replaced=name in plan.uplinks.changed)
         for name in plan.uplinks.removed:
             forget_series(self.metrics, "uplink", name)
+        self._bind(list(uplinks.values()))
         for uplink in uplinks.values():
             self.forwarder.add(uplink)
             self._start_uplink(uplink)
@@ -719,8 +742,19 @@ class Agent:
         )
         if self.resampler is not None:
             self.resampler.retable(table, _resample_methods(sources), moved)
+        table.inherit(old)
         self.tag_table = table
+        self._bind(self.uplinks)
         return moved
+
+    def _bind(self, uplinks: Sequence[Uplink]) -> None:
+        """Tell the uplinks that announce tags (Sparkplug births) the current tag table."""
+        config = self.loaded.config
+        for uplink in uplinks:
+            if isinstance(uplink, GatewayAware):
+                uplink.bind(
+                    self.tag_table, config.agent.gateway_id, config.agent.data_dir, self.metrics
+                )
 
     async def _drain(self, uplink_tasks: list[str]) -> None:
         """Give the uplinks until the deadline to take what is spooled; the rest stays in

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import tempfile
 import time
 import tomllib
 from dataclasses import dataclass
@@ -62,7 +63,9 @@ async def check_driver(driver: type[Driver], run_seconds: float = 1.5) -> Confor
             frames.append(frame)
 
         baseline = asyncio.all_tasks()
-        task = asyncio.create_task(driver(source).run(DriverContext(source, collect)))
+        state = tempfile.TemporaryDirectory(prefix="edge-agent-conformance-")
+        ctx = DriverContext(source, collect, data_dir=Path(state.name))
+        task = asyncio.create_task(driver(source).run(ctx))
         await asyncio.sleep(run_seconds)
         if task.done():
             error = task.exception()
@@ -74,6 +77,7 @@ async def check_driver(driver: type[Driver], run_seconds: float = 1.5) -> Confor
         if not done:
             raise ConformanceError(f"run() still running {CANCEL_DEADLINE_S} s after cancel")
         await asyncio.sleep(0.05)  # let callbacks scheduled by close() finish
+        state.cleanup()
         leaked = {t for t in asyncio.all_tasks() - baseline if not t.done()}
         leaked.discard(asyncio.current_task())
         if leaked:

@@ -68,6 +68,7 @@ class DriverContext:
         metrics: Metrics | None = None,
         clock: TickClock | None = None,
         data_dir: Path | None = None,
+        describe: Callable[[int, str | None, dict[str, Any]], None] | None = None,
     ) -> None:
         self.config = config
         # the gateway's state directory: drivers keep certificates, trust lists... here
@@ -80,6 +81,7 @@ class DriverContext:
         self.metrics = metrics or Metrics()
         self.clock = clock or TickClock()
         self._emit = emit
+        self._describe = describe
         self._stats: dict[str, PollStats] = {}
         self._up = self.metrics.source_up.labels(config.name)
         self.connected = False  # a session is up (set by the driver through set_connected)
@@ -93,6 +95,15 @@ class DriverContext:
         disk refuses writes, held in memory and counted at risk); waits while the agent
         pauses acquisition."""
         await self._emit(frame)
+
+    def describe_tag(self, tag: int, name: str | None, lineage: dict[str, Any]) -> None:
+        """Tell the agent what the device said of a tag: its lineage entries (a unit, a data
+        type) joined over the config's in every batch from now on, and, for a placeholder
+        tag (``SourceConfig.placeholder_tags``), its name. For protocols whose devices
+        describe themselves at run time (Sparkplug births); a name must stay the same for
+        the data directory's life, as the frame log holds samples by tag number."""
+        if self._describe is not None:
+            self._describe(tag, name, lineage)
 
     def poll_stats(self, group: str) -> PollStats:
         stats = self._stats.get(group)
@@ -157,6 +168,12 @@ class Driver(ABC):
     @abstractmethod
     async def run(self, ctx: DriverContext) -> None:
         """Acquire data until cancelled; raise to report a failed session."""
+
+    def prepare(self, ctx: DriverContext) -> None:
+        """Called once, before the agent recovers its spool and starts sources: restore
+        what earlier runs learnt and kept in ``ctx.data_dir`` (e.g. tags named at run
+        time, through ``ctx.describe_tag``). Nothing by default."""
+        return None
 
     def probe_address(self) -> tuple[str, int] | None:
         """The TCP ``(host, port)`` the source connects to, or None (a serial line, no

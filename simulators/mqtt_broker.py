@@ -43,6 +43,7 @@ class Feature(enum.Enum):
     MQTT5 = "MQTT 5"
     PERSISTENT_SESSIONS = "sessions that survive a broker restart"
     SHARED_SUBSCRIPTIONS = "shared subscriptions ($share/<group>/...)"
+    QUEUED_QOS0 = "QoS 0 messages queued for an absent persistent subscriber"
 
 
 def mosquitto_binary() -> str | None:
@@ -88,10 +89,14 @@ class PrivateBroker(ABC):
         directory: Path,
         tls: BrokerTls | None = None,
         users: dict[str, str] | None = None,
+        queue_qos0: bool = False,
     ) -> None:
         self.directory = directory
         self.tls = tls
         self.users = dict(users) if users is not None else None
+        # keep QoS 0 messages for an absent persistent subscriber too (Sparkplug data is
+        # QoS 0); mosquitto only
+        self.queue_qos0 = queue_qos0
         self.port = 0
         self.tls_port = 0
         self._process: asyncio.subprocess.Process | None = None
@@ -220,6 +225,8 @@ class MosquittoBroker(PrivateBroker):
             "max_queued_messages 100000",
             "max_inflight_messages 100",
         ]
+        if self.queue_qos0:
+            lines.append("queue_qos0_messages true")
         if self.users is not None:
             lines.append(f"password_file {self.directory / 'passwords'}")
         if os.geteuid() == 0:  # mosquitto would switch to its own user and lose our files
@@ -322,7 +329,10 @@ def broker_class() -> type[PrivateBroker] | None:
 
 
 def private_broker(
-    directory: Path, tls: BrokerTls | None = None, users: dict[str, str] | None = None
+    directory: Path,
+    tls: BrokerTls | None = None,
+    users: dict[str, str] | None = None,
+    queue_qos0: bool = False,
 ) -> PrivateBroker:
     """A private broker, not started yet: use it as an async context manager."""
     cls = broker_class()
@@ -330,4 +340,4 @@ def private_broker(
         raise FileNotFoundError(
             "no MQTT broker: install mosquitto, or amqtt (pip install edge-agent[test])"
         )
-    return cls(directory, tls, users)
+    return cls(directory, tls, users, queue_qos0)

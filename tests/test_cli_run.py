@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shlex
 import signal
 import socket
 import sys
@@ -12,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
+from protocols.sparkplug.schema import protobuf_installed
 from simulators.modbus_plc import POINTS, ModbusPLCSimulator
 from simulators.mqtt_broker import broker_class
 from tests.conftest import agent_toml, read_store
@@ -67,14 +70,70 @@ async def test_demo_shows_data_flowing_and_where_it_went(tmp_path: Path) -> None
     assert "points" in text
     assert "batches" in text
     assert str(out) in text
-    assert "pyarrow.dataset" in text
+    assert f"agent state (spool, frame log) in {tmp_path / '.edge-demo-state'}/" in text
     table = read_store(out)
     assert table.num_rows >= len(POINTS) * 20
     assert set(table["gateway"].to_pylist()) == {"demo-gw"}
     mqtt = {"scada_json"} if broker_class() is not None else set()  # a broker can run here
+    if mqtt and protobuf_installed():
+        mqtt.add("line1")  # the Sparkplug B node on the same broker
     assert set(table["source"].cast("string").to_pylist()) == {"plc1", "cnc1"} | mqtt
     if not mqtt:
         assert "MQTT left out: no broker here" in text
+
+    # the read-back hint runs as printed, from anywhere, and names every tag
+    lines = text.splitlines()
+    hint = lines[lines.index("Per-tag summary of what was stored:") + 1].strip()
+    read_back = await asyncio.create_subprocess_exec(
+        *shlex.split(hint), cwd="/", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    summary, problems = await asyncio.wait_for(read_back.communicate(), 60)
+    assert read_back.returncode == 0, (hint, problems.decode())
+    names = zip(_column(table, "source"), _column(table, "tag"), strict=True)
+    for source, tag in set(names):
+        assert f"{source}/{tag} " in summary.decode(), f"{source}/{tag} in the summary"
+
+
+def _column(table: pa.Table, name: str) -> list[str]:
+    return table[name].cast("string").to_pylist()  # type: ignore[no-any-return]
+
+
+async def _demo(out: Path, *options: str) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agent.commands.cli", "demo", "--duration", "2", "--out", str(out),
+        *options, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return process.returncode, stdout.decode(), stderr.decode()
+
+
+async def test_a_demo_run_replaces_the_last_demo_dataset_unless_told_to_append(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "demo-data"
+    assert (await _demo(out))[0] == 0
+    first = {p.name for p in out.rglob("*.parquet")}
+    code, text, _ = await _demo(out)
+    assert code == 0
+    assert "the earlier run's was replaced" in text
+    second = {p.name for p in out.rglob("*.parquet")}
+    assert second
+    assert not first & second, "a fresh dataset: none of the first run's batches is left"
+    code, text, _ = await _demo(out, "--append")
+    assert code == 0
+    assert "appending to the earlier run's dataset" in text
+    assert second < {p.name for p in out.rglob("*.parquet")}
+
+
+async def test_the_demo_never_deletes_a_folder_it_did_not_write(tmp_path: Path) -> None:
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "thesis.parquet").write_bytes(b"precious")
+    code, _, err = await _demo(out)
+    assert code == 2
+    assert "did not write" in err
+    assert (out / "thesis.parquet").read_bytes() == b"precious"
 
 
 async def test_run_tells_systemd_it_is_ready_feeds_the_watchdog_and_stops(

@@ -440,6 +440,53 @@ BROKEN = {
         "uplinks[0].compression",
         ["'rar'"],
     ),
+    "unknown_uplink_type": (
+        _modbus(GOOD_TAG, top='[[uplinks]]\ntype = "kafka"\n'),
+        "uplinks[0]",
+        ['"parquet", "mqtt", "postgres" or "sparkplug"'],
+    ),
+    "quoted_integer": (
+        _modbus(GOOD_TAG, source_extra='unit_id = "1"'),
+        "sources[0].unit_id",
+        ["expected an integer", "'1'", "drop the quotes"],
+    ),
+    "quoted_float": (
+        _modbus('[[sources.tags]]\nname = "a"\naddress = "hr:0"\nscale = "0.1"\n'),
+        "sources[0].tags[0].scale",
+        ["expected a number", "'0.1'", "drop the quotes"],
+    ),
+    "quoted_boolean": (
+        _modbus(GOOD_TAG, source_extra='enabled = "false"'),
+        "sources[0].enabled",
+        ["expected a boolean", "'false'", "drop the quotes"],
+    ),
+    "mqtt_url_credentials": (
+        _modbus(GOOD_TAG, top='[[uplinks]]\ntype = "mqtt"\nurl = "mqtt://op:SECRET@h:1883"\n'),
+        "uplinks[0].url",
+        ["refused", "password_file/password_env", "***@h"],
+    ),
+    "postgres_dsn_password": (
+        _modbus(
+            GOOD_TAG,
+            top='[[uplinks]]\ntype = "postgres"\ndsn = "postgresql://op:SECRET@h/db"\n',
+        ),
+        "uplinks[0].dsn",
+        ["refused", "password_file/password_env"],
+    ),
+    "postgres_keyword_password": (
+        _modbus(
+            GOOD_TAG,
+            top='[[uplinks]]\ntype = "postgres"\ndsn = "host=h dbname=db password=SECRET"\n',
+        ),
+        "uplinks[0].dsn",
+        ["refused", "password_file/password_env"],
+    ),
+    "opcua_url_credentials": (
+        '[[sources]]\nname = "cnc"\nprotocol = "opcua"\nurl = "opc.tcp://op:SECRET@h:4840"\n'
+        '[[sources.tags]]\nname = "t"\nnode = "ns=2;s=T"\n',
+        "sources[0].url",
+        ["refused", "password_file/password_env"],
+    ),
 }
 
 
@@ -459,6 +506,7 @@ def test_check_broken_config_exits_2_with_one_line(
     assert "Traceback" not in err
     for fragment in fragments:
         assert fragment in line, (fragment, line)
+    assert "SECRET" not in err  # a refused credential is never echoed
 
 
 def test_unknown_protocol_lists_installed_drivers(

@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from agent.ops.metrics import LeanHistogram, Ring, percentile
+from agent import __version__
+from agent.ops.metrics import LeanHistogram, Metrics, Ring, percentile
 
 
 def test_ring_keeps_the_most_recent_values_in_order() -> None:
@@ -50,7 +51,19 @@ def test_bulk_histogram_scrapes_like_a_prometheus_histogram() -> None:
     reference.labels("other").observe(float(values[0]))
 
     def series(registry: CollectorRegistry) -> list[str]:
-        lines = generate_latest(registry).decode().splitlines()
-        return [line for line in lines if "_created" not in line]  # creation times differ
+        return generate_latest(registry).decode().splitlines()
 
     assert series(bulk_registry) == series(reference_registry)
+
+
+def test_an_agent_scrape_has_build_info_and_process_metrics_but_no_created_series() -> None:
+    metrics = Metrics()
+    metrics.points_in.labels("plc1").inc(3)
+    text = generate_latest(metrics.registry).decode()
+    assert 'edge_agent_build_info{python="' in text
+    assert f'version="{__version__}"' in text
+    for family in ("process_resident_memory_bytes", "process_cpu_seconds_total"):
+        assert f"\n{family} " in text, family
+    assert "\nprocess_open_fds " in text
+    assert 'edge_agent_points_in_total{source="plc1"} 3.0' in text
+    assert "_created" not in text

@@ -98,6 +98,7 @@ class SourceRunner:
         self.driver = driver
         self.config = driver.config
         self.ctx = ctx_factory(self.emit)
+        driver.prepare(self.ctx)
         self.clock = SourceClock(self.config, self.ctx.metrics, self.ctx.problems)
         self.pipeline = SourcePipeline(driver.config.tags, self._dropped)
         self.log = self.ctx.log

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sqlite3
 import sys
 import traceback
@@ -33,113 +34,200 @@ from agent.config.durations import format_duration, parse_duration
 from agent.config.load import ConfigError, LoadedConfig, load_config
 from agent.config.model import AgentSection
 from agent.config.paths import agent_dirs, collect_dirs, require_writable
+from agent.config.secrets import refuse_url_credentials
 from agent.ops.logs import configure
 
 EXIT_CONFIG = 2
 EXIT_IO = 74  # sysexits EX_IOERR: the system refused a file; systemd restarts on it
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a reader that went away
 _OWN_PACKAGES = {"agent", "protocols"}  # where _where looks for the line that failed
 
 log = structlog.get_logger("edge_agent.cli")
+
+
+EXIT_CODES = """\
+exit codes:
+  0    stopped cleanly (every batch written to the spool; unsent ones wait there)
+  1    a supervised task could not be kept alive, or a command failed (e.g. browse)
+  2    the config (or a command-line value) is wrong: nothing started
+  3    status, reload: no agent answers at its endpoint
+  74   the operating system refused a file (read-only remount, spool in use)
+  130  interrupted (Ctrl-C) outside run/collect/demo
+  141  the reader of the output went away (| head)"""
+
+
+def _command(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], name: str, summary: str
+) -> argparse.ArgumentParser:
+    """A subcommand whose one-line summary shows in ``edge-agent -h`` and atop its own help."""
+    return commands.add_parser(
+        name,
+        help=summary,
+        description=summary[0].upper() + summary[1:] + ".",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edge-agent",
         description="Acquire, clean, time-align and forward industrial data.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
+    parser.add_argument("-V", "--version", action="version", version=f"edge-agent {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    config_help = "TOML config file"
 
-    run = commands.add_parser("run", help="run the agent until stopped (SIGTERM/SIGINT)")
-    run.add_argument("-c", "--config", required=True, type=Path, help="TOML config file")
+    run = _command(commands, "run", "run the agent until stopped (SIGTERM/SIGINT)")
+    run.add_argument("-c", "--config", required=True, type=Path, help=config_help)
 
-    collect = commands.add_parser(
-        "collect", help="central side: gateways' MQTT batches into a parquet or postgres store"
+    collect = _command(
+        commands, "collect", "central side: gateways' MQTT batches into a parquet or postgres store"
     )
     collect.add_argument("-c", "--config", required=True, type=Path, help="collector TOML file")
 
-    check = commands.add_parser("check", help="validate a config file and summarise it")
-    check.add_argument("-c", "--config", required=True, type=Path, help="TOML config file")
+    check = _command(commands, "check", "validate a config file and summarise it")
+    check.add_argument("-c", "--config", required=True, type=Path, help=config_help)
 
     add_status_parser(commands)
     add_reload_parser(commands)
 
-    simulate = commands.add_parser("simulate", help="run a bundled device simulator")
+    _simulators(_command(commands, "simulate", "run a bundled device simulator"))
+
+    browse = _command(
+        commands, "browse", "walk an OPC UA server and print a source to paste into a config"
+    )
+    browse.add_argument("url", help="opc.tcp://host:port[/path] of the server")
+    browse.add_argument("--depth", type=int, default=6, help="levels below Objects")
+    browse.add_argument("--filter", default=None, help='glob on tag names, e.g. "CNC.Spindle*"')
+    browse.add_argument("--rate", default="1s", help="rate written into every tag")
+    browse.add_argument("--name", default="opcua1", help="name of the printed source")
+    browse.add_argument(
+        "--config", action="store_true", help="print a whole config that check accepts"
+    )
+
+    certs = _command(commands, "certs", "show or regenerate the OPC UA client certificate")
+    certs.add_argument("-c", "--config", type=Path, help="config file (for agent.data_dir)")
+    certs.add_argument("--regenerate", action="store_true", help="make a new certificate")
+
+    report = _command(
+        commands, "report", "data-quality figures of a stored dataset, per tag and source"
+    )
+    report.add_argument("dataset", type=Path, help="folder of a parquet uplink")
+
+    demo = _command(commands, "demo", "simulators + agent + a local Parquet dataset, live")
+    demo.add_argument("--duration", type=float, default=15.0, help="seconds; 0 runs until Ctrl-C")
+    demo.add_argument("--out", type=Path, default=Path("edge-demo-data"), help="dataset folder")
+    demo.add_argument("--rate", default="100ms", help="poll rate of the demo tags")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the simulated signals")
+    demo.add_argument(
+        "--append",
+        action="store_true",
+        help="add to the dataset of an earlier run instead of starting a fresh one",
+    )
+    return parser
+
+
+def _simulators(simulate: argparse.ArgumentParser) -> None:
     devices = simulate.add_subparsers(dest="device", required=True, metavar="DEVICE")
-    modbus = devices.add_parser("modbus", help="Modbus TCP (or RTU) PLC of a CNC cell")
-    modbus.add_argument("--host", default="127.0.0.1")
-    modbus.add_argument("--port", type=int, default=5020, help="0 picks a free port")
-    modbus.add_argument("--seed", type=int, default=0)
-    modbus.add_argument("--unit-id", type=int, default=1)
+    host_help = "address to listen on"
+    seed_help = "seed of the simulated signals and faults"
+    modbus = _command(devices, "modbus", "Modbus TCP (or RTU) PLC of a CNC cell")
+    modbus.add_argument("--host", default="127.0.0.1", help=host_help)
+    modbus.add_argument("--port", type=int, default=5020, help="TCP port; 0 picks a free one")
+    modbus.add_argument("--seed", type=int, default=0, help=seed_help)
+    modbus.add_argument("--unit-id", type=int, default=1, help="Modbus unit (slave) id served")
     modbus.add_argument("--bulk-tags", type=int, default=0, help="extra float32 tags at hr:1000")
-    modbus.add_argument("--exception-rate", type=float, default=0.0, help="share of requests")
-    modbus.add_argument("--timeout-rate", type=float, default=0.0, help="share of requests")
-    modbus.add_argument("--disconnect-every", type=float, default=0.0, help="seconds")
+    modbus.add_argument(
+        "--exception-rate",
+        type=float,
+        default=0.0,
+        help="share of requests answered by an exception",
+    )
+    modbus.add_argument(
+        "--timeout-rate", type=float, default=0.0, help="share of requests never answered"
+    )
+    modbus.add_argument(
+        "--disconnect-every", type=float, default=0.0, help="drop every connection every N seconds"
+    )
     modbus.add_argument(
         "--serial", metavar="PORT", help="serve Modbus RTU on this serial port instead of TCP"
     )
     modbus.add_argument("--baudrate", type=int, default=19200, help="with --serial")
     modbus.add_argument("--parity", choices=["N", "E", "O"], default="E", help="with --serial")
 
-    opcua = devices.add_parser("opcua", help="OPC UA server of a CNC machine")
-    opcua.add_argument("--host", default="127.0.0.1")
-    opcua.add_argument("--port", type=int, default=4840, help="0 picks a free port")
-    opcua.add_argument("--seed", type=int, default=0)
+    opcua = _command(devices, "opcua", "OPC UA server of a CNC machine")
+    opcua.add_argument("--host", default="127.0.0.1", help=host_help)
+    opcua.add_argument("--port", type=int, default=4840, help="TCP port; 0 picks a free one")
+    opcua.add_argument("--seed", type=int, default=0, help=seed_help)
     opcua.add_argument("--security", action="store_true", help="Sign/SignAndEncrypt endpoints")
     opcua.add_argument("--cert-dir", type=Path, default=None, help="where its certificate lives")
     opcua.add_argument("--user", action="append", default=[], help="NAME:PASSWORD (repeatable)")
     opcua.add_argument("--clock-offset", default="0s", help='source clock skew, e.g. "5s"')
-    opcua.add_argument("--clock-drift-ppm", type=float, default=0.0)
+    opcua.add_argument(
+        "--clock-drift-ppm", type=float, default=0.0, help="source clock drift, parts per million"
+    )
     opcua.add_argument(
         "--server-clock-offset", default="0s", help='server clock skew (both stamps), e.g. "5s"'
     )
-    opcua.add_argument("--server-clock-drift-ppm", type=float, default=0.0)
+    opcua.add_argument(
+        "--server-clock-drift-ppm", type=float, default=0.0, help="server clock drift, ppm"
+    )
     opcua.add_argument("--bulk-tags", type=int, default=0, help="extra Double variables")
     opcua.add_argument("--update", default="50ms", help="how often values change")
 
-    mqtt = devices.add_parser("mqtt", help="MQTT SCADA/DCS publisher of a boiler house")
+    mqtt = _command(devices, "mqtt", "MQTT SCADA/DCS publisher of a boiler house")
     mqtt.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="mqtt://host:port")
-    mqtt.add_argument("--seed", type=int, default=0)
+    mqtt.add_argument("--seed", type=int, default=0, help=seed_help)
     mqtt.add_argument("--prefix", default="plant", help="first topic level")
     mqtt.add_argument("--shapes", default="plain,json,pattern", help="payload shapes to publish")
     mqtt.add_argument("--period", default="1s", help="how often values are published")
-    mqtt.add_argument("--qos", type=int, default=1, choices=(0, 1, 2))
+    mqtt.add_argument(
+        "--qos", type=int, default=1, choices=(0, 1, 2), help="MQTT QoS of the publications"
+    )
     mqtt.add_argument("--fault-rate", type=float, default=0.0, help="share of broken messages")
     mqtt.add_argument("--burst", type=int, default=1, help="publish N periods at once")
     mqtt.add_argument("--clock-offset", default="0s", help='publisher clock skew, e.g. "5s"')
-    mqtt.add_argument("--clock-drift-ppm", type=float, default=0.0, help="publisher clock drift")
-    mqtt.add_argument("--epoch-unit", default="ms", choices=("s", "ms", "us", "ns"))
-    mqtt.add_argument("--mqtt-version", default="5", choices=("3.1.1", "5"))
-
-    browse = commands.add_parser(
-        "browse", help="walk an OPC UA server and print [[sources.tags]] to paste"
+    mqtt.add_argument(
+        "--clock-drift-ppm", type=float, default=0.0, help="publisher clock drift, ppm"
     )
-    browse.add_argument("url", help="opc.tcp://host:port[/path]")
-    browse.add_argument("--depth", type=int, default=6, help="levels below Objects")
-    browse.add_argument("--filter", default=None, help='glob on tag names, e.g. "CNC.Spindle*"')
-    browse.add_argument("--rate", default="1s", help="rate written into every tag")
-
-    certs = commands.add_parser("certs", help="show or regenerate the OPC UA client certificate")
-    certs.add_argument("-c", "--config", type=Path, help="config file (for agent.data_dir)")
-    certs.add_argument("--regenerate", action="store_true", help="make a new certificate")
-
-    report = commands.add_parser(
-        "report", help="data-quality figures of a stored dataset, per tag and source"
+    mqtt.add_argument(
+        "--epoch-unit",
+        default="ms",
+        choices=("s", "ms", "us", "ns"),
+        help="unit of the epoch timestamps in payloads",
     )
-    report.add_argument("dataset", type=Path, help="folder of a parquet uplink")
-
-    demo = commands.add_parser(
-        "demo", help="simulator + agent + local Parquet store, with a live view"
+    mqtt.add_argument(
+        "--mqtt-version", default="5", choices=("3.1.1", "5"), help="MQTT protocol version"
     )
-    demo.add_argument("--duration", type=float, default=15.0, help="seconds; 0 runs until Ctrl-C")
-    demo.add_argument("--out", type=Path, default=Path("edge-demo-data"), help="dataset folder")
-    demo.add_argument("--rate", default="100ms", help="poll rate of the demo tags")
-    demo.add_argument("--seed", type=int, default=0)
-    return parser
+
+    spb = _command(devices, "sparkplug", "Sparkplug B edge node of a machining line")
+    spb.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="mqtt://host:port")
+    spb.add_argument("--seed", type=int, default=0, help=seed_help)
+    spb.add_argument("--group", default="Plant1", help="Sparkplug group id")
+    spb.add_argument("--node", default="Line1", help="edge node id")
+    spb.add_argument("--period", default="1s", help="how often data is published")
+    spb.add_argument("--qos", type=int, default=1, choices=(0, 1), help="MQTT QoS of the data")
+    spb.add_argument("--faults", default="", help='e.g. "gap=50,ghost,malformed=20,rebirth=30s"')
+    spb.add_argument(
+        "--mqtt-version", default="5", choices=("3.1.1", "5"), help="MQTT protocol version"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    try:
+        status = _dispatch(_parser().parse_args(argv))
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler below
+    except BrokenPipeError:
+        # the reader went away (``edge-agent check ... | head -1``): stop quietly, as
+        # ``cat`` would, and keep Python from complaining again when it exits
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    return status
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     try:
         if args.command == "check":
             return _check(load_config(args.config))
@@ -158,6 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "modbus": _simulate_modbus,
                 "opcua": _simulate_opcua,
                 "mqtt": _simulate_mqtt,
+                "sparkplug": _simulate_sparkplug,
             }
             asyncio.run(simulators[args.device](args))
             return 0
@@ -173,7 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             from agent.commands.demo import run_demo
 
-            return run_demo(args.duration, args.out, args.rate, args.seed)
+            return run_demo(args.duration, args.out, args.rate, args.seed, args.append)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG
@@ -234,7 +323,7 @@ def _until_stopped(command: str, main: Coroutine[Any, Any, int | None]) -> int:
 
 def _where(exc: BaseException) -> str:
     """``agent/store/spool.py:139``: the deepest line of edge-agent's own code the error passed."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]  # the folder holding agent/ and protocols/
     where = ""
     for frame, line in traceback.walk_tb(exc.__traceback__):
         path = Path(frame.f_code.co_filename)
@@ -333,6 +422,23 @@ async def _simulate_mqtt(args: argparse.Namespace) -> None:
     await _serve(simulator, f"mqtt simulator publishing to {args.broker} (seed {args.seed})")
 
 
+async def _simulate_sparkplug(args: argparse.Namespace) -> None:
+    from simulators.sparkplug_node import from_cli
+
+    simulator = from_cli(
+        args.seed,
+        args.group,
+        args.node,
+        parse_duration(args.period),
+        args.qos,
+        args.faults,
+        args.mqtt_version,
+    )
+    await simulator.start(args.broker)
+    where = f"{args.group}/{args.node} publishing to {args.broker}"
+    await _serve(simulator, f"sparkplug edge node {where} (seed {args.seed})")
+
+
 class _Stoppable(Protocol):
     async def stop(self) -> None: ...
 
@@ -349,18 +455,36 @@ async def _serve(simulator: _Stoppable, started: str) -> None:
         await simulator.stop()
 
 
+def _browse_url(url: str) -> str:
+    """The URL if browse can use it, else a ConfigError saying what it expected."""
+    if "://" not in url:
+        problem = f'{url!r} has no scheme: did you mean "opc.tcp://{url}"?'
+    elif not url.startswith("opc.tcp://"):
+        problem = f'expected "opc.tcp://host:port[/path]", not a {url.split("://")[0]}:// url'
+    else:
+        try:
+            return refuse_url_credentials(url)
+        except ValueError as exc:
+            problem = str(exc)
+    raise ConfigError("browse", [("url", problem)])
+
+
 async def _browse(args: argparse.Namespace) -> int:
+    url = _browse_url(args.url)
     from asyncua import Client
 
     from protocols.opcua.browse import browse, to_toml
 
     try:
-        async with Client(args.url, timeout=10) as client:
+        async with Client(url, timeout=10) as client:
             variables = await browse(client, args.depth, args.filter)
-    except (OSError, TimeoutError) as exc:
-        print(f"cannot browse {args.url}: {exc}", file=sys.stderr)
+    except Exception as exc:
+        print(f"cannot browse {url}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
-    print(to_toml(variables, args.url, args.rate))
+    if not variables:
+        print(f"no variables found below Objects of {url} (--depth, --filter?)", file=sys.stderr)
+        return 1
+    print(to_toml(variables, url, args.rate, args.name, args.config))
     return 0
 
 

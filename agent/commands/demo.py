@@ -2,17 +2,22 @@
 
 A Modbus PLC and an OPC UA CNC machine run in the same process on loopback and, where an
 MQTT broker can run (mosquitto installed, or amqtt from the ``test`` extra), a SCADA system
-publishes plant values through a private one, so a newcomer sees data flowing from every
-protocol within seconds of installing, with no device and no config file to write.
+publishes plant values through a private one and a Sparkplug B edge node publishes a
+machining line there too (with the ``sparkplug`` extra), so a newcomer sees data flowing
+from every protocol within seconds of installing, with no device and no config file to
+write. What cannot run here is named and left out; the rest goes on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
+import sys
 import time
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -22,15 +27,18 @@ from agent.commands.signals import install_stop_signals
 from agent.config.load import parse_config
 from agent.ops.logs import configure
 from agent.runtime import Agent
+from protocols.sparkplug.schema import protobuf_installed
 from simulators.modbus_plc import ModbusPLCSimulator
 from simulators.mqtt_broker import broker_class
 from simulators.mqtt_scada import MqttScadaSimulator
 from simulators.opcua_cnc import OpcUaCncSimulator
+from simulators.sparkplug_node import SparkplugNodeSimulator
 
 _WATCH = {
     "plc1": ("spindle_speed", "torque"),
     "cnc1": ("spindle_speed", "axis_x"),
     "scada_json": ("PT101", "TT101"),
+    "line1": ("spindle_speed", "coolant_temperature"),
 }
 
 
@@ -40,9 +48,10 @@ def demo_config(
     out: Path,
     rate: str,
     scada: tuple[MqttScadaSimulator, str] | None = None,
+    line: SparkplugNodeSimulator | None = None,
 ) -> str:
     """The agent's config for the simulators; ``scada`` is the publisher and its broker's
-    URL, when there is one."""
+    URL, when there is one, ``line`` the Sparkplug node on that broker."""
     return (
         '[agent]\ngateway_id = "demo-gw"\nmetrics = ""\n'
         f'data_dir = "{_state_dir(out)}"\n'
@@ -52,7 +61,11 @@ def demo_config(
         + "\n"
         + cnc.agent_config(rate, source="cnc1")
         + ("\n" + scada[0].agent_config(url=scada[1]) if scada is not None else "")
+        + ("\n" + line.agent_config(url=scada[1]) if scada is not None and line else "")
     )
+
+
+_MARKER = ".edge-demo"  # a dot file: pyarrow datasets and the report skip it
 
 
 def _state_dir(out: Path) -> Path:
@@ -75,6 +88,29 @@ async def _start_scada(
     await scada.start(broker.url)
     stack.push_async_callback(scada.stop)
     return scada, broker.url
+
+
+def _sparkplug_node(seed: int, scada: tuple[MqttScadaSimulator, str] | None) -> Any:
+    """The Sparkplug edge node for the private broker, or None (and why) if it cannot run."""
+    if scada is None:
+        return None
+    if not protobuf_installed():
+        print("Sparkplug left out: pip install 'edge-agent[sparkplug]' (protobuf)")
+        return None
+    # once a second, as a line publishes: the demo's CPU stays with the polled PLC
+    return SparkplugNodeSimulator(seed, period_ns=1_000_000_000, mqtt_version=scada[0].mqtt_version)
+
+
+async def _start_when_subscribed(
+    stack: contextlib.AsyncExitStack, agent: Agent, line: SparkplugNodeSimulator, url: str
+) -> None:
+    """Births are not retained: the node starts once the agent's source has subscribed."""
+    runner = next(r for r in agent.runners if r.config.protocol == "sparkplug")
+    deadline = time.monotonic() + 10.0
+    while not runner.ctx.connected and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
+    await line.start(url)
+    stack.push_async_callback(line.stop)
 
 
 def _latest(agent: Agent, source: str) -> str:
@@ -112,19 +148,24 @@ async def _demo(duration: float, out: Path, rate: str, seed: int) -> int:
         await cnc.start("127.0.0.1", 0)
         stack.push_async_callback(cnc.stop)
         scada = await _start_scada(stack, seed, out)
-        config = demo_config(plc, cnc, out, rate, scada)
+        line = _sparkplug_node(seed, scada)
+        config = demo_config(plc, cnc, out, rate, scada, line)
         agent = Agent(parse_config(tomllib.loads(config), Path("<demo>")))
         stop = asyncio.Event()
         install_stop_signals(stop)
         devices = f"Modbus PLC on 127.0.0.1:{plc.port}, OPC UA CNC at {cnc.url}"
         if scada is not None:
             devices += f", MQTT SCADA via {scada[1]}"
+        if scada is not None and line is not None:
+            devices += f", Sparkplug B node {line.group}/{line.node} there too"
         print(
             f"edge-agent demo: {devices}; "
             f"{len(agent.tag_table)} tags at {rate}, 1 s windows -> {out}/"
         )
         print("Ctrl-C stops early." if duration else "Ctrl-C stops.")
         task = asyncio.create_task(agent.run(stop))
+        if scada is not None and line is not None:
+            await _start_when_subscribed(stack, agent, line, scada[1])
         started = time.monotonic()
         try:
             while not stop.is_set() and (not duration or time.monotonic() - started < duration):
@@ -137,15 +178,53 @@ async def _demo(duration: float, out: Path, rate: str, seed: int) -> int:
             stop.set()
             await task
     print(f"\nWrote {agent.batches_written} batches, {agent.points_written} points under {out}/")
-    print("Read them back:")
-    print(
-        '  python -c "import pyarrow.dataset as ds; '
-        f"t = ds.dataset('{out}', partitioning='hive').to_table(); "
-        "print(t.group_by(['source', 'tag']).aggregate([('value', 'count'), ('value', 'mean')]))\""
-    )
+    print(f"Per-tag summary of what was stored:\n  {_edge_agent()} report {out}")
     return 0
 
 
-def run_demo(duration: float, out: Path, rate: str, seed: int) -> int:
+def _edge_agent() -> str:
+    """How to call edge-agent again as this process was called: on PATH, or by the full
+    path of the venv's script when the venv is not activated."""
+    script = Path(sys.executable).parent / "edge-agent"
+    on_path = shutil.which("edge-agent")
+    if on_path is not None and Path(on_path).resolve() == script.resolve():
+        return "edge-agent"
+    return str(script) if script.exists() else f"{sys.executable} -m agent.commands.cli"
+
+
+def _prepare(out: Path, append: bool) -> str:
+    """Start a fresh dataset (the previous demo's is replaced) unless ``append``; a folder
+    the demo did not write is never deleted. Returns what was done, for the first line."""
+    state = _state_dir(out)
+    if out.exists() and any(out.iterdir()):
+        if append:
+            return f"appending to the earlier run's dataset in {out}/"
+        if not (out / _MARKER).exists():
+            raise DemoRefused(
+                f"{out} holds files edge-agent demo did not write: choose another --out "
+                "(or --append to add to it)"
+            )
+        shutil.rmtree(out)
+        shutil.rmtree(state, ignore_errors=True)
+        started = f"a fresh dataset in {out}/ (the earlier run's was replaced; --append keeps it)"
+    else:
+        started = f"a fresh dataset in {out}/"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / _MARKER).write_text("written by edge-agent demo: a new demo run replaces it\n")
+    return started
+
+
+class DemoRefused(Exception):
+    """The demo will not write where it was asked to (see :func:`_prepare`)."""
+
+
+def run_demo(duration: float, out: Path, rate: str, seed: int, append: bool = False) -> int:
     configure("warning")
-    return asyncio.run(_demo(duration, out.resolve(), rate, seed))
+    out = out.resolve()
+    try:
+        started = _prepare(out, append)
+    except DemoRefused as exc:
+        print(f"edge-agent demo: {exc}", file=sys.stderr)
+        return 2
+    print(f"edge-agent demo: {started}; agent state (spool, frame log) in {_state_dir(out)}/")
+    return asyncio.run(_demo(duration, out, rate, seed))

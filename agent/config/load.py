@@ -67,6 +67,8 @@ def validation_problems(
             message = "unknown key"
         elif item["type"] == "missing":
             message = "required key is missing"
+        elif item["type"] == "uplink_type":  # the table is the input: show only its type
+            message += f" (got {item['input'].get('type')!r})"
         elif "input" in item and item["type"] not in ("value_error",):
             message += f" (got {item['input']!r})"
         message = message.removeprefix("Value error, ")
@@ -122,7 +124,7 @@ def parse_config(data: Mapping[str, Any], path: Path) -> LoadedConfig:
     try:
         config = AgentConfig.model_validate({**rest, "sources": sources})
     except ValidationError as exc:
-        own = validation_problems(exc, "", {"parquet", "mqtt", "postgres"})
+        own = validation_problems(exc, "", {"parquet", "mqtt", "postgres", "sparkplug"})
         if problems:  # an empty or short source list is the consequence of those problems
             own = [p for p in own if p[0] != "sources"]
         problems.extend(own)

@@ -8,24 +8,28 @@ misspelt ``deadbnad`` that silently does nothing is worse than a refusal to star
 from __future__ import annotations
 
 import importlib.util
-import os
-import re
 import socket
+import tomllib
 from pathlib import Path
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Literal, TypeVar, get_args
 from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
+    PlainValidator,
+    Tag,
     ValidationInfo,
     field_validator,
     model_validator,
 )
+from pydantic.fields import FieldInfo
 
 from agent.config.durations import Duration, Interval
+from agent.config.secrets import read_secret, refuse_url_credentials
 from agent.stages.units import UnitError, conversion
 
 NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$"
@@ -33,10 +37,58 @@ ResampleMethod = Literal["linear", "previous", "mean", "min", "max", "last"]
 Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=128)]
 
 
+def _strict_scalar(field: FieldInfo) -> type | None:
+    """bool, int or float when the field takes only that kind of scalar, else None.
+
+    A field whose annotation admits ``str``, or that parses its value itself (a
+    ``BeforeValidator`` such as a duration), accepts text.
+    """
+    if any(isinstance(m, BeforeValidator | PlainValidator) for m in field.metadata):
+        return None
+    members = set(get_args(field.annotation)) or {field.annotation}
+    members.discard(type(None))
+    for kind in (bool, int, float):
+        if members and members <= {kind} | ({int} if kind is float else set()):
+            return kind
+    return None
+
+
+_SCALAR_NAMES = {bool: "a boolean (true or false)", int: "an integer", float: "a number"}
+
+
+def _quoted_scalar_error(kind: type, text: str) -> str:
+    """Why a quoted scalar is refused, with "drop the quotes" only where that would do."""
+    try:
+        parsed = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = None
+    fits = isinstance(parsed, kind) or (kind is float and isinstance(parsed, int))
+    if isinstance(parsed, bool) and kind is not bool:
+        fits = False
+    hint = " (drop the quotes)" if fits else ""
+    return f"expected {_SCALAR_NAMES[kind]}, got the string {text!r}{hint}"
+
+
 class Section(BaseModel):
-    """Base of every config table: strict about unknown keys, immutable once loaded."""
+    """Base of every config table: strict about unknown keys, immutable once loaded.
+
+    Numbers and booleans must be TOML numbers and booleans: ``unit_id = "1"`` or
+    ``scale = "0.1"`` is a mistake (quoted by a spreadsheet export, say) that pydantic's
+    lax mode would silently coerce. Keys whose type parses text on purpose (durations,
+    deviations such as ``"0.5%"``) keep their strings.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_quoted_scalars(cls, value: object, info: ValidationInfo) -> object:
+        if not isinstance(value, str) or info.field_name is None:
+            return value
+        kind = _strict_scalar(cls.model_fields[info.field_name])
+        if kind is not None:
+            raise ValueError(_quoted_scalar_error(kind, value))
+        return value
 
 
 def _percent_or_number(value: object) -> object:
@@ -242,6 +294,13 @@ class SourceConfig(Section):
         by rate would call a value that held still missing."""
         return False
 
+    @property
+    def placeholder_tags(self) -> int:
+        """How many of the last tags are places the driver names at run time
+        (``DriverContext.describe_tag``), e.g. Sparkplug's automatic tags: until named they
+        have no column in the wide output."""
+        return 0
+
     @field_validator("tags")
     @classmethod
     def _unique_tag_names(cls, tags: list[TagConfig]) -> list[TagConfig]:
@@ -285,17 +344,6 @@ class UserCredentials(Section):
         return read_secret(self.password_file, self.password_env)
 
 
-def read_secret(file: Path | None, env: str | None) -> str:
-    """A secret from a file (stripped) or else an environment variable; raises OSError/KeyError."""
-    if file is not None:
-        return file.read_text(encoding="utf-8").strip()
-    assert env is not None
-    try:
-        return os.environ[env]
-    except KeyError:
-        raise KeyError(f"environment variable {env} is not set") from None
-
-
 _MQTT_SCHEMES = {"mqtt": 1883, "tcp": 1883, "mqtts": 8883, "ssl": 8883}
 
 
@@ -319,7 +367,7 @@ class MqttConnection(UserCredentials):
     @field_validator("url")
     @classmethod
     def _url(cls, value: str) -> str:
-        parts = urlsplit(value)
+        parts = urlsplit(refuse_url_credentials(value))
         if parts.scheme not in _MQTT_SCHEMES or not parts.hostname:
             raise ValueError(
                 f'expected "mqtt://host[:port]" or "mqtts://host[:port]", got {value!r}'
@@ -470,6 +518,10 @@ class ParquetUplinkConfig(UplinkRetry):
         has_secret = self.secret_key_file is not None or self.secret_key_env is not None
         if has_access != has_secret:
             raise ValueError("an access key needs its secret key, and the other way round")
+        keys = "access_key_file/_env + secret_key_file/_env"
+        refuse_url_credentials(self.path, keys)
+        if self.endpoint is not None:
+            refuse_url_credentials(self.endpoint, keys)
         if self.endpoint is not None and urlsplit(self.endpoint).scheme not in ("http", "https"):
             raise ValueError(f'endpoint: expected "http(s)://host:port", got {self.endpoint!r}')
         return self
@@ -534,18 +586,81 @@ class PostgresUplinkConfig(UserCredentials, UplinkRetry):
             raise ValueError("needs psycopg: pip install 'edge-agent[postgres]'")
         return self
 
+    @field_validator("dsn")
+    @classmethod
+    def _no_password(cls, value: str) -> str:
+        return refuse_url_credentials(value, allow_user=True)
+
     @property
     def target(self) -> str:
-        """The dsn without a password someone wrote into it, for ``check`` and logs."""
-        dsn = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", self.dsn)
-        dsn = re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1***", dsn)
-        return f"{dsn} schema {self.db_schema}"
+        """Where batches go, for ``check`` and logs (the dsn holds no password: see above)."""
+        return f"{self.dsn} schema {self.db_schema}"
+
+
+def _uplink_type(value: object) -> object:
+    """The ``type`` key that picks an uplink's model (a callable discriminator, because a
+    field-name one forbids the before-validator every Section has)."""
+    return value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+
+
+def _by_type(types: str) -> Discriminator:
+    return Discriminator(
+        _uplink_type,
+        custom_error_type="uplink_type",
+        custom_error_message=f"expected type = {types}",
+    )
+
+
+class SparkplugUplinkConfig(MqttConnection, UplinkRetry):
+    """The gateway as a Sparkplug B edge node: each source a device, each tag a metric."""
+
+    type: Literal["sparkplug"] = "sparkplug"
+    name: Name = "sparkplug"
+    group: str = Field(description="Sparkplug group id the gateway's edge node is in")
+    edge_node: str | None = Field(default=None, description="edge node id; default: gateway_id")
+    primary_host: str | None = Field(
+        default=None,
+        description="host application id whose STATE the node follows: data waits in the "
+        "spool while it is offline and goes out as historical metrics when it returns",
+    )
+    data_qos: Literal[0, 1] = Field(
+        default=0, description="QoS of DDATA: 0 as the specification says, 1 to be acknowledged"
+    )
+    max_metrics: int = Field(default=1000, ge=1, description="samples per DDATA message")
+    publish_timeout: Duration = Field(
+        default=30_000_000_000, description="births and data not out (QoS 1: acked) by then"
+    )
+
+    @field_validator("group", "edge_node", "primary_host")
+    @classmethod
+    def _sparkplug_id(cls, value: str | None) -> str | None:
+        if value is not None and (not value or set(value) & set("/+#")):
+            raise ValueError(f"a Sparkplug id has no '/', '+' or '#', got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _protobuf_installed(self) -> SparkplugUplinkConfig:
+        if importlib.util.find_spec("google.protobuf") is None:
+            raise ValueError("needs the protobuf package: pip install 'edge-agent[sparkplug]'")
+        return self
+
+    @property
+    def target(self) -> str:
+        return f"{self.url} spBv1.0/{self.group}/<type>/{self.edge_node or '<gateway>'}"
 
 
 UplinkConfig = Annotated[
-    ParquetUplinkConfig | MqttUplinkConfig | PostgresUplinkConfig, Field(discriminator="type")
+    Annotated[ParquetUplinkConfig, Tag("parquet")]
+    | Annotated[MqttUplinkConfig, Tag("mqtt")]
+    | Annotated[PostgresUplinkConfig, Tag("postgres")]
+    | Annotated[SparkplugUplinkConfig, Tag("sparkplug")],
+    _by_type('"parquet", "mqtt", "postgres" or "sparkplug"'),
 ]
-StoreConfig = Annotated[ParquetUplinkConfig | PostgresUplinkConfig, Field(discriminator="type")]
+StoreConfig = Annotated[
+    Annotated[ParquetUplinkConfig, Tag("parquet")]
+    | Annotated[PostgresUplinkConfig, Tag("postgres")],
+    _by_type('"parquet" or "postgres"'),
+]
 
 
 class CollectBrokerConfig(MqttConnection):
@@ -582,7 +697,12 @@ class CollectConfig(Section):
 
 
 _Named = TypeVar(
-    "_Named", SourceConfig, ParquetUplinkConfig, MqttUplinkConfig, PostgresUplinkConfig
+    "_Named",
+    SourceConfig,
+    ParquetUplinkConfig,
+    MqttUplinkConfig,
+    PostgresUplinkConfig,
+    SparkplugUplinkConfig,
 )
 
 

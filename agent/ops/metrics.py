@@ -10,18 +10,44 @@ from __future__ import annotations
 import bisect
 import itertools
 import math
+import platform
 from collections.abc import Callable, Iterator, Sequence
 from typing import cast
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+)
 from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
+
+from agent import __version__
+
+# a ``*_created`` series per counter tells Prometheus nothing it uses and doubles the scrape
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 _go_float = cast(Callable[[float], str], floatToGoString)  # the 'le' label's spelling
 
 _LATENESS_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
 _RTT_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0, 5.0)
+
+
+def describe_process(registry: CollectorRegistry) -> None:
+    """``edge_agent_build_info`` (which version runs where, the first question on a call)
+    and the process's CPU, memory and file descriptors, as Prometheus's own exporters name
+    them (``process_*``, ``python_info``)."""
+    build = Info(
+        "edge_agent_build", "Version of the running agent and its Python", registry=registry
+    )
+    build.info({"version": __version__, "python": platform.python_version()})
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
 
 
 class Metrics:
@@ -30,6 +56,7 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        describe_process(r)
         self.polls = Counter("edge_agent_polls", "Polls started", ["source", "group"], registry=r)
         self.overruns = Counter(
             "edge_agent_poll_overruns",
@@ -125,6 +152,13 @@ class Metrics:
         )
         self.batch_points = Counter(
             "edge_agent_batch_points", "Samples in batches written", ["uplink"], registry=r
+        )
+        self.uplink_unconfirmed = Counter(
+            "edge_agent_uplink_unconfirmed_points",
+            "Samples an uplink handed to the network without an acknowledgement from the "
+            "receiver (Sparkplug data at QoS 0)",
+            ["uplink"],
+            registry=r,
         )
         self.uplink_errors = Counter(
             "edge_agent_uplink_errors", "Failed batch writes", ["uplink"], registry=r

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 from agent.config.model import (
     MqttUplinkConfig,
     ParquetUplinkConfig,
     PostgresUplinkConfig,
+    SparkplugUplinkConfig,
     UplinkConfig,
 )
-from agent.windows.batch import Batch
+from agent.ops.metrics import Metrics
+from agent.windows.batch import Batch, TagTable
 
 
 class RejectedBatch(Exception):
@@ -30,6 +33,15 @@ class Uplink(Protocol):
         """Release connections on stop; must not raise."""
 
 
+@runtime_checkable
+class GatewayAware(Protocol):
+    """An uplink that must know the gateway before its first send (a Sparkplug edge node
+    announces every tag in its birth certificates); the agent calls ``bind`` once."""
+
+    def bind(self, tags: TagTable, gateway_id: str, data_dir: Path, metrics: Metrics) -> None:
+        """The tag table (names, lineage), the gateway id, its state folder, its metrics."""
+
+
 def make_uplink(config: UplinkConfig) -> Uplink:
     """The uplink of a config; each module is imported only when used (psycopg is optional)."""
     if isinstance(config, ParquetUplinkConfig):
@@ -44,4 +56,8 @@ def make_uplink(config: UplinkConfig) -> Uplink:
         from agent.uplinks.postgres import PostgresUplink
 
         return PostgresUplink(config)
+    if isinstance(config, SparkplugUplinkConfig):
+        from agent.uplinks.sparkplug import SparkplugUplink
+
+        return SparkplugUplink(config)
     raise ValueError(f"unsupported uplink type {config.type!r}")

@@ -50,11 +50,13 @@ _STAMPS = ("source_time", "server_time", "received_time")
 
 @dataclass(frozen=True, slots=True)
 class TagEntry:
-    """One tag as batches name it: its source, its name and its lineage."""
+    """One tag as the config names it: its source, its name, its lineage, and whether it
+    is a place its driver names at run time (``SourceConfig.placeholder_tags``)."""
 
     source: str
     tag: str
     lineage: dict[str, Any]
+    placeholder: bool = False
 
     @property
     def qualified(self) -> str:
@@ -65,9 +67,10 @@ def source_entries(source: SourceConfig) -> list[TagEntry]:
     """A source's tags in the order its frames index them: configured, then derived."""
     on_change = {"on_change": True} if source.reports_on_change else {}
     tags = [(tag.name, tag_lineage(tag) | on_change) for tag in source.tags]
+    first_placeholder = len(tags) - source.placeholder_tags
     return [
-        TagEntry(source.name, name, lineage)
-        for name, lineage in tags + derived_tags(source.tags, source.name)
+        TagEntry(source.name, name, lineage, first_placeholder <= i < len(tags))
+        for i, (name, lineage) in enumerate(tags + derived_tags(source.tags, source.name))
     ]
 
 
@@ -78,8 +81,10 @@ class TagTable:
     tag numbers count from ``source_offset[i]``. Retired entries follow them: tags no
     source acquires any longer (taken out by a reload, or found in the frame log of an
     earlier config) whose samples are still on their way into a batch. A reload builds a
-    new table and moves everything indexed by the old one across by qualified name
-    (:meth:`moved_from`), so a tag keeps its identity however the config is reordered.
+    new table and moves everything indexed by the old one across by the names the config
+    gives (``identity``; :meth:`moved_from`), so a tag keeps its identity however the
+    config is reordered, and what drivers described (:meth:`describe`) is carried over
+    (:meth:`inherit`).
     """
 
     def __init__(self, sources: Sequence[SourceConfig], retired: Sequence[TagEntry] = ()) -> None:
@@ -111,8 +116,15 @@ class TagTable:
             dtype=np.int64,
         )
         self.lineage = [e.lineage for e in entries]
-        self.qualified = [e.qualified for e in entries]
-        self._index = {name: g for g, name in enumerate(self.qualified)}
+        self._configured = list(self.lineage)
+        # places a driver names at run time (describe): no wide-output column until then
+        self.placeholder = np.array([e.placeholder for e in entries], bool)
+        self.version = 0  # bumped by every describe()
+        # what drivers said, by identity: (name, lineage entries), carried across reloads
+        self.described: dict[str, tuple[str | None, dict[str, Any]]] = {}
+        self.identity = [e.qualified for e in entries]  # the config's names: never renamed
+        self.qualified = list(self.identity)  # the names batches carry
+        self._index = {name: g for g, name in enumerate(self.identity)}
         # '"source/tag":{...}' per tag, serialised once: batches join the present ones
         self.lineage_json = [
             f"{json.dumps(e.qualified)}:{json.dumps(e.lineage, separators=(',', ':'))}"
@@ -122,25 +134,48 @@ class TagTable:
     def __len__(self) -> int:
         return len(self.tag_names)
 
-    @property
-    def live(self) -> np.ndarray:
-        """Per tag: whether a running source acquires it."""
-        return np.arange(len(self)) < self.live_tags
+    def describe(self, gtag: int, name: str | None, lineage: dict[str, Any]) -> None:
+        """What a driver learnt of a tag at run time: ``lineage`` entries over the config's
+        (replacing what an earlier call added) and, for a placeholder, its name. Batches
+        closed from now on carry them."""
+        identity = self.identity[gtag]
+        named = name if name is not None else self.described.get(identity, (None, {}))[0]
+        self.described[identity] = (named, lineage)
+        described = self._configured[gtag] | lineage
+        if described == self.lineage[gtag] and name in (None, self.tag_names[gtag]):
+            return  # said before (a device born again): nothing changes, no new version
+        if name is not None:
+            self.tag_names[gtag] = name
+            self.qualified[gtag] = f"{self.source_names[self.tag_source[gtag]]}/{name}"
+            self.placeholder[gtag] = False
+        self.lineage[gtag] = described
+        entry = json.dumps(self.lineage[gtag], separators=(",", ":"))
+        self.lineage_json[gtag] = f"{json.dumps(self.qualified[gtag])}:{entry}"
+        self.version += 1
 
-    def index_of(self, qualified: Sequence[str]) -> np.ndarray:
-        """The index of each ``source/tag`` here, or -1."""
-        return np.array([self._index.get(name, -1) for name in qualified], np.int64)
+    def inherit(self, old: TagTable) -> None:
+        """Take over what drivers described in ``old`` (a reload's predecessor), and a
+        version past its own, so whoever announced the old table's tags does again."""
+        for identity, (name, lineage) in old.described.items():
+            gtag = self._index.get(identity)
+            if gtag is not None:
+                self.describe(gtag, name, lineage)
+        self.version = old.version + 1
+
+    def index_of(self, identities: Sequence[str]) -> np.ndarray:
+        """The index of each ``source/tag`` (as the config names it) here, or -1."""
+        return np.array([self._index.get(name, -1) for name in identities], np.int64)
 
     def moved_from(self, old: TagTable) -> np.ndarray:
         """Per tag of ``old``, its index here (same source and tag name), or -1."""
-        return self.index_of(old.qualified)
+        return self.index_of(old.identity)
 
     def layout(self) -> str:
         """The live slots' tags as the frame log numbers them (JSON), for recovery after a
-        config change: ``[[source, [[tag, lineage], ...]], ...]``."""
+        config change: ``[[source, [[tag, lineage, placeholder], ...]], ...]``."""
         return json.dumps(
             [
-                [self.source_names[i], [[e.tag, e.lineage] for e in slot]]
+                [self.source_names[i], [[e.tag, e.lineage, e.placeholder] for e in slot]]
                 for i, slot in enumerate(self.slots)
             ],
             separators=(",", ":"),
@@ -150,10 +185,7 @@ class TagTable:
 
 def layout_entries(layout: str) -> list[list[TagEntry]]:
     """The slots of a stored :meth:`TagTable.layout`."""
-    return [
-        [TagEntry(source, tag, lineage) for tag, lineage in tags]
-        for source, tags in json.loads(layout)
-    ]
+    return [[TagEntry(source, *entry) for entry in tags] for source, tags in json.loads(layout)]
 
 
 @dataclass(frozen=True)

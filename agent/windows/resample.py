@@ -76,18 +76,18 @@ class Resampler:
         window and each tag's last sample follow their tag by name (``moved``: old index
         -> new or -1, see ``TagTable.moved_from``). Retired tags get no column: their rows
         are in the long form."""
-        self.qualified = tags.qualified[: tags.live_tags]
+        self.tags = tags
+        self.size = tags.live_tags
         self._by_method = {
             method: np.array([i for i, m in enumerate(methods) if m == method], np.int64)
             for method in METHODS
         }
-        self._methods_json = json.dumps(dict(zip(self.qualified, methods, strict=True)))
-        self._gtag_of = {
-            (tags.source_names[int(s)], str(n)): g
-            for g, (s, n) in enumerate(zip(tags.tag_source, tags.tag_names, strict=True))
-            if g < tags.live_tags
-        }
-        size = tags.live_tags
+        self._methods = methods
+        self._version = -1  # of the tag table the names below were read from: read anew
+        self._methods_json = ""
+        self._gtag_of: dict[tuple[str, str], int] = {}
+        self._named = np.zeros(0, np.int64)
+        size = self.size
         # the last usable sample of every tag before the held window: its left neighbour
         last = _Samples(
             np.arange(size, dtype=np.int64),
@@ -109,8 +109,23 @@ class Resampler:
             kept.tag = to[(to >= 0) & (to < size)]
             self._held = (batch, kept.take(np.lexsort((kept.time, kept.tag))))
 
+    def _read_names(self) -> None:
+        """Names, and which tags have a column, from the tag table (drivers may name
+        placeholder tags at run time: ``TagTable.describe``)."""
+        tags = self.tags
+        if self._version == tags.version:
+            return
+        self._version = tags.version
+        self._named = np.flatnonzero(~tags.placeholder[: self.size])
+        named = self._named.tolist()
+        self._methods_json = json.dumps({tags.qualified[g]: self._methods[g] for g in named})
+        self._gtag_of = {
+            (tags.source_names[int(tags.tag_source[g])], str(tags.tag_names[g])): g for g in named
+        }
+
     def feed(self, batch: Batch) -> list[Batch]:
         """Take a closed batch; return the wide batch of the window before it, if any."""
+        self._read_names()
         samples = self._samples(batch)
         held, self._held = self._held, (batch, samples)
         if held is None:
@@ -118,6 +133,7 @@ class Resampler:
         return [self._resample(*held, following=samples)]
 
     def flush(self) -> list[Batch]:
+        self._read_names()
         held, self._held = self._held, None
         return [] if held is None else [self._resample(*held, following=None)]
 
@@ -153,8 +169,8 @@ class Resampler:
     def _resample(self, batch: Batch, samples: _Samples, following: _Samples | None) -> Batch:
         start, end = batch.window_start_ns, batch.window_end_ns
         grid = np.arange(start, end, self.period_ns, dtype=np.int64)
-        values = np.full((len(self.qualified), grid.shape[0]), np.nan)
-        qualities = np.full((len(self.qualified), grid.shape[0]), _NO_DATA, np.uint16)
+        values = np.full((self.size, grid.shape[0]), np.nan)
+        qualities = np.full((self.size, grid.shape[0]), _NO_DATA, np.uint16)
         margin = start - self.max_gap_ns
         neighbours = [self._last.take(self._last.time >= margin), samples]
         if following is not None:
@@ -258,7 +274,8 @@ class Resampler:
         self, batch: Batch, grid: np.ndarray, values: np.ndarray, qualities: np.ndarray
     ) -> Batch:
         columns: dict[str, pa.Array] = {"time": pa.array(grid, _TIMESTAMP)}
-        for g, name in enumerate(self.qualified):
+        for g in self._named.tolist():
+            name = self.tags.qualified[g]
             columns[name] = pa.array(values[g], pa.float64(), mask=np.isnan(values[g]))
             columns[f"{name}:quality"] = pa.array(qualities[g], pa.uint16())
         digest = hashlib.sha1(usedforsecurity=False)

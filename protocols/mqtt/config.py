@@ -51,11 +51,13 @@ class MqttTagConfig(TagConfig):
     _paths = field_validator("value", "timestamp", "quality")(_check_path)
 
 
-class MqttSourceConfig(SourceConfig, MqttConnection):
-    """Connection keys (url, TLS, credentials) come from :class:`MqttConnection`; the
-    client id defaults to ``edge-agent-<source name>``."""
+class MqttSubscriberConfig(SourceConfig, MqttConnection):
+    """What every source that subscribes to a broker has: the connection (url, TLS,
+    credentials from :class:`MqttConnection`), the session and the subscription's QoS.
+    :class:`protocols.mqtt.session.MqttSession` needs nothing more; the ``mqtt`` and
+    ``sparkplug`` drivers add how payloads map to tags. The client id defaults to
+    ``edge-agent-<source name>``."""
 
-    protocol: Literal["mqtt"] = "mqtt"
     mqtt_version: Literal["3.1.1", "5"] = "5"
     clean_session: bool = Field(
         default=True, description="false: persistent session, QoS 1/2 queued while away"
@@ -67,23 +69,7 @@ class MqttSourceConfig(SourceConfig, MqttConnection):
     shared_group: str | None = Field(
         default=None, description="subscribe as $share/<group>/<filter> (load sharing)"
     )
-    # defaults for tags that leave them unset; "{tag}" in a path is the tag's name
-    topic: str | None = None
-    value: str | None = None
-    timestamp: str | None = None
-    quality: str | None = None
-    timestamp_format: TimestampFormat = Field(
-        default="auto", description="auto: epoch s/ms/us/ns by magnitude, or ISO 8601 text"
-    )
-    max_clock_skew: Duration = Field(
-        default=86_400_000_000_000,
-        description="a payload time further than this from receive time is absurd",
-    )
     max_payload: int = Field(default=256 * 1024, ge=1, description="bytes; larger is dropped")
-    tags: list[MqttTagConfig] = Field(min_length=1)  # type: ignore[assignment]
-
-    _topic = field_validator("topic")(_check_topic)
-    _paths = field_validator("value", "timestamp", "quality")(_check_path)
 
     @property
     def reports_on_change(self) -> bool:
@@ -96,13 +82,33 @@ class MqttSourceConfig(SourceConfig, MqttConnection):
             raise ValueError(f"a share group name has no '/', '+' or '#', got {value!r}")
         return value
 
+    @property
+    def session_client_id(self) -> str:
+        return self.client_id or f"edge-agent-{self.name}"
+
+
+class MqttSourceConfig(MqttSubscriberConfig):
+    protocol: Literal["mqtt"] = "mqtt"
+    # defaults for tags that leave them unset; "{tag}" in a path is the tag's name
+    topic: str | None = None
+    value: str | None = None
+    timestamp: str | None = None
+    quality: str | None = None
+    timestamp_format: TimestampFormat = Field(
+        default="auto", description="auto: epoch s/ms/us/ns by magnitude, or ISO 8601 text"
+    )
+    max_clock_skew: Duration = Field(
+        default=86_400_000_000_000,
+        description="a payload time further than this from receive time is absurd",
+    )
+    tags: list[MqttTagConfig] = Field(min_length=1)  # type: ignore[assignment]
+
+    _topic = field_validator("topic")(_check_topic)
+    _paths = field_validator("value", "timestamp", "quality")(_check_path)
+
     @model_validator(mode="after")
     def _consistent(self) -> MqttSourceConfig:
         for tag in self.tags:
             if (tag.topic or self.topic) is None:
                 raise ValueError(f"tag {tag.name!r} has no topic (set it on the tag or source)")
         return self
-
-    @property
-    def session_client_id(self) -> str:
-        return self.client_id or f"edge-agent-{self.name}"

@@ -1,5 +1,9 @@
 """MQTT driver: subscribe to the tags' topics, map each message to samples, emit frames.
 
+:class:`SubscriberDriver` is the part every broker-subscribing driver shares (``mqtt`` and
+``sparkplug``): sessions, the delivered log of persistent sessions, and the counting and
+logging of the decoder's bad-input reasons; a subclass brings the decoder.
+
 One ``run`` is one MQTT connection (``session.MqttSession``): connect (TLS and credentials
 as configured), subscribe to every tag filter (as ``$share/<group>/...`` when sharing),
 then decode messages as they arrive until the connection is lost, which ends ``run`` with
@@ -19,12 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Coroutine
 from typing import Any
 
-from protocols.mqtt.config import MqttSourceConfig
+from protocols.mqtt.config import MqttSourceConfig, MqttSubscriberConfig
 from protocols.mqtt.mapping import PayloadDecoder
 from protocols.mqtt.redelivery import DeliveredLog
-from protocols.mqtt.session import MqttSession
+from protocols.mqtt.session import MessageDecoder, MqttSession
 from protocols.sdk import Driver, DriverContext
 
 _QUIET_S = 60.0
@@ -32,13 +37,14 @@ _HOUSEKEEPING_S = 1.0
 DUPLICATE = "duplicate"  # payload_errors reason of a dropped redelivery
 
 
-class MqttDriver(Driver):
-    config_model = MqttSourceConfig
-    config: MqttSourceConfig
+class SubscriberDriver(Driver):
+    """A source fed by broker subscriptions; the subclass decides what a payload means."""
 
-    def __init__(self, config: MqttSourceConfig) -> None:
+    config: MqttSubscriberConfig
+
+    def __init__(self, config: MqttSubscriberConfig, decoder: MessageDecoder) -> None:
         super().__init__(config)
-        self.decoder = PayloadDecoder(config)
+        self.decoder = decoder
         self._last_error: dict[str, float] = {}  # reason -> monotonic time of last occurrence
         self.delivered: DeliveredLog | None = None  # opened by the first persistent run
 
@@ -66,6 +72,8 @@ class MqttDriver(Driver):
                 tasks.create_task(session.emit_forever())
                 tasks.create_task(session.until_lost())
                 tasks.create_task(self._housekeeping(ctx))
+                for task in self.session_tasks(session, ctx):
+                    tasks.create_task(task)
         except asyncio.CancelledError:
             # the agent is stopping (not Task.cancelling(): on Python 3.11 a TaskGroup
             # whose child failed leaves it raised)
@@ -79,6 +87,12 @@ class MqttDriver(Driver):
                 if self.delivered is not None:
                     self.delivered.close()
                 self._report_errors(ctx)
+
+    def session_tasks(
+        self, session: MqttSession, ctx: DriverContext
+    ) -> list[Coroutine[Any, Any, None]]:
+        """Extra coroutines for the session's lifetime (a subclass's); none by default."""
+        return []
 
     async def _housekeeping(self, ctx: DriverContext) -> None:
         while True:
@@ -100,6 +114,15 @@ class MqttDriver(Driver):
             if now - last > _QUIET_S:
                 del self._last_error[reason]
                 ctx.problems.ok(f"payload:{reason}")
+
+
+class MqttDriver(SubscriberDriver):
+    config_model = MqttSourceConfig
+    config: MqttSourceConfig
+    decoder: PayloadDecoder
+
+    def __init__(self, config: MqttSourceConfig) -> None:
+        super().__init__(config, PayloadDecoder(config))
 
     @classmethod
     def conformance_peer(cls) -> Any:

@@ -42,18 +42,17 @@ from agent.acquisition import quality as q
 from agent.acquisition.frame import Frame
 from protocols.mqtt.config import MqttSourceConfig
 from protocols.mqtt.jsonpath import MISSING, Path, compile_path, format_path, walk
+from protocols.mqtt.session import DECODER_BUG, UNMAPPED_TOPIC
 from protocols.mqtt.timestamps import TimestampError, TimestampFormat, timestamp_ns
 from protocols.mqtt.topics import TAG_PLACEHOLDER, TopicSpec, minimal_filters
 
 OVERSIZED = "oversized"
 MALFORMED_JSON = "malformed_json"
-UNMAPPED_TOPIC = "unmapped_topic"
 MISSING_FIELD = "missing_field"
 NOT_NUMERIC = "not_numeric"
 BAD_TIMESTAMP = "bad_timestamp"
 ABSURD_TIMESTAMP = "absurd_timestamp"
 BAD_QUALITY = "bad_quality"
-DECODER_BUG = "decoder_bug"  # an exception inside decode: never expected, counted if it happens
 REASONS = (
     OVERSIZED,
     MALFORMED_JSON,

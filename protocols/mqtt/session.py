@@ -20,7 +20,7 @@ import collections
 import ssl
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -33,12 +33,39 @@ from agent.acquisition.frame import Frame, concat
 from agent.config.model import MqttConnection
 from protocols.mqtt.acking import DurableAckClient
 from protocols.mqtt.aio import AsyncMqttClient
-from protocols.mqtt.config import MqttSourceConfig
-from protocols.mqtt.mapping import DECODER_BUG, UNMAPPED_TOPIC, PayloadDecoder
+from protocols.mqtt.config import MqttSubscriberConfig
 from protocols.mqtt.redelivery import DeliveredLog, message_digest
 from protocols.sdk import DriverContext
 
 _MAX_QUEUED_SAMPLES = 100_000  # decoded, not yet taken by the agent: then stop reading
+UNMAPPED_TOPIC = "unmapped_topic"  # payload_errors reason: a topic no tag matches
+DECODER_BUG = "decoder_bug"  # an exception inside decode: never expected, counted if it happens
+
+
+class MessageDecoder(Protocol):
+    """What a session needs from a driver's payload decoder (``mqtt``: JSON mapping,
+    ``sparkplug``: protobuf with birth certificates). Messages arrive in the order the
+    broker sent them; ``decode`` must never raise on any input, it counts (``reject``)."""
+
+    def filters(self) -> list[str]:
+        """The subscription filters."""
+        ...
+
+    def decode(self, topic: str, payload: bytes | bytearray, received: int) -> None:
+        """Append the samples of one message to the columns being collected."""
+        ...
+
+    def reject(self, reason: str, topic: str, detail: str) -> None:
+        """Count one bad message under ``reason``, keeping an example for the log."""
+        ...
+
+    def take_frame(self, received: int) -> Frame | None:
+        """The samples decoded since the last call as one Frame, or None."""
+        ...
+
+    def take_errors(self) -> tuple[dict[str, int], dict[str, str]]:
+        """(occurrences by reason, first example by reason) since the last call."""
+        ...
 
 
 def tls_context(config: MqttConnection) -> ssl.SSLContext:
@@ -104,8 +131,8 @@ class MqttSession:
 
     def __init__(
         self,
-        config: MqttSourceConfig,
-        decoder: PayloadDecoder,
+        config: MqttSubscriberConfig,
+        decoder: MessageDecoder,
         ctx: DriverContext,
         delivered: DeliveredLog | None = None,
     ) -> None:

@@ -2,13 +2,15 @@
 
 Walks the hierarchy under Objects (the standard Server object excluded), and for every
 data variable prints a ``[[sources.tags]]`` block with a name built from the browse path,
-the node id, and the unit from the EngineeringUnits property. Data type, array shape and
-EURange go into comments, so the block passes ``edge-agent check`` as pasted.
+the node id, and the unit from the EngineeringUnits property, under a complete
+``[[sources]]`` header. Data type, array shape and EURange go into comments, so the output
+passes ``edge-agent check`` as pasted (``--config`` prints a whole config).
 """
 
 from __future__ import annotations
 
 import fnmatch
+import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -90,28 +92,64 @@ async def browse(client: Client, max_depth: int = 6, pattern: str | None = None)
     return found
 
 
-def to_toml(variables: list[Variable], url: str, rate: str = "1s") -> str:
-    """``[[sources.tags]]`` blocks for the variables, with a header saying where from."""
-    lines = [
-        f"# {len(variables)} variables browsed from {url}",
-        "# paste under a source such as:",
-        f'#   [[sources]]\n#   name = "opcua1"\n#   protocol = "opcua"\n#   url = "{url}"',
+def _quoted(text: str) -> str:
+    """A TOML basic string (JSON's escapes are TOML's), so node ids with quotes paste safely."""
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _unique(names: list[str]) -> list[str]:
+    """Names made unique (``a``, ``a_2``...): two browse paths can sanitise to one name."""
+    seen: dict[str, int] = {}
+    unique = []
+    for name in names:
+        count = seen[name] = seen.get(name, 0) + 1
+        unique.append(name if count == 1 else f"{name}_{count}")
+    return unique
+
+
+def to_toml(
+    variables: list[Variable],
+    url: str,
+    rate: str = "1s",
+    source: str = "opcua1",
+    whole_config: bool = False,
+) -> str:
+    """A ``[[sources]]`` table with one ``[[sources.tags]]`` per variable, ready to paste;
+    with ``whole_config``, preceded by the minimal rest of a config (a local dataset)."""
+    lines = [f"# {len(variables)} variables browsed from {url}"]
+    if whole_config:
+        lines += [
+            "# a whole config: check it with `edge-agent check -c FILE`",
+            "",
+            "[agent]",
+            'data_dir = "./edge-agent-data"',
+            "",
+            "[[uplinks]]",
+            'type = "parquet"',
+            'path = "./edge-data"',
+        ]
+    lines += [
+        "",
+        "[[sources]]",
+        f"name = {_quoted(source)}",
+        'protocol = "opcua"',
+        f"url = {_quoted(url)}",
         "",
     ]
-    for variable in variables:
+    for variable, name in zip(variables, _unique([v.name for v in variables]), strict=True):
         notes = [f"{variable.data_type}{'[]' if variable.is_array else ''}"]
         if variable.is_array:
             notes.append('array: add sample_interval = "<element spacing>" for its timestamps')
         if variable.eu_range is not None:
             notes.append(f"EURange [{variable.eu_range[0]:g}, {variable.eu_range[1]:g}]")
         lines += [
-            "[[sources.tags]]",
-            f'name = "{variable.name}"',
-            f'node = "{variable.node}"',
-            f'rate = "{rate}"',
+            "  [[sources.tags]]",
+            f"  name = {_quoted(name)}",
+            f"  node = {_quoted(variable.node)}",
+            f"  rate = {_quoted(rate)}",
         ]
         if variable.unit:
-            lines.append(f'unit = "{variable.unit}"')
-        lines.append(f"# {', '.join(notes)}")
+            lines.append(f"  unit = {_quoted(variable.unit)}")
+        lines.append(f"  # {', '.join(notes)}")
         lines.append("")
     return "\n".join(lines)

@@ -11,6 +11,7 @@ from pydantic import Field, field_validator, model_validator
 
 from agent.config.durations import Duration
 from agent.config.model import SourceConfig, TagConfig, UserCredentials
+from agent.config.secrets import refuse_url_credentials
 
 SecurityPolicy = Literal["None", "Basic256Sha256", "Aes128Sha256RsaOaep", "Aes256Sha256RsaPss"]
 SecurityMode = Literal["None", "Sign", "SignAndEncrypt"]
@@ -116,6 +117,7 @@ class OpcUaSourceConfig(SourceConfig, UserCredentials):
     @field_validator("url")
     @classmethod
     def _url(cls, value: str) -> str:
+        refuse_url_credentials(value)
         if not value.startswith("opc.tcp://") or len(value) <= len("opc.tcp://"):
             raise ValueError(f'expected "opc.tcp://host:port[/path]", got {value!r}')
         return value

@@ -244,6 +244,8 @@ async def test_browse_output_pasted_into_a_config_checks_and_runs(tmp_path: Path
             simulator.url,
             "--rate",
             "200ms",
+            "--name",
+            "cnc1",
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
@@ -252,9 +254,9 @@ async def test_browse_output_pasted_into_a_config_checks_and_runs(tmp_path: Path
         browsed = stdout.decode()
         for node in NODES:
             assert f'node = "{node.node_id}"' in browsed, node.node_id
-        header = f'[[sources]]\nname = "cnc1"\nprotocol = "opcua"\nurl = "{simulator.url}"\n'
-        config_path = tmp_path / "browsed.toml"
-        config_path.write_text(agent_toml(tmp_path / "store", header + browsed))
+        assert f'[[sources]]\nname = "cnc1"\nprotocol = "opcua"\nurl = "{simulator.url}"' in browsed
+        config_path = tmp_path / "browsed.toml"  # pasted as printed: the source header too
+        config_path.write_text(agent_toml(tmp_path / "store", browsed))
         check = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
