@@ -367,3 +367,35 @@ async def test_systemd_sees_the_reload_begin_and_end(
     reloading = next(i for i, m in enumerate(messages) if m.startswith("RELOADING=1\n"))
     assert messages[reloading].split("\n")[1].startswith("MONOTONIC_USEC=")
     assert messages[reloading + 1] == "READY=1", messages
+
+
+async def test_the_wide_output_gains_the_new_tag_and_keeps_the_others(tmp_path: Path) -> None:
+    wide = tmp_path / "wide"
+    resample = f'[resample]\nperiod = "100ms"\nmax_gap = "1s"\npath = "{wide}"\n'
+    async with ModbusPLCSimulator(seed=17) as plc:
+        spindle = SPINDLE.toml("100ms")
+        config = agent_file(tmp_path, seq_source("plc", plc.port, spindle) + resample)
+        async with agent_on(config) as agent:
+            await more_polls(agent.runners[0], 80)  # 4 s: a few wide windows out
+            tags = f"{spindle}\n{TORQUE.toml('100ms')}"
+            agent_file(tmp_path, seq_source("plc", plc.port, tags) + resample)
+            result = await agent.reload()
+            reloaded_ns = time.time_ns()
+            await more_polls(agent.runners[0], 60)
+    assert result.outcome == "applied", result
+    tables = [
+        (int(f.physical_schema.metadata[b"edge_agent.window_start_ns"]), f.to_table())
+        for f in ds.dataset(wide, format="parquet", partitioning="hive").get_fragments()
+    ]
+    # a window is resampled once the next one closed (lateness after its end)
+    before = [table for start, table in tables if start + 2 * S < reloaded_ns]
+    last = max(start for start, _ in tables)  # flushed at the stop: no right neighbours
+    after = [table for start, table in tables if reloaded_ns + S < start < last]
+    assert before, "wide batches from before the reload"
+    assert after, "and after it"
+    for table in before:
+        assert "plc/torque" not in table.column_names
+    for table in after:
+        assert {"plc/seq", "plc/spindle_speed", "plc/torque"} <= set(table.column_names)
+        assert table.num_rows == 5, "a 500 ms window on a 100 ms grid"
+        assert table["plc/seq"].null_count == 0, "the kept tag interpolated throughout"

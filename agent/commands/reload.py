@@ -33,7 +33,14 @@ def add_reload_parser(commands: Any) -> None:
     parser = commands.add_parser(
         "reload",
         help="have the running agent re-read its config (as SIGHUP / systemctl reload)",
-        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
+        description=(
+            "Validate the config file, then have the running agent (at its agent.metrics "
+            "endpoint, POST /reload) read its own config file again and restart only the "
+            "sources and uplinks that changed. Exit status: 0 applied or nothing to change, "
+            "1 refused (a key that only a restart can change; the agent runs on), 2 the "
+            "config is invalid, 3 no agent answers (then: systemctl reload edge-agent, or "
+            "kill -HUP <pid>, and read the agent's log)."
+        ),
     )
     add_endpoint_arguments(parser)
     parser.set_defaults(main=main)

@@ -33,7 +33,14 @@ def add_status_parser(commands: Any) -> None:
     parser = commands.add_parser(
         "status",
         help="the running agent on one screen: sources, uplinks, spool, clocks, quality",
-        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
+        description=(
+            "Show the running agent on one screen, asked at its endpoint (agent.metrics, "
+            "GET /status): per source up, connecting, degraded or down and why, points/s, "
+            "poll lateness p99 and last error; per uplink up or down, backlog and oldest "
+            "unsent batch; the spool; clock offsets; the last window's data quality. "
+            "Exit status: 0 every check passes, 1 something is degraded or down, 3 no agent "
+            "answers."
+        ),
     )
     add_endpoint_arguments(parser)
     parser.add_argument(
