@@ -610,20 +610,19 @@ class Agent:
             forget_series(self.metrics, "source", name)
         self._apply_settings(loaded, plan)
         for name in plan.uplinks.restarted:
-            await self.tasks.discard(f"uplink:{name}")
             uplink = next(u for u in self.uplinks if u.name == name)
-            await uplink.close()
+            self.uplinks = [u for u in self.uplinks if u.name != name]  # out of health first
+            await self.tasks.discard(f"uplink:{name}")
             self.forwarder.remove(name, replaced=name in plan.uplinks.changed)
+            await uplink.close()
         for name in plan.uplinks.removed:
             forget_series(self.metrics, "uplink", name)
         self._bind(list(uplinks.values()))
         for uplink in uplinks.values():
             self.forwarder.add(uplink)
             self._start_uplink(uplink)
-        self.uplinks = [
-            uplinks.get(u.name) or next(o for o in self.uplinks if o.name == u.name)
-            for u in config.uplinks
-        ]
+        kept = {uplink.name: uplink for uplink in self.uplinks}
+        self.uplinks = [uplinks.get(u.name) or kept[u.name] for u in config.uplinks]
         self.forwarder.uplinks = list(self.uplinks)
         if plan.uplinks.restarted or plan.uplinks.added:
             freed = self.spool.set_uplinks([uplink.name for uplink in self.uplinks])
