@@ -129,7 +129,7 @@ def _source_rows(sources: list[dict[str, Any]]) -> list[list[str]]:
     rows = [["SOURCE", "state", "points/s", "late p99", "tags", "endpoint", "why / last error"]]
     for source in sources:
         why = source["why"] or ""
-        if source["last_error"]:
+        if source["last_error"] and source["state"] != "down":  # down: "why" says it
             why = f"{why}; " if why else ""
             why += f"last error {source['last_error_at']}: {source['last_error']}"
         rows.append(
