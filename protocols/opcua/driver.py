@@ -237,7 +237,7 @@ class OpcUaDriver(PollingDriver):
 
         def on_status(status: ua.StatusCode) -> None:
             if self._lost is not None and not self._lost.done():
-                self._lost.set_result(f"subscription ended by the server: {status}")
+                self._lost.set_result(f"subscription ended by the server: {status.name}")
 
         indices: list[int] = []
         results: list[Any] = []
