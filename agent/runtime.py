@@ -26,35 +26,48 @@ import dataclasses
 import random
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Any
 
+import numpy as np
 import structlog
 
 from agent.acquisition.backoff import backoff_delay
 from agent.acquisition.frame import Frame
-from agent.acquisition.supervisor import SourceRunner
-from agent.config.load import LoadedConfig
-from agent.config.model import ParquetUplinkConfig
+from agent.acquisition.supervisor import SourceRunner, describe_error
+from agent.config.load import ConfigError, LoadedConfig, load_config
+from agent.config.model import ParquetUplinkConfig, SourceConfig
+from agent.config.paths import agent_dirs, require_writable
 from agent.ops import systemd
-from agent.ops.health import ProblemLog
+from agent.ops.health import SETTLE_S, ProblemLog
 from agent.ops.http import StatusServer
+from agent.ops.logs import configure
 from agent.ops.metrics import Metrics
+from agent.ops.reload import ReloadPlan, ReloadResult, plan_reload
+from agent.ops.status import RateMeter, forget_series, status_document
 from agent.ops.tasks import Heartbeat, TaskSupervisor, first_of
 from agent.store.encoding import encode
 from agent.store.forwarder import Forwarder, send_with_retry
 from agent.store.quarantine import Quarantine
-from agent.store.spool import Spool
+from agent.store.spool import Recovered, Spool
 from agent.uplinks import GatewayAware, Uplink, make_uplink
-from agent.windows.batch import Batch, Batcher, TagTable
+from agent.windows.batch import (
+    Batch,
+    Batcher,
+    TagEntry,
+    TagTable,
+    layout_entries,
+    source_entries,
+)
 from agent.windows.dataquality import QualityTally
 from agent.windows.resample import Resampler
-from protocols.sdk import DriverContext
+from protocols.sdk import Driver, DriverContext, without_credentials
 
 log = structlog.get_logger()
 
 _STOP_SOURCES_S = 1.0
+_BETWEEN_POLLS_S = 2.0  # a reload waits this long at most for a source's poll in flight
 _GAUGES_EVERY_S = 1.0
 _RESUME_BELOW = 0.9  # a full spool is over once back under 90 % of its caps
 # A tag owes samples from its first one (value or failure) or, at the latest, this long
@@ -87,24 +100,22 @@ class Agent:
             self._clock_figures,
         )
         self.uplinks: list[Uplink] = [make_uplink(u) for u in config.uplinks]
-        for uplink in self.uplinks:
-            if isinstance(uplink, GatewayAware):
-                uplink.bind(
-                    self.tag_table, config.agent.gateway_id, config.agent.data_dir, self.metrics
-                )
+        self._bind(self.uplinks)
         self.resampler: Resampler | None = None
         self.wide_uplinks: list[Uplink] = []
         if config.resample is not None:
-            methods = [tag.resample_method() for source in self.sources for tag in source.tags]
             self.resampler = Resampler(
-                self.tag_table, methods, config.resample.period, config.resample.max_gap
+                self.tag_table,
+                _resample_methods(self.sources),
+                config.resample.period,
+                config.resample.max_gap,
             )
             wide = ParquetUplinkConfig(name="resample", path=config.resample.path)
             self.wide_uplinks = [make_uplink(wide)]
         self.spool = Spool(config.agent.data_dir / "spool.sqlite", [u.name for u in self.uplinks])
         self.spool_config = config.spool
         self.health_config = config.health
-        self.uplink_problems = ProblemLog(log)
+        self.uplink_problems = ProblemLog(log, settle_s=SETTLE_S)
         self.storage_problems = ProblemLog(log)
         self.forwarder = Forwarder(
             self.spool,
@@ -127,49 +138,70 @@ class Agent:
         self.failed: str | None = None  # why the agent gave up, for a non-zero exit
         # resampled (wide) batches for their own uplink
         self._wide: asyncio.Queue[Batch] = asyncio.Queue()
+        # a runner's index names it for the run; its slot in the tag table may change
+        self._runner_ids = iter(range(1 << 62))
+        self._slots: dict[int, int] = {}  # runner index -> its slot in the tag table
         self.runners = [
-            SourceRunner(
-                index,
-                loaded.drivers[source.name](source),
-                self._enqueue,
-                partial(
-                    DriverContext,
-                    source,
-                    metrics=self.metrics,
-                    data_dir=config.agent.data_dir,
-                    describe=partial(self._describe_tag, index),
-                ),
-                acquired=self.tally.add,
-            )
-            for index, source in enumerate(self.sources)
+            self._runner(source, loaded.drivers[source.name](source), slot)
+            for slot, source in enumerate(self.sources)
         ]
+        self._reload_lock = asyncio.Lock()
+        self._stopping = False
+        self.last_reload: tuple[int, ReloadResult] | None = None  # wall ns, result
+        self.started_ns = time.time_ns()
+        self.rates = RateMeter()
+        self.last_quality: tuple[int, dict[str, Any]] | None = None  # window start, figures
         self.batches_written = 0
         self.points_written = 0
         self.written: list[Batch] = []  # the most recent batches, for demo and tests
         self.wide_written: list[Batch] = []  # the same for the resampled output
         self.status_port: int | None = None
 
+    def _runner(self, source: SourceConfig, driver: Driver, slot: int) -> SourceRunner:
+        """A source's runner, in ``slot`` of the current tag table (its driver may describe
+        tags as it is made: ``Driver.prepare``)."""
+        runner = next(self._runner_ids)
+        self._slots[runner] = slot
+        return SourceRunner(
+            runner,
+            driver,
+            self._enqueue,
+            partial(
+                DriverContext,
+                source,
+                metrics=self.metrics,
+                data_dir=self.loaded.config.agent.data_dir,
+                describe=partial(self._describe_tag, runner),
+            ),
+            acquired=self._tally_add,
+        )
+
+    def _tally_add(self, runner: int, frame: Frame) -> None:
+        self.tally.add(self._slots[runner], frame)
+
     def _describe_tag(
-        self, source: int, tag: int, name: str | None, lineage: dict[str, Any]
+        self, runner: int, tag: int, name: str | None, lineage: dict[str, Any]
     ) -> None:
         """A driver's word on one of its tags (a unit from a birth certificate, the name of
         a placeholder), for the batches from now on."""
-        self.tag_table.describe(self.tag_table.source_offset[source] + tag, name, lineage)
+        offset = self.tag_table.source_offset[self._slots[runner]]
+        self.tag_table.describe(offset + tag, name, lineage)
 
     def _clock_figures(self) -> dict[int, dict[str, Any]]:
         """Per source: its clock model's estimate or, for a source without timestamps
         (Modbus), the uncertainty of stamping at the request midpoint: half the RTT."""
         figures: dict[int, dict[str, Any]] = {}
         for runner in self.runners:
+            slot = self._slots[runner.index]
             described = runner.clock.describe()
             if described is not None:
-                figures[runner.index] = described
+                figures[slot] = described
                 continue
             rtts = [
                 stats.rtt_s.percentile(50, last=256) for stats in runner.ctx.all_poll_stats.values()
             ]
             if any(rtts):
-                figures[runner.index] = {"uncertainty_ms": round(max(rtts) / 2 * 1e3, 3)}
+                figures[slot] = {"uncertainty_ms": round(max(rtts) / 2 * 1e3, 3)}
         return figures
 
     def _publish(self, batches: list[Batch]) -> None:
@@ -179,6 +211,8 @@ class Agent:
         if not batches and not self._held:
             return
         for batch in batches:
+            if batch.quality is not None:
+                self.last_quality = (batch.window_start_ns, batch.quality)
             for source, figures in (batch.quality or {}).get("sources", {}).items():
                 if figures["completeness"] is not None:
                     self.metrics.completeness.labels(source).set(figures["completeness"])
@@ -283,17 +317,23 @@ class Agent:
         if "overflow" in self._paused:
             self._enforce_caps()
 
-    async def _enqueue(self, index: int, frame: Frame) -> None:
+    async def _enqueue(self, runner: int, frame: Frame) -> None:
         """Every source's sink: the frame log, then the batcher, in the source's own task.
         (Both are synchronous: a queue and a consumer task in between cost a task switch
-        per poll and bought nothing on one event loop.)"""
+        per poll and bought nothing on one event loop.) The runner's slot is looked up
+        after the wait: a reload may have renumbered the sources meanwhile."""
         await self._acquiring.wait()  # a full spool, or storage failing with memory full
-        if self.spool.append_frame(index, frame):
+        self._store_frame(self._slots[runner], frame)
+
+    def _store_frame(self, slot: int, frame: Frame) -> None:
+        if not len(frame):
+            return
+        if self.spool.append_frame(slot, frame):
             if self.storage_problems.is_open("frame_log"):
                 self._storage_ok("frame_log")
         else:
             self._storage_failed("frame_log", self.spool.last_error)
-        self.batcher.add(index, frame)
+        self.batcher.add(slot, frame)
 
     def health(self) -> dict[str, Any]:
         """Every check by name, "ok" or what is wrong; ``ok`` only when all are."""
@@ -343,8 +383,18 @@ class Agent:
             summary["newest"] = self.forwarder.quarantine.entries(3)
         return summary
 
+    @property
+    def paused(self) -> set[str]:
+        """Why acquisition waits, if it does: "overflow", "storage"."""
+        return set(self._paused)
+
     def _refresh_gauges(self) -> None:
-        """The health gauges, on the closer's clock (a scrape only reads them)."""
+        """The health gauges and the sources' rates, on the closer's clock (a scrape or a
+        status request only reads them)."""
+        now = time.monotonic()
+        for runner in self.runners:
+            self.rates.sample(runner.config.name, runner.points, now)
+        self.rates.keep({runner.config.name for runner in self.runners})
         report = self.health()
         for uplink in self.uplinks:
             up = report["checks"][f"uplink:{uplink.name}"] == "ok"
@@ -361,30 +411,42 @@ class Agent:
         A failing device or uplink does not: a restart would not mend it."""
         return {name: p for name, p in self.tasks.problems().items() if name != "watchdog"}
 
-    async def run(self, stop: asyncio.Event) -> None:
+    async def run(self, stop: asyncio.Event, reload: asyncio.Event | None = None) -> None:
         """Run until ``stop`` is set (or a task cannot be kept alive: then ``failed``
-        says why), then flush and return."""
+        says why), then flush and return. Each time ``reload`` is set (SIGHUP), the
+        config file is read again and applied (:meth:`reload`)."""
         log.info(
             "agent started",
             gateway=self.loaded.config.agent.gateway_id,
             sources=len(self.runners),
             tags=len(self.tag_table),
+            config=str(self.loaded.path),
             config_hash=self.loaded.config_hash,
         )
-        status = StatusServer(self.metrics.registry, self.health)
+        for configured in self.loaded.config.uplinks:
+            log.info(
+                "uplink",
+                uplink=configured.name,
+                type=configured.type,
+                to=without_credentials(configured.target),
+            )
+        status = StatusServer(
+            self.metrics.registry, self.health, partial(status_document, self), self.reload
+        )
         if self.loaded.config.agent.metrics:
             self.tasks.start("status", partial(self._serve_status, status))
+        else:
+            log.info("no status endpoint (agent.metrics is off): status and reload need it")
         self._recover()
-        sources = [f"source:{runner.config.name}" for runner in self.runners]
+        if reload is not None:
+            self.tasks.start("reloader", partial(self._reload_on, reload))
         self.tally.started_ns = time.time_ns()  # acquisition starts now, not at __init__
-        for name, runner in zip(sources, self.runners, strict=True):
-            self.tasks.start(name, partial(_run_source, runner))
+        for runner in self.runners:
+            self._start_source(runner)
         period = min(self.batcher.window_ns / 1e9 / 4, 0.25)
         self.tasks.start("closer", partial(self._close_windows, period), max(1.0, 8 * period))
-        uplink_tasks = [f"uplink:{uplink.name}" for uplink in self.uplinks]
-        for name, uplink in zip(uplink_tasks, self.uplinks, strict=True):
-            deadline = self.forwarder.stall_deadline_s(uplink)
-            self.tasks.start(name, partial(self.forwarder.run, uplink), deadline)
+        for uplink in self.uplinks:
+            self._start_uplink(uplink)
         self.tasks.start("wide-writer", self._write_wide)
         if (interval := systemd.watchdog_interval_s()) is not None:
             self.tasks.start("watchdog", partial(_feed_watchdog, interval, self._unwell))
@@ -395,24 +457,187 @@ class Agent:
             self.failed = self.tasks.fatal
             log.info("agent stopping", reason=self.failed or "stop requested")
             systemd.notify("STOPPING=1")
+            self._stopping = True
+            async with self._reload_lock:  # a reload under way finishes first
+                pass
             self._paused.clear()
             self._acquiring.set()  # a frame held back by a full spool is kept, not lost
+            sources = [f"source:{runner.config.name}" for runner in self.runners]
             await _within(self.tasks.stop(sources), _STOP_SOURCES_S)
             self.tally.stop(time.time_ns())  # the windows still to close owe nothing after
             await self.tasks.stop(["closer"])
             for runner in self.runners:  # what deadband/swinging door/features still hold
-                self.batcher.add(runner.index, runner.pipeline.flush())
+                self.batcher.add(self._slots[runner.index], runner.pipeline.flush())
             self._publish(self.batcher.flush())
             for wide in self.resampler.flush() if self.resampler is not None else []:
                 self._wide.put_nowait(wide)
-            await self._drain(uplink_tasks)
+            await self._drain([f"uplink:{uplink.name}" for uplink in self.uplinks])
             await self.tasks.stop()
+            self.uplink_problems.close()
             await status.stop()
             log.info(
                 "agent stopped",
                 batches_written=self.batches_written,
                 points_written=self.points_written,
             )
+
+    def _start_source(self, runner: SourceRunner) -> None:
+        self.tasks.start(f"source:{runner.config.name}", partial(_run_source, runner))
+
+    def _start_uplink(self, uplink: Uplink) -> None:
+        deadline = self.forwarder.stall_deadline_s(uplink)
+        self.tasks.start(f"uplink:{uplink.name}", partial(self.forwarder.run, uplink), deadline)
+
+    # -- reload ---------------------------------------------------------------------------
+
+    async def _reload_on(self, requested: asyncio.Event, heartbeat: Heartbeat) -> None:
+        """A reload each time ``requested`` is set (SIGHUP); several at once are one."""
+        while True:
+            await requested.wait()
+            requested.clear()
+            await self.reload()
+
+    async def reload(self) -> ReloadResult:
+        """Read the config file again and apply it: validated first (a broken file leaves
+        the running config as it is), refused whole if it changes a key only a restart
+        can (:mod:`agent.ops.reload`); else only the sources and uplinks whose config
+        changed are restarted, and the rest never stops. One log line says what happened."""
+        async with self._reload_lock:
+            # systemd shows the unit "reloading" until READY=1 (as Type=notify-reload wants)
+            systemd.notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
+            try:
+                result = await self._reload()
+            finally:
+                systemd.notify("READY=1")
+        self.last_reload = (time.time_ns(), result)
+        return result
+
+    async def _reload(self) -> ReloadResult:
+        path = self.loaded.path
+        current = self.loaded.config_hash
+
+        def answer(outcome: Any, message: str, config_hash: str = current) -> ReloadResult:
+            return ReloadResult(outcome, message, str(path), config_hash)
+
+        if self._stopping:
+            return answer("refused", "the agent is stopping")
+        try:
+            loaded = load_config(path)
+            require_writable(path, agent_dirs(loaded.config), keep=True)
+        except ConfigError as exc:
+            problems = "; ".join(f"{key}: {msg}" if key else msg for key, msg in exc.problems)
+            log.error(
+                "reload refused: the config is invalid, the running one stays",
+                config=str(path),
+                problems=problems,
+            )
+            return answer("invalid", str(exc))
+        plan = plan_reload(self.loaded.config, loaded.config)
+        if plan.refused:
+            log.error(
+                "reload refused: keys that only a restart can change; nothing was applied",
+                config=str(path),
+                keys=plan.refused,
+            )
+            return answer("refused", "needs a restart: " + "; ".join(plan.refused))
+        if plan.unchanged:
+            log.info("reload: the config is unchanged", config=str(path), config_hash=current)
+            return answer("unchanged", "nothing to change")
+        try:  # everything that can fail before anything is stopped
+            configs = {source.name: source for source in loaded.config.sources}
+            drivers = {name: loaded.drivers[name](configs[name]) for name in plan.sources.started}
+            by_name = {uplink.name: uplink for uplink in loaded.config.uplinks}
+            uplinks = {name: make_uplink(by_name[name]) for name in plan.uplinks.started}
+        except Exception as exc:  # a driver or an uplink that cannot be made: nothing changes
+            log.error("reload refused: nothing was applied", error=describe_error(exc))
+            return answer("refused", describe_error(exc))
+        try:
+            await self._apply(loaded, plan, drivers, uplinks)
+        except Exception as exc:  # cannot be undone: a restart starts clean on the new file
+            log.exception("reload failed halfway: the agent stops, to be started on the new config")
+            self.tasks.give_up(f"reload failed halfway: {describe_error(exc)}")
+            return answer("refused", f"failed halfway, the agent stops: {describe_error(exc)}")
+        changes = plan.summary()
+        log.info("reload applied", config=str(path), config_hash=loaded.config_hash, **changes)
+        return ReloadResult("applied", "applied", str(path), loaded.config_hash, changes)
+
+    async def _apply(
+        self,
+        loaded: LoadedConfig,
+        plan: ReloadPlan,
+        drivers: dict[str, Driver],
+        uplinks: dict[str, Uplink],
+    ) -> None:
+        config = loaded.config
+        old = {runner.config.name: runner for runner in self.runners}
+        for name in plan.sources.restarted:  # stopped between two polls, then flushed
+            runner = old[name]
+            if not await runner.ctx.between_polls(_BETWEEN_POLLS_S):
+                log.warning("reload: a poll still in flight is cancelled", source=name)
+            await self.tasks.discard(f"source:{name}")
+            self._store_frame(self._slots[runner.index], runner.pipeline.flush())
+        sources = [source for source in config.sources if source.enabled]
+        # renumbered at once, between two awaits: no frame sees half of it
+        before = {runner.config.name: self._slots[runner.index] for runner in self.runners}
+        self.loaded = loaded
+        self.sources = sources
+        self._retable(sources)
+        self._slots = {}
+        runners: list[SourceRunner] = []
+        started: list[SourceRunner] = []
+        for slot, source in enumerate(sources):
+            if source.name in plan.sources.kept:
+                runner = old[source.name]
+                self._slots[runner.index] = slot
+            else:  # made after the new table: its driver may describe tags as it is made
+                runner = self._runner(source, drivers[source.name], slot)
+                if source.name in old:
+                    runner.take_over(old[source.name])
+                started.append(runner)
+            runners.append(runner)
+        self.runners = runners
+        self.tally.source_moved(
+            {
+                before[r.config.name]: slot
+                for slot, r in enumerate(runners)
+                if r.config.name in before
+            }
+        )
+        self.spool.set_layout(self.tag_table.layout())
+        for runner in started:
+            self._start_source(runner)
+        for name in plan.sources.removed:
+            forget_series(self.metrics, "source", name)
+        self._apply_settings(loaded, plan)
+        for name in plan.uplinks.restarted:
+            uplink = next(u for u in self.uplinks if u.name == name)
+            self.uplinks = [u for u in self.uplinks if u.name != name]  # out of health first
+            await self.tasks.discard(f"uplink:{name}")
+            self.forwarder.remove(name, replaced=name in plan.uplinks.changed)
+            await uplink.close()
+        for name in plan.uplinks.removed:
+            forget_series(self.metrics, "uplink", name)
+        self._bind(list(uplinks.values()))
+        for uplink in uplinks.values():
+            self.forwarder.add(uplink)
+            self._start_uplink(uplink)
+        kept = {uplink.name: uplink for uplink in self.uplinks}
+        self.uplinks = [uplinks.get(u.name) or kept[u.name] for u in config.uplinks]
+        self.forwarder.uplinks = list(self.uplinks)
+        if plan.uplinks.restarted or plan.uplinks.added:
+            freed = self.spool.set_uplinks([uplink.name for uplink in self.uplinks])
+            if freed:
+                log.info("reload: batches only removed uplinks still owed let go", batches=freed)
+        self.forwarder.wake()
+
+    def _apply_settings(self, loaded: LoadedConfig, plan: ReloadPlan) -> None:
+        config = loaded.config
+        if "agent.log_level" in plan.settings or "agent.log_format" in plan.settings:
+            configure(config.agent.log_level, config.agent.log_format)
+        self.spool_config = config.spool
+        self.health_config = config.health
+        self.forwarder.set_replay_rate(config.spool.replay_rate)
+        self._enforce_caps()
 
     async def _serve_status(self, server: StatusServer, heartbeat: Heartbeat) -> None:
         """The /metrics and /healthz endpoint, tried again until its port is free."""
@@ -430,14 +655,23 @@ class Agent:
                 await asyncio.sleep(backoff_delay(attempt, 1.0, 30.0, rng))
                 attempt += 1
         problems.ok("status")
+        shown = f"[{host.strip('[]')}]" if ":" in host.strip("[]") else host
+        log.info(
+            "status endpoint listening",
+            url=f"http://{shown}:{self.status_port}/",
+            paths="/status /metrics /healthz, POST /reload",
+        )
         await server.serve_forever()
 
     def _recover(self) -> None:
-        """Put back what the spool held when the agent last stopped (or was killed)."""
+        """Put back what the spool held when the agent last stopped (or was killed).
+        Frames logged under another config's layout are replayed as the tags they were,
+        by name (those no source reads now are retired entries of the tag table)."""
         recovered = self.spool.recover()
         self.batcher.restore(recovered.closed_until)
-        for source, frame in recovered.frames:
-            self.batcher.add(source, frame)
+        self._replay(recovered)
+        self.spool.set_layout(self.tag_table.layout())
+        self.spool.set_uplinks([uplink.name for uplink in self.uplinks])
         count, size, _ = self.spool.size()
         if recovered.frames or count:
             log.info(
@@ -455,6 +689,71 @@ class Agent:
         damage = self.spool.recovery_losses
         if corrupt := damage["spool_corrupt_points"] + damage["frame_log_corrupt_points"]:
             self.metrics.points_lost.labels("spool_corrupt").inc(corrupt)
+
+    def _replay(self, recovered: Recovered) -> None:
+        current = self.tag_table.layout()
+        foreign: dict[str, list[list[TagEntry]]] = {}
+        for layout in recovered.layouts:
+            if layout is not None and layout != current and layout not in foreign:
+                foreign[layout] = layout_entries(layout)
+        if foreign:  # tags of those layouts no source reads now: kept until batched
+            known = set(self.tag_table.qualified)
+            gone = {
+                entry.qualified: entry
+                for slots in foreign.values()
+                for slot in slots
+                for entry in slot
+                if entry.qualified not in known
+            }
+            self._retable(self.sources, list(gone.values()))
+        numbering = {
+            layout: [self.tag_table.index_of([e.qualified for e in slot]) for slot in slots]
+            for layout, slots in foreign.items()
+        }
+        for (slot, frame), layout in zip(recovered.frames, recovered.layouts, strict=True):
+            if layout in numbering:
+                self.batcher.add_tagged(numbering[layout][slot][frame.tag], frame)
+            else:
+                self.batcher.add(slot, frame)
+
+    def _retable(
+        self, sources: list[SourceConfig], retired: list[TagEntry] | None = None
+    ) -> np.ndarray:
+        """A new tag table for ``sources`` (plus ``retired`` entries); everything numbered
+        by the old one is moved across by name. Tags that no source reads any more but
+        that pending rows or open tallies still hold stay as retired entries until their
+        windows are batched. Returns the move (old index -> new, or -1)."""
+        old = self.tag_table
+        live = {entry.qualified for source in sources for entry in source_entries(source)}
+        held = np.union1d(self.batcher.pending_tags(), self.tally.counted_tags())
+        carried = [old.entries[g] for g in held.tolist() if old.qualified[g] not in live]
+        table = TagTable(sources, [*carried, *(retired or [])])
+        moved = table.moved_from(old)
+        self.batcher.retable(table, moved, self.loaded.config_hash)
+        self.tally.retable(
+            table.source_offset,
+            table.tag_source,
+            table.rate_ns,
+            table.live_tags,
+            moved,
+            _FIRST_SAMPLE_WITHIN_NS + table.rate_ns,
+            time.time_ns(),
+        )
+        if self.resampler is not None:
+            self.resampler.retable(table, _resample_methods(sources), moved)
+        table.inherit(old)
+        self.tag_table = table
+        self._bind(self.uplinks)
+        return moved
+
+    def _bind(self, uplinks: Sequence[Uplink]) -> None:
+        """Tell the uplinks that announce tags (Sparkplug births) the current tag table."""
+        config = self.loaded.config
+        for uplink in uplinks:
+            if isinstance(uplink, GatewayAware):
+                uplink.bind(
+                    self.tag_table, config.agent.gateway_id, config.agent.data_dir, self.metrics
+                )
 
     async def _drain(self, uplink_tasks: list[str]) -> None:
         """Give the uplinks until the deadline to take what is spooled; the rest stays in
@@ -507,6 +806,10 @@ class Agent:
                 )
             self.wide_written = [*self.wide_written[-63:], batch]
             self._wide.task_done()
+
+
+def _resample_methods(sources: list[SourceConfig]) -> list[str]:
+    return [tag.resample_method() for source in sources for tag in source.tags]
 
 
 async def _run_source(runner: SourceRunner, heartbeat: Heartbeat) -> None:

@@ -4,9 +4,14 @@ Why: the suite checks clock correction for a few seconds; a drifting clock shows
 error over minutes, when the offset has moved by 100 ppm x 600 s = 60 ms. This runs two
 OPC UA CNC simulators, one whose server clock is +5 s off and drifts +100 ppm (it stamps
 both SourceTimestamp and ServerTimestamp) and one with a correct server clock and a device
-clock +5 s/+100 ppm, each read by a subscription and by polling, one agent with
-``correct_clock = true``, and reports the error of every stored timestamp against the
-simulator's true sampling instant.
+clock +5 s/+100 ppm, each read by a subscription and by polling, and two MQTT SCADA
+publishers whose payload times run +5 s/+100 ppm, one in epoch milliseconds and one in
+epoch microseconds, through a private broker; one agent with ``correct_clock = true``
+reads all six, and the error of every stored timestamp against the simulator's true
+sampling instant is reported per source. The publishers run as processes of their own
+(``edge-agent simulate mqtt``), as devices do: in the agent's process each tick of theirs
+waited behind the OPC UA simulators' publishing at the same instants, milliseconds between
+a payload's time and its sending that no clock model can tell from the publisher's offset.
 
 The second part runs the Modbus PLC simulator's tag mix at 100 ms with ``snap`` off and on
 and reports the compressed bytes per point of the ``time`` column in the Parquet files.
@@ -18,8 +23,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import subprocess
+import sys
 import tempfile
 import tomllib
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import numpy as np
@@ -33,9 +42,14 @@ from agent.config.load import parse_config
 from agent.ops.logs import configure
 from agent.runtime import Agent
 from simulators.modbus_plc import ModbusPLCSimulator
+from simulators.mqtt_broker import private_broker
+from simulators.mqtt_scada import MqttScadaSimulator
 from simulators.opcua_cnc import NODES_BY_NAME, OpcUaCncSimulator
 
 MS = 1_000_000
+PERIOD = 100 * MS  # of the MQTT publishers
+PUBLISHERS = ((11, "ms"), (12, "us"))  # (seed, payload time unit)
+ROOT = Path(__file__).resolve().parents[1]  # the publishers import this tree's agent
 SCALARS = tuple(NODES_BY_NAME[name] for name in ("axis_x", "axis_y", "axis_z", "spindle_speed"))
 
 
@@ -64,6 +78,75 @@ SKEWS = {  # both kinds at +5 s and +100 ppm
 }
 
 
+def print_errors(name: str, rows: pa.Table, true: Callable[[pa.Table], np.ndarray]) -> None:
+    """One line: the error of every good row's ``time`` against ``true`` of its rows."""
+    quality = rows["quality"].to_numpy()
+    good = quality == q.GOOD
+    times = rows["time"].cast(pa.int64()).to_numpy()[good]
+    error = np.abs(times - true(rows.filter(pa.array(good)))) / MS
+    settling = int(((quality & q.Flag.CLOCK_UNCERTAIN) != 0).sum())
+    print(
+        f"  {name:<16} {good.sum():>8} {settling:>8} {np.percentile(error, 50):>8.3f} "
+        f"{np.percentile(error, 99):>8.3f} {error.max():>8.3f}"
+    )
+
+
+def source_truth(simulator: OpcUaCncSimulator) -> Callable[[pa.Table], np.ndarray]:
+    """The true instants of OPC UA rows: their SourceTimestamps through the machine clock."""
+
+    def true(rows: pa.Table) -> np.ndarray:
+        return simulator.true_time(rows["source_time"].cast(pa.int64()).to_numpy())
+
+    return true
+
+
+def nearest_tick(rows: pa.Table) -> np.ndarray:
+    """The true instants of MQTT rows: the publisher's tick (a multiple of its 100 ms
+    period) nearest each stored time; the errors are milliseconds."""
+    times = rows["time"].cast(pa.int64()).to_numpy()
+    return (times + PERIOD // 2) // PERIOD * PERIOD
+
+
+def print_least_delays(rows: pa.Table) -> None:
+    """What bounds a one-way clock model: the least delay from a tick to the agent's receipt
+    in each minute (the model cannot tell it from the publisher's offset)."""
+    true = nearest_tick(rows)
+    delay = rows["received_time"].cast(pa.int64()).to_numpy() - true
+    minute = (true - true.min()) // (60 * 1000 * MS)
+    least = np.array([delay[minute == m].min() for m in np.unique(minute)]) / MS
+    print(
+        f"  {'':<16} least tick-to-receipt delay per minute: min {least.min():.3f}, "
+        f"median {np.median(least):.3f}, max {least.max():.3f} ms"
+    )
+
+
+@contextlib.asynccontextmanager
+async def publishers(url: str, mqtt_version: str) -> AsyncIterator[None]:
+    """The MQTT publishers of ``PUBLISHERS`` running against ``url``, stopped at the end."""
+    started = []
+    try:
+        for seed, unit in PUBLISHERS:
+            command = (
+                f"{sys.executable} -m agent.commands.cli simulate mqtt --broker {url} "
+                f"--seed {seed} --shapes json --period {PERIOD}ns --clock-offset 5s "
+                f"--clock-drift-ppm 100 --epoch-unit {unit} --mqtt-version {mqtt_version}"
+            )
+            started.append(
+                await asyncio.create_subprocess_exec(
+                    *command.split(),
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    cwd=ROOT,
+                )
+            )
+        yield
+    finally:
+        for process in started:
+            process.terminate()
+        for process in started:
+            await process.wait()
+
+
 async def clock_accuracy(minutes: float) -> None:
     simulators = {
         skew: OpcUaCncSimulator(seed=seed, update_ns=100 * MS, **kwargs)  # type: ignore[arg-type]
@@ -76,34 +159,42 @@ async def clock_accuracy(minutes: float) -> None:
     }
     with tempfile.TemporaryDirectory() as tmp:
         store = Path(tmp)
-        async with simulators["server"], simulators["device"]:
+        async with (
+            simulators["server"],
+            simulators["device"],
+            private_broker(store / "broker") as broker,
+        ):
             blocks = "".join(
                 simulator.agent_config(
                     source=name, nodes=SCALARS, extra=f'mode = "{mode}"\ncorrect_clock = true\n'
                 )
                 for name, (simulator, mode) in sources.items()
+            ) + "".join(
+                MqttScadaSimulator(seed, shapes=("json",)).agent_config(
+                    f"mqtt-{unit}", broker.url, "correct_clock = true\n"
+                )
+                for seed, unit in PUBLISHERS
             )
-            await run(config(store, blocks), minutes * 60)
+            async with publishers(broker.url, broker.mqtt_version()):
+                await run(config(store, blocks), minutes * 60)
         table = ds.dataset(store / "data", partitioning="hive").to_table()
     print(
         f"clock: {minutes:g} min; server clock +5 s/+100 ppm (both stamps), and a device "
-        "+5 s/+100 ppm behind a correct server; each read by subscription and by polling"
+        "+5 s/+100 ppm behind a correct server, each read by subscription and by polling; "
+        "MQTT payload times +5 s/+100 ppm in epoch ms and in epoch us"
     )
     print(
         f"  {'source':<16} {'samples':>8} {'settling':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}"
     )
+    source = table["source"].cast(pa.string())
     for name, (simulator, _) in sources.items():
-        rows = table.filter(pc.equal(table["source"].cast(pa.string()), name))
-        quality = rows["quality"].to_numpy()
-        good = quality == q.GOOD
-        times = rows["time"].cast(pa.int64()).to_numpy()[good]
-        true = simulator.true_time(rows["source_time"].cast(pa.int64()).to_numpy()[good])
-        error = np.abs(times - true) / MS
-        settling = int(((quality & q.Flag.CLOCK_UNCERTAIN) != 0).sum())
-        print(
-            f"  {name:<16} {good.sum():>8} {settling:>8} {np.percentile(error, 50):>8.3f} "
-            f"{np.percentile(error, 99):>8.3f} {error.max():>8.3f}"
-        )
+        rows = table.filter(pc.equal(source, name))
+        print_errors(name, rows, source_truth(simulator))
+    for _, unit in PUBLISHERS:
+        name = f"mqtt-{unit}_json"
+        rows = table.filter(pc.equal(source, name))
+        print_errors(name, rows, nearest_tick)
+        print_least_delays(rows.filter(pc.equal(rows["quality"], q.GOOD)))
 
 
 def time_column_bytes(store: Path) -> tuple[int, int]:

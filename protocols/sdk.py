@@ -25,11 +25,12 @@ import asyncio
 import importlib.resources
 import inspect
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import structlog
@@ -40,7 +41,7 @@ from agent.acquisition.quality import Reason
 from agent.acquisition.scheduler import Tick, TickClock, ticks
 from agent.config.durations import format_duration
 from agent.config.model import SourceConfig, TagConfig
-from agent.ops.health import ProblemLog
+from agent.ops.health import SETTLE_S, ProblemLog
 from agent.ops.metrics import Metrics, PollStats
 
 __all__ = [
@@ -75,7 +76,8 @@ class DriverContext:
         self.source = config.name
         self.tags: Sequence[TagConfig] = config.tags
         self.log = structlog.get_logger().bind(source=config.name)
-        self.problems = ProblemLog(self.log)
+        # a flaky device's failures are one episode until it has stayed away SETTLE_S
+        self.problems = ProblemLog(self.log, settle_s=SETTLE_S)
         self.metrics = metrics or Metrics()
         self.clock = clock or TickClock()
         self._emit = emit
@@ -83,6 +85,10 @@ class DriverContext:
         self._stats: dict[str, PollStats] = {}
         self._up = self.metrics.source_up.labels(config.name)
         self.connected = False  # a session is up (set by the driver through set_connected)
+        self._announced = False
+        self._polls = 0  # polls between request and emit
+        self._between_polls = asyncio.Event()
+        self._between_polls.set()
 
     async def emit(self, frame: Frame) -> None:
         """Hand a frame to the agent; returns once it is in the frame log (or, while the
@@ -110,8 +116,45 @@ class DriverContext:
         return dict(self._stats)
 
     def set_connected(self, connected: bool) -> None:
+        """Drivers call this when a session comes up and when it ends. The first session
+        of a run is announced in the log with what the source reads; later ones are in
+        the failure's "recovered" line."""
+        if connected and not self._announced:
+            self._announced = True
+            self.log.info(
+                "source connected",
+                protocol=self.config.protocol,
+                endpoint=without_credentials(str(getattr(self.config, "url", ""))),
+                tags=len(self.tags),
+                rates=rate_summary(self.tags),
+            )
         self.connected = connected
         self._up.set(1 if connected else 0)
+
+    @contextmanager
+    def polling(self) -> Iterator[None]:
+        """Around one poll, from its request to its emit: a reload that restarts the source
+        waits until none is in flight (:meth:`between_polls`), so the request a device
+        has answered is not cancelled on its way to the frame log."""
+        self._polls += 1
+        self._between_polls.clear()
+        try:
+            yield
+        finally:
+            self._polls -= 1
+            if not self._polls:
+                self._between_polls.set()
+
+    async def between_polls(self, timeout_s: float) -> bool:
+        """Wait until no poll is in flight; True if so (cancel the source right away, with
+        no await in between), False if ``timeout_s`` passed first."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                while self._polls:
+                    await self._between_polls.wait()
+        except TimeoutError:
+            return False
+        return True
 
 
 class Driver(ABC):
@@ -160,6 +203,22 @@ class Driver(ABC):
         the keys to override in the sample config's first source (e.g. ``{"url": ...}``).
         """
         return None
+
+
+def rate_summary(tags: Sequence[TagConfig]) -> str:
+    """``"25 @ 100ms, 2 @ 1s"``: how many tags at each rate."""
+    counts: dict[int, int] = {}
+    for tag in tags:
+        counts[tag.rate] = counts.get(tag.rate, 0) + 1
+    return ", ".join(f"{n} @ {format_duration(rate)}" for rate, n in sorted(counts.items()))
+
+
+def without_credentials(url: str) -> str:
+    """A URL fit for a log line: a user name and password in it are cut out."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,12 +289,13 @@ class PollingDriver(Driver):
         task = asyncio.current_task()
         async for tick in ticks(group.period_ns, ctx.clock):
             stats.poll_started(tick.lateness_ns, tick.skipped)
-            frame = await self.read(group, tick, stats)
-            if task is not None and task.cancelling():
-                # a library swallowed our cancellation (asyncio.wait_for on Python 3.11,
-                # CPython gh-86296, used by pymodbus per request): honour it here
-                raise asyncio.CancelledError
-            if self.config.snap and not frame.device_clock:
-                frame.time[:] = tick.due_wall_ns  # the actual lateness stays in the stats
-            if len(frame):
-                await ctx.emit(frame)
+            with ctx.polling():
+                frame = await self.read(group, tick, stats)
+                if task is not None and task.cancelling():
+                    # a library swallowed our cancellation (asyncio.wait_for on Python 3.11,
+                    # CPython gh-86296, used by pymodbus per request): honour it here
+                    raise asyncio.CancelledError
+                if self.config.snap and not frame.device_clock:
+                    frame.time[:] = tick.due_wall_ns  # the actual lateness stays in the stats
+                if len(frame):
+                    await ctx.emit(frame)

@@ -8,10 +8,11 @@ what any request at time ``t`` was served.
 
 Faults for tests and demos: exception responses and timeouts with a seeded probability
 (``exception_rate`` and ``timeout_rate`` may be changed while it runs), periodic
-disconnects, values held at anything a register can carry (``hold``, e.g. a float32 NaN),
-and ``stop()``/``start()`` or ``restart(downtime_s)`` for a PLC that goes away and comes
-back on the same port (the listener sets SO_REUSEADDR, as asyncio servers do on POSIX, so
-the port is free again at once).
+disconnects (``disconnect_every_s`` set to 0 while it runs stops them), slow answers
+(``response_delay_s``), values held at anything a register can carry (``hold``, e.g. a
+float32 NaN), and ``stop()``/``start()`` or ``restart(downtime_s)`` for a PLC that goes
+away and comes back on the same port (the listener sets SO_REUSEADDR, as asyncio servers
+do on POSIX, so the port is free again at once).
 """
 
 from __future__ import annotations
@@ -168,6 +169,7 @@ class ModbusPLCSimulator:
         timeout_rate: float = 0.0,
         timeout_s: float = 5.0,
         disconnect_every_s: float = 0.0,
+        response_delay_s: float = 0.0,
     ) -> None:
         self.signals = CncSignals(seed, scan_ns)
         self.unit_id = unit_id
@@ -176,6 +178,10 @@ class ModbusPLCSimulator:
         self.timeout_rate = timeout_rate
         self.timeout_s = timeout_s
         self.disconnect_every_s = disconnect_every_s
+        # every answer this much after its values were taken: a slow device (the values,
+        # a sequence number among them, count as served before the answer leaves)
+        self.response_delay_s = response_delay_s
+        self._answering = asyncio.Lock()
         self._rng = random.Random(seed)
         self._server: ModbusTcpServer | ModbusSerialServer | None = None
         self._images: dict[str, tuple[int, list[int]]] = {}
@@ -189,6 +195,11 @@ class ModbusPLCSimulator:
         self.held: dict[str, float] = {}  # point name -> value served instead of its signal
 
     # -- truth --------------------------------------------------------------------------
+
+    @property
+    def answering(self) -> bool:
+        """A request is being answered with ``response_delay_s``: one is in flight."""
+        return self._answering.locked()
 
     def hold(self, name: str, value: float | None) -> None:
         """Serve ``value`` for a register point from now on (None: its signal again); for
@@ -279,7 +290,30 @@ class ModbusPLCSimulator:
         registers: list[int],
         set_values: Any,
     ) -> ExcCodes | None:
-        """Called by pymodbus before each request is served: refresh, or inject a fault."""
+        """Called by pymodbus before each request is served: refresh, or inject a fault.
+        With ``response_delay_s`` one request is answered at a time: pymodbus reads the
+        reply from the device's registers when this returns, so a second request filling
+        them during the first one's delay would answer both with its own values."""
+        if not self.response_delay_s:
+            return await self._serve(
+                function_code, start_address, address, count, registers, set_values
+            )
+        async with self._answering:
+            result = await self._serve(
+                function_code, start_address, address, count, registers, set_values
+            )
+            await asyncio.sleep(self.response_delay_s)
+            return result
+
+    async def _serve(
+        self,
+        function_code: int,
+        start_address: int,
+        address: int,
+        count: int,
+        registers: list[int],
+        set_values: Any,
+    ) -> ExcCodes | None:
         self.requests += 1
         if set_values is not None or function_code not in (1, 2, 3, 4):
             self.write_attempts += 1  # the agent must never write; tests assert this stays 0
@@ -404,9 +438,10 @@ class ModbusPLCSimulator:
         return len(connections)
 
     async def _disconnect_periodically(self) -> None:
-        while True:
+        while self.disconnect_every_s:
             await asyncio.sleep(self.disconnect_every_s)
-            self.drop_connections()
+            if self.disconnect_every_s:
+                self.drop_connections()
 
     def agent_config(
         self,

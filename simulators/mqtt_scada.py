@@ -211,30 +211,34 @@ class MqttScadaSimulator:
 
     # -- messages ---------------------------------------------------------------------------
 
-    def messages(self, true_ns: int) -> list[tuple[str, bytes]]:
-        """The (topic, payload) pairs of one tick, faults applied."""
+    def snapshot(self, true_ns: int) -> dict[str, float]:
+        """Every plant value at a tick (about a millisecond of numpy)."""
+        return self.signals.values(true_ns, [tag.name for tag in PLANT])
+
+    def messages(
+        self, true_ns: int, values: dict[str, float] | None = None
+    ) -> list[tuple[str, bytes]]:
+        """The (topic, payload) pairs of one tick, faults applied; ``values`` is the tick's
+        :meth:`snapshot` if it was taken already."""
         stamp = self.publisher_time(true_ns)
+        values = self.snapshot(true_ns) if values is None else values
         out: list[tuple[str, bytes]] = []
         for shape in self.shapes:
             if shape == "plain":
                 for tag in PLANT:
-                    value = self.signals.values(true_ns, [tag.name])[tag.name]
-                    out.append(self._message(shape, f"{self.prefix}/plain/{tag.name}", value))
+                    topic = f"{self.prefix}/plain/{tag.name}"
+                    out.append(self._message(shape, topic, values[tag.name]))
             elif shape == "json":
                 for area in AREAS:
-                    names = [tag.name for tag in PLANT if tag.area == area]
                     document = {
                         "ts": stamp // self.epoch_scale,
-                        "values": self.signals.values(true_ns, names),
+                        "values": {tag.name: values[tag.name] for tag in PLANT if tag.area == area},
                         "quality": "good",
                     }
                     out.append(self._message(shape, f"{self.prefix}/json/{area}", document))
             else:
                 for tag in PLANT:
-                    document = {
-                        "v": self.signals.values(true_ns, [tag.name])[tag.name],
-                        "t": iso(stamp),
-                    }
+                    document = {"v": values[tag.name], "t": iso(stamp)}
                     topic = f"{self.prefix}/pattern/{tag.area}/{tag.name}"
                     out.append(self._message(shape, topic, document))
         return out
@@ -273,17 +277,27 @@ class MqttScadaSimulator:
             self._connection = None
 
     async def _publish_forever(self) -> None:
-        held: list[int] = []
+        """Publish every tick when it is due. Its values are computed while waiting for it,
+        so its messages leave as soon as the tick's instant comes, like a device's that
+        samples and sends: computing them at the tick would hold every payload a
+        millisecond behind the time it carries, a delay no clock model can tell apart from
+        the publisher's clock offset."""
+        held: list[tuple[int, dict[str, float] | None]] = []
+        upcoming: tuple[int, dict[str, float]] | None = None
         async for tick in ticks(self.period_ns):
-            held.append(tick.due_wall_ns)
-            if len(held) < self.burst:
-                continue
-            for true_ns in held:
-                for topic, payload in self.messages(true_ns):
-                    self.publish(topic, payload)
-                self.ticks.append(true_ns)
-            held.clear()
-            self._still_in_flight()  # keeps the list to what the broker has not acked yet
+            due = tick.due_wall_ns
+            # computed ahead unless ticks were skipped (an overrun) since
+            ready = upcoming[1] if upcoming is not None and upcoming[0] == due else None
+            held.append((due, ready))
+            if len(held) >= self.burst:
+                for true_ns, values in held:
+                    for topic, payload in self.messages(true_ns, values):
+                        self.publish(topic, payload)
+                    self.ticks.append(true_ns)
+                held.clear()
+                self._still_in_flight()  # keeps the list to what the broker has not acked yet
+            following = due + self.period_ns
+            upcoming = (following, self.snapshot(following))
 
     def _still_in_flight(self) -> bool:
         """Forget the messages the broker acknowledged; whether any are left."""

@@ -18,11 +18,12 @@ with ``clock_epoch_ns`` fixed when the simulator object is created (a server res
 not reset the machine's clock). The server's own clock may be off too
 (``server_clock_offset_ns``, ``server_clock_drift_ppm``), as in a PLC whose embedded OPC UA
 server runs on the PLC's wrong clock: it stamps ``ServerTimestamp`` (wall time at the write,
-on the server's clock) and the device clock is synchronised to it, so ``source_clock`` adds
-both skews. asyncua carries DateTime as a Python ``datetime``, so the published
-``SourceTimestamp`` is ``source_clock(t_k)`` truncated to whole microseconds. :meth:`true_time`
-inverts the clock and :meth:`truth` returns exactly the published value, so a test maps
-``truth(name, true_time(SourceTimestamp))`` and compares with ``==``.
+on the server's clock), each publish response's PublishTime and every response header's
+Timestamp, and the device clock is synchronised to it, so ``source_clock`` adds both skews.
+asyncua carries DateTime as a Python ``datetime``, so the published ``SourceTimestamp`` is
+``source_clock(t_k)`` truncated to whole microseconds. :meth:`true_time` inverts the clock
+and :meth:`truth` returns exactly the published value, so a test maps ``truth(name,
+true_time(SourceTimestamp))`` and compares with ``==``.
 
 Lifecycle: ``start()`` builds a fresh asyncua ``Server``, ``stop()`` tears it down including
 sessions whose subscriptions would outlive the TCP connection, and ``restart()`` does both on
@@ -65,6 +66,7 @@ from asyncua.server.address_space import (
 )
 from asyncua.server.internal_server import InternalServer
 from asyncua.server.standard_address_space import standard_address_space
+from asyncua.server.uaprocessor import UaProcessor
 from asyncua.server.user_managers import UserManager
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -299,11 +301,43 @@ def _clone_nodes(template: dict[ua.NodeId, NodeData]) -> dict[ua.NodeId, NodeDat
 
 
 class _FastInternalServer(InternalServer):
-    """asyncua's InternalServer, loading namespace 0 from the per-process template."""
+    """asyncua's InternalServer, loading namespace 0 from the per-process template.
+
+    ``response_clock`` is the server's clock that stamps every response header (see
+    :func:`_send_stamped_response`); None leaves asyncua's stamp (the host clock).
+    """
+
+    response_clock: Callable[[], dt.datetime] | None = None
 
     async def load_standard_address_space(self, shelf_file: Path | None = None) -> None:
         template = await asyncio.to_thread(_standard_template)
         self.aspace._nodes = _clone_nodes(template)
+
+
+_send_response: Callable[..., None] = UaProcessor.send_response
+
+
+def _send_stamped_response(
+    self: UaProcessor,
+    requesthandle: Any,
+    seqhdr: Any,
+    response: Any,
+    msgtype: bytes = ua.MessageType.SecureMessage,
+) -> None:
+    """Stamp a response header (Part 4 7.33: the time the server sent the response) with
+    the simulated server's clock, which may be off, as a real server's would be.
+
+    asyncua stamps it with the host's clock when it builds the response, and has no
+    per-server hook for it: this replaces UaProcessor.send_response for every server in
+    the process, and changes only those of this simulator.
+    """
+    clock = getattr(self.iserver, "response_clock", None)
+    if clock is not None:
+        response.ResponseHeader.Timestamp = clock()
+    _send_response(self, requesthandle, seqhdr, response, msgtype)
+
+
+UaProcessor.send_response = _send_stamped_response  # type: ignore[method-assign]
 
 
 class _DictUserManager(UserManager):
@@ -754,7 +788,9 @@ class OpcUaCncSimulator:
 
     async def _build_server(self, host: str, port: int) -> Server:
         user_manager = _DictUserManager(self.users) if self.users is not None else None
-        server = Server(iserver=_FastInternalServer(user_manager=user_manager))
+        iserver = _FastInternalServer(user_manager=user_manager)
+        iserver.response_clock = lambda: _datetime(int(self.server_clock(time.time_ns())))
+        server = Server(iserver=iserver)
         server.disable_clock()
         await server.init()
         server.set_server_name(APPLICATION_NAME)

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from agent.acquisition import quality as q
 from agent.acquisition.frame import Frame
 from agent.config.model import SourceConfig
-from agent.windows.batch import SCHEMA, Batch, Batcher, TagTable
+from agent.windows.batch import SCHEMA, Batch, Batcher, TagEntry, TagTable, layout_entries
 from protocols._template.driver import TemplateSourceConfig
 from protocols.modbus.config import ModbusSourceConfig
 
@@ -459,3 +459,30 @@ def test_points_conserved_across_random_frames(seed: int, window: int, lateness:
     assert late == b.late_points
     assert b.pending_points == 0
     assert starts == sorted(set(starts))
+
+
+def test_a_new_table_finds_each_tag_by_its_config_name_and_keeps_what_drivers_said() -> None:
+    """What a reload relies on: tags moved across by the names the config gives them, a
+    tag a driver renamed (a Sparkplug placeholder) found by its config name all the same,
+    what drivers described carried over, and the frame log's numbering stored and read."""
+    before = TemplateSourceConfig.model_validate(
+        {"name": "dev", "tags": [{"name": "x"}, {"name": "y"}]}
+    )
+    old = TagTable([before])
+    old.describe(0, "Motor/Speed", {"unit": "rpm"})
+    assert old.qualified[0] == "dev/Motor/Speed"
+    after = TemplateSourceConfig.model_validate(
+        {"name": "dev", "tags": [{"name": "z"}, {"name": "y"}, {"name": "x"}]}
+    )
+    gone = TagEntry("old", "w", {"rate": "1s"})
+    new = TagTable([after], retired=[gone])
+    assert new.moved_from(old).tolist() == [2, 1]
+    new.inherit(old)
+    assert new.qualified == ["dev/z", "dev/y", "dev/Motor/Speed", "old/w"]
+    assert new.lineage[2]["unit"] == "rpm"
+    assert new.version > old.version, "whoever announced the old tags does again"
+    assert new.live_tags == 3
+    assert new.source_names == ["dev", "old"]
+    slots = layout_entries(new.layout())
+    assert [[entry.qualified for entry in slot] for slot in slots] == [["dev/z", "dev/y", "dev/x"]]
+    assert new.index_of(["dev/x", "old/w", "dev/q"]).tolist() == [2, 3, -1]

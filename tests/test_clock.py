@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from agent.acquisition import quality as q
 from agent.acquisition.clock import ClockModel, SourceClock
-from agent.acquisition.frame import Frame
+from agent.acquisition.frame import Frame, concat
 from agent.ops.health import ProblemLog
 from agent.ops.metrics import Metrics
 from protocols._template.driver import TemplateSourceConfig
@@ -53,6 +53,63 @@ def test_offset_and_drift_recovered_within_a_millisecond(
     corrected = estimate.to_reference(device_clock(true, offset_ms * MS, drift_ppm))
     assert np.abs(corrected - true).max() <= 1 * MS
     assert estimate.drift * 1e6 == pytest.approx(drift_ppm, abs=10)
+
+
+def feed_round_trips(
+    model: ClockModel, seconds: int, offset_ns: int, drift_ppm: float, seed: int
+) -> None:
+    """Ten requests a second, each answered after 0.3 ms + an exponential delay (3 ms mean),
+    one in ten held up for up to 2 s; the server stamps its answer anywhere in between."""
+    rng = np.random.default_rng(seed)
+    for k in range(seconds * 10):
+        requested = T0 + k * 100 * MS
+        held = rng.random() < 0.1
+        trip = int((rng.uniform(0, 2000) if held else 0.3 + rng.exponential(3.0)) * MS)
+        stamped = requested + int(rng.uniform(0, trip))
+        server = int(device_clock(np.array([stamped]), offset_ns, drift_ppm)[0])
+        midpoint = requested + trip // 2
+        model.observe(midpoint, server - midpoint, trip)
+
+
+@settings(deadline=None, max_examples=20)
+@given(
+    offset_ms=st.integers(-5000, 5000),
+    drift_ppm=st.floats(-200, 200),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_round_trips_recover_offset_and_drift_within_a_millisecond(
+    offset_ms: int, drift_ppm: float, seed: int
+) -> None:
+    model = ClockModel(window_ns=60 * S, bucket_ns=2 * S)
+    feed_round_trips(model, 90, offset_ms * MS, drift_ppm, seed)
+    estimate = model.estimate
+    assert estimate is not None
+    true = T0 + np.arange(80, 100) * S
+    corrected = estimate.to_reference(device_clock(true, offset_ms * MS, drift_ppm))
+    assert np.abs(corrected - true).max() <= 1 * MS
+    assert estimate.drift * 1e6 == pytest.approx(drift_ppm, abs=10)
+
+
+def test_a_bucket_keeps_its_shortest_round_trip() -> None:
+    """A request held up 20 ms on its way in and answered at once looks 10 ms fast from
+    its midpoint: the largest offset (the one-way rule) would take it, the shortest round
+    trip does not."""
+    model = ClockModel()
+    model.observe(T0 + 10 * MS, 3 * S + 10 * MS, 20 * MS)
+    model.observe(T0 + 50 * MS, 3 * S + 200_000, 1 * MS)
+    model.observe(T0 + 90 * MS, 3 * S - 1 * MS, 4 * MS)
+    assert model.estimate is not None
+    assert model.estimate.offset_ns == 3 * S + 200_000
+
+
+def test_once_round_trips_come_one_way_observations_are_ignored() -> None:
+    model = ClockModel()
+    model.observe(T0, 3 * S - 5 * MS)  # one-way: bounded below only
+    model.observe(T0 + 10 * MS, 3 * S, 1 * MS)
+    model.observe(T0 + 20 * MS, 3 * S + 2 * MS)  # one-way again: ignored
+    assert model.round_trip
+    assert model.estimate is not None
+    assert model.estimate.offset_ns == 3 * S
 
 
 def test_a_single_bucket_gives_its_minimum_delay_offset_and_no_drift() -> None:
@@ -201,3 +258,47 @@ def test_whichever_clock_is_off_is_flagged_without_correction(
         out = feed_served(stage, server_offset, device_offset, sent=True)
     assert ((out.quality & q.Flag.CLOCK_UNCERTAIN) != 0).all() == flagged
     assert len([e for e in logs if "clock" in e["event"]]) == int(flagged)
+
+
+def polled_frame(true_ns: int, server_offset: int, age_ns: int, trip_ns: int) -> Frame:
+    """A Read sent at ``true_ns`` and answered ``trip_ns`` later; the server's values were
+    written ``age_ns`` before the request (their ServerTimestamps), its response header
+    stamped a quarter of the way through the round trip."""
+    written = true_ns - age_ns + server_offset
+    frame = stamped_frame(true_ns - age_ns, server_offset, trip_ns + age_ns)
+    frame.server_time = np.full(2, written, np.int64)
+    frame.requested = true_ns
+    frame.sent = true_ns + trip_ns // 4 + server_offset
+    return frame
+
+
+def test_a_polled_server_is_measured_by_its_responses_not_its_values_ages() -> None:
+    """Values written 30-80 ms before each Read would put a model of ServerTimestamps
+    against receive times 30 ms off, and the response header's stamp against the receive
+    time alone three quarters of the shortest round trip (0.75 ms); from the round trip's
+    midpoint it is a quarter (0.25 ms)."""
+    stage = SourceClock(source(correct_clock=True), Metrics(), ProblemLog(structlog.get_logger()))
+    rng = np.random.default_rng(5)
+    for k in range(50):
+        true = T0 + k * 100 * MS
+        age = int(rng.uniform(30, 80) * MS)
+        out = stage.process(polled_frame(true, 5 * S, age, int(rng.uniform(1, 3) * MS)))
+    assert stage.server.round_trip
+    assert np.abs(out.time - (true - age)).max() <= 400_000
+    assert (out.quality == q.GOOD).all()
+    described = stage.describe()
+    assert described is not None
+    assert described["server_offset_ms"] == pytest.approx(5000.0, abs=1.0)
+
+
+def test_a_read_split_in_chunks_is_one_round_trip_spanning_them() -> None:
+    first = polled_frame(T0, 5 * S, 0, 2 * MS)
+    second = polled_frame(T0 + 3 * MS, 5 * S, 0, 2 * MS)
+    joined = concat([first, second])
+    assert (joined.requested, joined.received, joined.sent) == (
+        first.requested,
+        second.received,
+        second.sent,
+    )
+    assert joined.requested < joined.sent - 5 * S < joined.received
+    assert joined.take(np.array([0])).requested == first.requested

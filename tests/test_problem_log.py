@@ -3,6 +3,7 @@ and totalled when it ends: never once per occurrence."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -60,3 +61,46 @@ def test_without_a_summary_period_a_problem_logs_only_its_start_and_end() -> Non
     problems.ok("block")
     assert [event for _, event, _ in log.lines] == ["read failed", "recovered"]
     assert log.lines[-1][2]["occurrences"] == 100
+
+
+async def test_a_flapping_problem_is_one_episode_summarised_then_recovered_once_quiet() -> None:
+    log = Lines()
+    problems = ProblemLog(log, summary_s=0.3, settle_s=0.2)
+    for _ in range(8):  # fails and recovers every 50 ms for 0.4 s: one episode
+        problems.fail("block", "read failed", detail="SERVER DEVICE FAILURE (4)")
+        problems.fail("block", "read failed", detail="SERVER DEVICE FAILURE (4)")
+        problems.ok("block")
+        await asyncio.sleep(0.05)
+    assert not problems.is_open("block"), "health sees it recovered at once"
+    assert [event for _, event, _ in log.lines] == ["read failed", "read failed (still)"]
+    summary = log.lines[1][2]
+    assert summary["outages"] >= 6
+    assert summary["recent"] == summary["occurrences"] - 1, "failures since the first line"
+    await asyncio.sleep(0.4)  # quiet for longer than settle_s
+    assert [event for _, event, _ in log.lines][2:] == ["recovered"]
+    recovered = log.lines[2][2]
+    assert recovered["occurrences"] == 16
+    assert recovered["outages"] == 8
+    assert 0.3 < recovered["lasted_s"] < 0.5, "from the first failure to the last recovery"
+
+
+async def test_an_outage_longer_than_the_settle_time_is_told_over_at_once() -> None:
+    log = Lines()
+    problems = ProblemLog(log, settle_s=0.1)
+    problems.fail("session", "source failed", error="refused")
+    await asyncio.sleep(0.15)
+    problems.ok("session")
+    assert [event for _, event, _ in log.lines] == ["source failed", "recovered"]
+    assert "outages" not in log.lines[1][2]
+
+
+async def test_a_recovery_still_settling_is_told_when_the_log_closes() -> None:
+    log = Lines()
+    problems = ProblemLog(log, settle_s=60.0)
+    problems.fail("session", "source failed")
+    problems.ok("session")
+    assert [event for _, event, _ in log.lines] == ["source failed"]
+    problems.close()
+    assert [event for _, event, _ in log.lines] == ["source failed", "recovered"]
+    assert problems.last is not None
+    assert problems.last.event == "source failed"

@@ -56,14 +56,6 @@ async def test_a_skewed_clock_is_corrected_to_within_2_ms(
     p99 = float(np.percentile(error, 99))
     offset = agent.metrics.clock_offset.labels("cnc1")._value.get()
     assert offset == pytest.approx(5.0, abs=0.005)
-    if skew == "server" and mode == "poll":
-        # a polled read's ServerTimestamp is when the value was written: the error is the
-        # least write-to-receive time seen (bench_clock, 10 min: p99 2.39 ms). Taking the
-        # request's send time too would halve it; not built yet (issue 14 stays open)
-        assert p99 <= 5.0, f"p99 error {p99:.3f} ms, max {error.max():.3f} ms"
-        if p99 > 2.0:
-            pytest.xfail(f"p99 {p99:.3f} ms: polled reads of a skewed server, see above")
-        return
     assert p99 <= 2.0, f"p99 error {p99:.3f} ms, max {error.max():.3f} ms"
 
 
@@ -105,8 +97,14 @@ async def test_an_mqtt_publisher_5_s_fast_is_corrected_to_within_2_ms(
     error = error_ms(corrected, nearest)
     p99 = float(np.percentile(error, 99))
     assert p99 <= 5.0, f"p99 error {p99:.3f} ms, max {error.max():.3f} ms"
-    if p99 > 2.0:  # the issue's goal; see the i14-clock report for what it needs
+    # The issue's goal is 2 ms. A payload time is one-way: the corrected times stay late by
+    # the least delay from the publisher's tick to the agent's receipt that the model has
+    # seen, which no one-way observation can tell from the clock's offset. That delay
+    # (the publisher's wake-up, its publish, the broker, the agent's read, all on the
+    # test's loaded host) was 1.6-2.8 ms in this test's runs; payload times in epoch
+    # microseconds fared no better (BENCHMARKS.md, "Clock against the gateway clock").
+    if p99 > 2.0:
         pytest.xfail(
-            f"p99 {p99:.3f} ms: the least publisher-broker-agent delay seen, plus payload "
-            "times in whole milliseconds"
+            f"p99 {p99:.3f} ms: one-way payload times stay late by the least "
+            "publisher-to-agent delay seen"
         )

@@ -3,16 +3,24 @@
 A device that stamps its own samples (OPC UA SourceTimestamp, an MQTT payload time) may run
 seconds fast and drift by tens of ppm; so may an OPC UA server, which then stamps both
 SourceTimestamp and ServerTimestamp with its wrong clock. The reference is always the
-gateway's receive time. Each frame gives one observation per clock: the largest
-``stamp - reference`` among its rows, the sample that travelled with the least delay. This is
-the NTP clock-filter idea: delays only ever add, so the minimum-delay observation is the one
-nearest to the true offset. Where a server sends ServerTimestamps, two clocks are modelled:
-the server's against the gateway and the device's against the server's (which stamps next to
-the device, so that model is precise even when the network path is not).
+gateway's clock, read when a frame is received. Each frame gives one observation per clock:
+the largest ``stamp - reference`` among its rows, the sample that travelled with the least
+delay. This is the NTP clock-filter idea: delays only ever add, so the minimum-delay
+observation is the one nearest to the true offset. Where a server sends ServerTimestamps,
+two clocks are modelled: the server's against the gateway and the device's against the
+server's (which stamps next to the device, so that model is precise even when the network
+path is not).
 
-Observations fall into buckets of ``bucket_ns`` (1 s); each bucket keeps its minimum-delay one,
-and a least-squares line through the buckets of the last ``window_ns`` gives the offset
-and its drift. Uncertainty is the largest distance of a bucket from that line. Above the
+A server that stamps its answer to a request (an OPC UA Read response's header) gives round
+trips instead: the stamp was taken between the request and the answer, so it is compared
+with their midpoint and is off by at most half the round trip either way; the shortest round
+trip is the one to trust (NTP's clock filter again). That beats a polled value's
+ServerTimestamp, which is when the value was written: any time before the Read.
+
+Observations fall into buckets of ``bucket_ns`` (1 s); each bucket keeps its least delayed
+one, and a least-squares line through the buckets of the last ``window_ns`` gives the offset
+and its drift (raised to the least delayed bucket for one-way observations, whose errors
+are all delays). Uncertainty is the spread of the buckets about that line. Above the
 source's ``clock_threshold`` (of the uncertainty when correcting, of the offset itself when
 not) samples are flagged CLOCK_UNCERTAIN and a warning is logged once. Corrected samples of
 the first frames, before the filter has seen enough of them, are flagged too.
@@ -62,15 +70,23 @@ class ClockEstimate:
 
 
 class ClockModel:
-    """Minimum-delay offset and drift estimator over a sliding window of buckets."""
+    """Minimum-delay offset and drift estimator over a sliding window of buckets.
+
+    Observations are one-way (a stamp taken some unknown delay before the reference, a
+    receive time: the true offset is at least the observed one) or round trips (a stamp
+    taken between a request and its answer, the reference their midpoint: the true offset
+    is within half the round trip of the observed one, either way). A model that has seen
+    a round trip is measured by round trips alone.
+    """
 
     def __init__(self, window_ns: int = 60_000_000_000, bucket_ns: int = 1_000_000_000) -> None:
         self.window_ns = window_ns
         self.bucket_ns = bucket_ns
-        # bucket index -> (reference ns, offset ns) of its minimum-delay observation; a
-        # delayed frame may land in an older bucket than the one before it
-        self._buckets: dict[int, tuple[int, int]] = {}
+        # bucket index -> (reference ns, offset ns, round trip ns or 0) of its least delayed
+        # observation; a delayed frame may land in an older bucket than the one before it
+        self._buckets: dict[int, tuple[int, int, int]] = {}
         self._newest = 0
+        self.round_trip = False
         self.observations = 0
         self.estimate: ClockEstimate | None = None
 
@@ -81,13 +97,26 @@ class ClockModel:
         at least two buckets (one busy second can delay every frame in it)."""
         return self.observations >= _SETTLING_OBSERVATIONS and len(self._buckets) >= 2
 
-    def observe(self, reference_ns: int, offset_ns: int) -> None:
+    def observe(self, reference_ns: int, offset_ns: int, round_trip_ns: int = 0) -> None:
+        """One stamp minus its reference; ``round_trip_ns`` > 0 makes it a round trip.
+
+        A bucket keeps its largest one-way offset (the least delayed) or its shortest round
+        trip (NTP's clock filter: the narrowest bound on the offset). One-way observations
+        bound the offset on one side only: once round trips come, they are ignored.
+        """
+        if round_trip_ns > 0 and not self.round_trip:
+            self.round_trip = True
+            self._buckets.clear()
+        elif round_trip_ns <= 0 and self.round_trip:
+            return
         self.observations += 1
         bucket = reference_ns // self.bucket_ns
         kept = self._buckets.get(bucket)
-        if kept is not None and offset_ns <= kept[1]:
+        if kept is not None and (
+            round_trip_ns >= kept[2] if self.round_trip else offset_ns <= kept[1]
+        ):
             return  # a more delayed observation than the bucket's best: nothing changes
-        self._buckets[bucket] = (reference_ns, offset_ns)
+        self._buckets[bucket] = (reference_ns, offset_ns, round_trip_ns)
         if bucket > self._newest:
             self._newest = bucket
             oldest = bucket - self.window_ns // self.bucket_ns
@@ -101,23 +130,30 @@ class ClockModel:
         at = int(refs.max())
         x = (refs - at).astype(np.float64)
         if len(refs) < _FIT_BUCKETS:  # a slope from a few seconds is noise: best offset only
-            best = float(offsets.max())
+            if self.round_trip:
+                trips = [kept[2] for kept in self._buckets.values()]
+                best = float(offsets[int(np.argmin(trips))])
+            else:
+                best = float(offsets.max())
             spread = float(offsets.max() - offsets.min())
             return ClockEstimate(best, 0.0, at, spread)
         offset, drift = _line(x, offsets)
-        # A bucket that saw only delayed frames (a network hiccup) lies below the line:
-        # drop what is further below than the spread of the rest, then fit again.
+        # A bucket that saw only delayed frames (a network hiccup) lies below the line, or
+        # for round trips on either side of it: drop what is further off than the spread of
+        # the rest, then fit again.
         residuals = offsets - (offset + drift * x)
         tolerance = max(3.0 * float(np.median(np.abs(residuals))), _MIN_TOLERANCE_NS)
-        kept = residuals >= -tolerance
+        kept = np.abs(residuals) <= tolerance if self.round_trip else residuals >= -tolerance
         if kept.sum() >= 3 and not kept.all():
             x, offsets = x[kept], offsets[kept]
             offset, drift = _line(x, offsets)
-        # Every observation is the true offset less a delay: the line is raised until it
-        # touches the least delayed one, not left through the middle of the buckets' delays.
         residuals = offsets - (offset + drift * x)
-        highest = float(residuals.max())
-        return ClockEstimate(offset + highest, drift, at, highest - float(residuals.min()))
+        spread = float(residuals.max() - residuals.min())
+        if self.round_trip:  # errors either way: the line stays through their middle
+            return ClockEstimate(offset, drift, at, spread)
+        # Every one-way observation is the true offset less a delay: the line is raised
+        # until it touches the least delayed one, not left through the middle of the delays.
+        return ClockEstimate(offset + float(residuals.max()), drift, at, spread)
 
 
 def _line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
@@ -165,7 +201,12 @@ class SourceClock:
         if not len(frame):
             return frame
         if frame.sent > 0:  # the server's clock at sending: no queueing delay in it
-            self.server.observe(frame.received, frame.sent - frame.received)
+            trip = frame.received - frame.requested
+            if frame.requested > 0 and trip > 0:  # answering a request: stamped within it
+                midpoint = frame.requested + trip // 2
+                self.server.observe(midpoint, frame.sent - midpoint, trip)
+            else:
+                self.server.observe(frame.received, frame.sent - frame.received)
         elif frame.server_time is not None:
             _observe(self.server, frame.server_time, frame.received)
         if frame.source_time is not None:

@@ -40,9 +40,12 @@ class Frame:
     them with ``received``; drivers of sources without timestamps leave them None.
     ``device_clock`` says whose clock ``time`` is on: the device's (the agent may correct it
     and snaps it by rounding) or the gateway's (a poller snaps it to its scheduled tick).
-    ``sent`` is the server's clock when it sent the frame (an OPC UA PublishTime), 0 if
-    unknown: against ``received`` it measures the server clock without the time a value
-    waited in the server's publishing queue, which a ServerTimestamp includes.
+    ``sent`` is the server's clock when it sent the frame (an OPC UA PublishTime, or a Read
+    response's header Timestamp), 0 if unknown: it measures the server clock without the
+    time a value waited in a publishing queue or since its last write, which a
+    ServerTimestamp includes. ``requested`` is the gateway's clock when it sent the request
+    the frame answers (a polled Read), 0 for what came unasked: ``sent`` was then stamped
+    between ``requested`` and ``received``, a round trip whose midpoint it is compared with.
     """
 
     tag: np.ndarray
@@ -55,6 +58,7 @@ class Frame:
     server_time: np.ndarray | None = field(default=None)
     device_clock: bool = False  # ``time`` is on the device's clock, not the gateway's
     sent: int = 0
+    requested: int = 0
 
     def __len__(self) -> int:
         return int(self.tag.shape[0])
@@ -94,6 +98,7 @@ class Frame:
         )
         taken.device_clock = self.device_clock
         taken.sent = self.sent
+        taken.requested = self.requested
         for name in _OPTIONAL_FILL:
             column = getattr(self, name)
             if column is not None:
@@ -151,6 +156,10 @@ def concat(frames: Sequence[Frame]) -> Frame:
     )
     joined.device_clock = any(f.device_clock for f in frames)
     joined.sent = max(f.sent for f in frames)
+    # the earliest request of the parts: [requested, received] still spans each part's round
+    # trip, so the latest ``sent`` lies within it
+    requests = [f.requested for f in frames if f.requested > 0]
+    joined.requested = min(requests) if requests else 0
     for name, fill in _OPTIONAL_FILL.items():
         setattr(
             joined,

@@ -118,6 +118,7 @@ class SourceRunner:
         self._bad_since: float | None = None  # monotonic s of the first bad sample in a row
         self._bad_reason = ""
         self._error = ""  # why the last session failed
+        self.error_at_ns = 0  # when (wall clock)
         self.points = 0
         self.failures = 0
         self.degradations = 0  # times the source became degraded
@@ -213,22 +214,42 @@ class SourceRunner:
         for reason, count in zip(reasons.tolist(), counts.tolist(), strict=True):
             self.ctx.metrics.points_bad.labels(self.config.name, q.reason_name(reason)).inc(count)
 
+    @property
+    def last_error(self) -> str:
+        """Why the last session failed ("" if none has)."""
+        return self._error
+
+    def take_over(self, old: SourceRunner) -> None:
+        """Go on where ``old`` (the same source before a reload) left off: its counters,
+        and its clock models while the endpoint and the model's window are the same (the
+        device's clock did not change with the config)."""
+        self.points, self.failures = old.points, old.failures
+        self.degradations, self.not_finite = old.degradations, old.not_finite
+        self._error, self.error_at_ns = old._error, old.error_at_ns
+        same_device = old.driver.probe_address() == self.driver.probe_address()
+        if same_device and old.config.clock_window == self.config.clock_window:
+            self.clock.model, self.clock.server = old.clock.model, old.clock.server
+
     async def run(self) -> None:
         """Run sessions until cancelled; never raises anything but CancelledError."""
-        while True:
-            try:
-                await self.driver.run(self.ctx)
-                error = "the driver's run() returned"
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # any driver failure ends the session, not the agent
-                error = describe_error(exc)
-            await self._session_failed(error)
+        try:
+            while True:
+                try:
+                    await self.driver.run(self.ctx)
+                    error = "the driver's run() returned"
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # any driver failure ends the session, not the agent
+                    error = describe_error(exc)
+                await self._session_failed(error)
+        finally:
+            self.ctx.problems.close()
 
     async def _session_failed(self, error: str) -> None:
         self.failures += 1
         self._failures.inc()
         self._error = error
+        self.error_at_ns = time.time_ns()
         delay = self.backoff.next_delay()
         if self.ctx.problems.fail(
             SESSION, "source failed", error=error, retry_in_s=round(delay, 2)

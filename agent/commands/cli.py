@@ -27,13 +27,15 @@ from typing import Any, Protocol
 import structlog
 
 from agent import __version__
+from agent.commands.reload import add_reload_parser
 from agent.commands.report import (
     add_export_arguments,
     add_report_arguments,
     run_export,
     run_report,
 )
-from agent.commands.signals import install_stop_signals
+from agent.commands.signals import install_reload_signal, install_stop_signals
+from agent.commands.status import add_status_parser
 from agent.config.durations import format_duration, parse_duration
 from agent.config.load import ConfigError, LoadedConfig, load_config
 from agent.config.model import AgentSection
@@ -54,6 +56,7 @@ exit codes:
   0    stopped cleanly (every batch written to the spool; unsent ones wait there)
   1    a supervised task could not be kept alive, or a command failed (e.g. browse)
   2    the config (or a command-line value) is wrong: nothing started
+  3    status, reload: no agent answers at its endpoint
   74   the operating system refused a file (read-only remount, spool in use)
   130  interrupted (Ctrl-C) outside run/collect/demo
   141  the reader of the output went away (| head)"""
@@ -92,6 +95,9 @@ def _parser() -> argparse.ArgumentParser:
 
     check = _command(commands, "check", "validate a config file and summarise it")
     check.add_argument("-c", "--config", required=True, type=Path, help=config_help)
+
+    add_status_parser(commands)
+    add_reload_parser(commands)
 
     _simulators(_command(commands, "simulate", "run a bundled device simulator"))
 
@@ -241,6 +247,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             return _until_stopped("run", _run(loaded))
         if args.command == "collect":
             return _collect(args.config)
+        if args.command in ("status", "reload"):
+            return int(args.main(args))
         if args.command == "simulate":
             configure("info")
             simulators = {
@@ -329,10 +337,11 @@ async def _run(loaded: LoadedConfig) -> int:
     """1 when a task of the agent could not be kept alive: systemd restarts it."""
     from agent.runtime import Agent
 
-    stop = asyncio.Event()
+    stop, reload = asyncio.Event(), asyncio.Event()
     install_stop_signals(stop)
+    install_reload_signal(reload)
     agent = Agent(loaded)
-    await agent.run(stop)
+    await agent.run(stop, reload)
     return 1 if agent.failed else 0
 
 

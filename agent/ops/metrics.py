@@ -281,6 +281,10 @@ class LeanHistogram:
             child = self._children[values] = LeanHistogramChild(self.bounds)
         return child
 
+    def remove(self, *values: str) -> None:
+        """Drop one labelled series (a source or uplink a reload took out)."""
+        self._children.pop(values, None)
+
     def describe(self) -> list[Metric]:
         return [HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)]
 

@@ -132,6 +132,16 @@ class TaskSupervisor:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
+    def give_up(self, reason: str) -> None:
+        """The agent cannot go on as it is (a reload failed halfway): it stops, exit 1."""
+        self.fatal = reason
+        self.fatal_event.set()
+
+    async def discard(self, name: str) -> None:
+        """Stop a task for good (a reload took its source or uplink out, or replaces it)."""
+        await self.stop([name])
+        del self._tasks[name]
+
     def task(self, name: str) -> asyncio.Task[None] | None:
         entry = self._tasks.get(name)
         return entry.task if entry is not None else None

@@ -41,7 +41,7 @@ from agent.report.footers import FooterFigures
 from agent.report.series import SeriesIndex
 from agent.report.tablefile import TIME, ColumnStats, TableWriter, rescale
 from agent.stages.units import UNITS
-from agent.windows.batch import Batch, TagTable
+from agent.windows.batch import Batch, TagEntry, TagTable
 from agent.windows.resample import Resampler
 
 HOLD_NS = 300_000_000_000  # longest an on-change or compressed tag's value is carried
@@ -265,10 +265,11 @@ class _Grid:
         several = len(series.gateways()) > 1
         source_names = [f"{g}:{s}" if several else s for g, s in keys]
         source_of = {key: index for index, key in enumerate(keys)}
-        self.tags = TagTable.of_lineage(
-            source_names,
-            [(source_of[(c.gateway, c.source)], c.tag, c.lineage) for c in columns],
-        )
+        slots: list[list[TagEntry]] = [[] for _ in keys]
+        for c in columns:
+            index = source_of[(c.gateway, c.source)]
+            slots[index].append(TagEntry(source_names[index], c.tag, c.lineage))
+        self.tags = TagTable.of_slots(source_names, slots)
         # the tag table orders by source: each column's place in it, and each series'
         place = {name: g for g, name in enumerate(self.tags.qualified)}
         self.order = np.array(

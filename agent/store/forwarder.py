@@ -97,7 +97,6 @@ class Forwarder:
         quarantine: Quarantine,
     ) -> None:
         self.spool = spool
-        self.uplinks = uplinks
         self.metrics = metrics
         self.problems = problems
         self.replay_rate = replay_rate
@@ -105,21 +104,48 @@ class Forwarder:
         self.delivered = delivered
         self.storage = storage
         self.quarantine = quarantine
-        self._new = {uplink.name: asyncio.Event() for uplink in uplinks}
+        self._new: dict[str, asyncio.Event] = {}
         # acknowledgements the spool could not record yet, per uplink: seq -> (batch id,
         # the batch if it was delivered rather than quarantined)
-        self._unrecorded: dict[str, dict[int, tuple[str, Batch | None]]] = {
-            uplink.name: {} for uplink in uplinks
-        }
+        self._unrecorded: dict[str, dict[int, tuple[str, Batch | None]]] = {}
         # for health: when each uplink last delivered, and whether it has work waiting
-        self._delivered_at = {uplink.name: time.monotonic() for uplink in uplinks}
-        self._busy = dict.fromkeys(self._new, False)
+        self._delivered_at: dict[str, float] = {}
+        self._busy: dict[str, bool] = {}
+        self._buckets: dict[str, _TokenBucket] = {}
         self.in_flight: dict[str, int] = {}  # uplink -> seq of the batch being sent
+        self.uplinks: list[Uplink] = []
+        for uplink in uplinks:
+            self.add(uplink)
         self._rng = random.Random()
         self._progress = asyncio.Event()
         # batches just committed, by id: the live lane sends them without decoding the
         # spooled bytes again (a restart or an evicted entry falls back to decoding)
         self._recent: dict[str, Batch] = {}
+
+    def add(self, uplink: Uplink) -> None:
+        """An uplink to forward to (at start, or added or replaced by a reload); its
+        ``run`` task is the caller's to start."""
+        self.uplinks.append(uplink)
+        self._new[uplink.name] = asyncio.Event()
+        self._unrecorded.setdefault(uplink.name, {})
+        self._delivered_at[uplink.name] = time.monotonic()
+        self._busy[uplink.name] = False
+        self._buckets[uplink.name] = _TokenBucket(self.replay_rate)
+
+    def remove(self, name: str, replaced: bool) -> None:
+        """Forget an uplink whose task was stopped. A ``replaced`` one keeps the
+        acknowledgements the spool could not record yet: its successor does not resend
+        those batches."""
+        self.uplinks = [uplink for uplink in self.uplinks if uplink.name != name]
+        for table in (self._new, self._delivered_at, self._busy, self._buckets):
+            del table[name]
+        if not replaced:
+            del self._unrecorded[name]
+
+    def set_replay_rate(self, rate: float) -> None:
+        self.replay_rate = rate
+        for bucket in self._buckets.values():
+            bucket.rate = rate
 
     def remember(self, batch: Batch) -> None:
         self._recent[batch.batch_id] = batch
@@ -157,7 +183,7 @@ class Forwarder:
 
     async def run(self, uplink: Uplink, heartbeat: Heartbeat) -> None:
         """Forward to one uplink until cancelled."""
-        bucket = _TokenBucket(self.replay_rate)
+        bucket = self._buckets[uplink.name]
         new = self._new[uplink.name]
         while True:
             heartbeat.beat()

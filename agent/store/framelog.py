@@ -195,6 +195,15 @@ class FrameLog:
         segment.max_time = max(segment.max_time, max_time)
         return frame_id
 
+    @property
+    def first_id(self) -> int:
+        """The oldest frame id the log still holds (the next one if it holds none)."""
+        for segment in self._segments:
+            first = _first_id(segment.path)
+            if first is not None:
+                return first
+        return self.next_id
+
     def reserve_id(self) -> int:
         """The next frame id, taken: frame ids stay in acquisition order even for a frame
         whose write failed and that is written later."""

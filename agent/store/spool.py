@@ -29,6 +29,12 @@ The database's tables:
 ``state(key TEXT PRIMARY KEY, value INTEGER)``
     ``closed_until`` (the last batch boundary emitted) and ``last_frame`` (the newest
     frame id that was pending when it was emitted), which recovery needs.
+``layouts(first_frame INTEGER PRIMARY KEY, body TEXT)``
+    How frames from ``first_frame`` on number their sources and tags (the agent's
+    ``TagTable.layout()``: ``[[source, [[tag, lineage], ...]], ...]``), written when a
+    start or a reload changes it, so that frames logged under an earlier config are
+    replayed as the tags they were, by name. Only the rows frames still in the log need
+    are kept.
 ``losses(reason TEXT PRIMARY KEY, batches INTEGER, points INTEGER)``
     Loss counters that survive restarts: ``overflow``, ``spool_corrupt`` (batches a
     salvage could not keep, see :mod:`agent.store.salvage`), ``frame_log_corrupt`` (damaged
@@ -56,7 +62,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from zlib import crc32
 
@@ -87,6 +93,11 @@ CREATE TABLE IF NOT EXISTS losses (
     reason TEXT PRIMARY KEY, batches INTEGER NOT NULL, points INTEGER NOT NULL
 );
 """
+# made when the first layout is recorded (a salvage does not carry it over: frames of an
+# earlier layout are then replayed as the current config numbers them)
+_LAYOUTS = (
+    "CREATE TABLE IF NOT EXISTS layouts (first_frame INTEGER PRIMARY KEY, body TEXT NOT NULL)"
+)
 
 
 class SpoolInUse(OSError):
@@ -120,10 +131,13 @@ class SpooledBatch:
 
 @dataclass(frozen=True, slots=True)
 class Recovered:
-    """What a restart finds: frames to feed the batcher again, and where it had got to."""
+    """What a restart finds: frames to feed the batcher again, and where it had got to.
+    ``layouts`` has, per frame, the layout it was logged under (None: not recorded, as
+    in a spool of an earlier version)."""
 
     frames: list[tuple[int, Frame]]
     closed_until: int | None
+    layouts: list[str | None] = field(default_factory=list)
 
 
 _WAL_LIMIT = 4 << 20  # bytes the WAL file keeps after a checkpoint
@@ -426,15 +440,63 @@ class Spool:
         closed_until = state.get("closed_until")
         last_frame = state.get("last_frame", 0)
         frames: list[tuple[int, Frame]] = []
+        layouts: list[str | None] = []
+        stored: list[tuple[int, str]] = []
+        if self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'layouts'").fetchone():
+            stored = self.db.execute("SELECT first_frame, body FROM layouts ORDER BY 1").fetchall()
         for logged in self.frame_log.frames():
             frame = decode_frame(logged.payload)
             if closed_until is not None and logged.frame_id <= last_frame:
                 frame = frame.take(frame.time >= closed_until)  # the rest went out already
             if len(frame):
                 frames.append((logged.source, frame))
+                layouts.append(_layout_at(stored, logged.frame_id))
             self._last_frame = logged.frame_id
         self._committed = (last_frame, closed_until)
-        return Recovered(frames, closed_until)
+        return Recovered(frames, closed_until, layouts)
+
+    def set_layout(self, body: str) -> None:
+        """Record how the frames logged from now on number their tags, if that changed;
+        drop the layouts no frame in the log needs any more. A failure is logged (frames
+        would then be replayed as the current config numbers them, as before layouts)."""
+        try:
+            self.db.execute(_LAYOUTS)
+            newest = self.db.execute(
+                "SELECT body FROM layouts ORDER BY first_frame DESC LIMIT 1"
+            ).fetchone()
+            if newest is not None and newest[0] == body:
+                return
+            oldest = min([self.frame_log.first_id, *(held.frame_id for held in self.unlogged)])
+            with _transaction(self.db):
+                self.db.execute(
+                    "INSERT OR REPLACE INTO layouts VALUES (?, ?)", (self.frame_log.next_id, body)
+                )
+                self.db.execute(
+                    "DELETE FROM layouts WHERE first_frame < (SELECT max(first_frame) FROM "
+                    "layouts WHERE first_frame <= ?)",
+                    (oldest,),
+                )
+        except sqlite3.Error as exc:
+            log.warning("tag layout not recorded", error=str(exc))
+
+    def set_uplinks(self, uplinks: list[str]) -> int:
+        """The uplinks a batch waits for from now on (a reload added or took out some):
+        acknowledgements of the others are forgotten, and the batches every remaining
+        uplink has are let go; returns how many."""
+        self.uplinks = list(uplinks)
+        marks = ",".join("?" * len(uplinks))
+        with _transaction(self.db):
+            self.db.execute(f"DELETE FROM delivered WHERE uplink NOT IN ({marks})", uplinks)
+            done = [
+                seq
+                for (seq,) in self.db.execute(
+                    "SELECT seq FROM delivered GROUP BY seq HAVING count(*) >= ?",
+                    (len(uplinks),),
+                ).fetchall()
+            ]
+            self.db.executemany("DELETE FROM batches WHERE seq = ?", [(seq,) for seq in done])
+            self.db.executemany("DELETE FROM delivered WHERE seq = ?", [(seq,) for seq in done])
+        return len(done)
 
     # -- batches -----------------------------------------------------------------------------
 
@@ -496,6 +558,15 @@ class Spool:
             (created_from if created_from is not None else 0, uplink, limit),
         ).fetchall()
         return [SpooledBatch(*row) for row in rows]
+
+    def unsent(self, uplink: str) -> tuple[int, int | None]:
+        """(batches, created_ns of the oldest) the uplink has not acknowledged."""
+        count, oldest = self.db.execute(
+            "SELECT count(*), min(created_ns) FROM batches b WHERE NOT EXISTS "
+            "(SELECT 1 FROM delivered d WHERE d.seq = b.seq AND d.uplink = ?)",
+            (uplink,),
+        ).fetchone()
+        return int(count), None if oldest is None else int(oldest)
 
     def data(self, seq: int) -> bytes:
         """A spooled batch's encoded bytes, their CRC verified (read only when the batch is
@@ -597,6 +668,16 @@ class Spool:
         self.ledger.close()
         self.db.close()
         os.close(self._lock)
+
+
+def _layout_at(stored: list[tuple[int, str]], frame_id: int) -> str | None:
+    """The layout in force for a frame: the newest recorded at or before its id."""
+    found = None
+    for first_frame, body in stored:
+        if first_frame > frame_id:
+            break
+        found = body
+    return found
 
 
 def _lock_exclusively(path: Path) -> int:

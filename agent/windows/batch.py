@@ -12,7 +12,6 @@ Work per batch is a few vectorised passes; nothing is done per sample in Python.
 
 from __future__ import annotations
 
-import bisect
 import datetime as dt
 import hashlib
 import json
@@ -49,67 +48,101 @@ SCHEMA = pa.schema(
 _STAMPS = ("source_time", "server_time", "received_time")
 
 
-class TagTable:
-    """All tags of all sources under one global index, with what each batch says of them."""
+@dataclass(frozen=True, slots=True)
+class TagEntry:
+    """One tag as the config names it: its source, its name, its lineage, and whether it
+    is a place its driver names at run time (``SourceConfig.placeholder_tags``)."""
 
-    def __init__(self, sources: Sequence[SourceConfig]) -> None:
-        entries: list[tuple[int, str, dict[str, Any]]] = []
-        placeholders: list[int] = []
-        for index, source in enumerate(sources):
-            on_change = {"on_change": True} if source.reports_on_change else {}
-            tags = [(tag.name, tag_lineage(tag) | on_change) for tag in source.tags]
-            first_placeholder = len(entries) + len(tags) - source.placeholder_tags
-            placeholders += range(first_placeholder, len(entries) + len(tags))
-            entries += [
-                (index, n, lineage) for n, lineage in tags + derived_tags(source.tags, source.name)
-            ]
-        self._index([source.name for source in sources], entries, placeholders)
+    source: str
+    tag: str
+    lineage: dict[str, Any]
+    placeholder: bool = False
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.source}/{self.tag}"
+
+
+def source_entries(source: SourceConfig) -> list[TagEntry]:
+    """A source's tags in the order its frames index them: configured, then derived."""
+    on_change = {"on_change": True} if source.reports_on_change else {}
+    tags = [(tag.name, tag_lineage(tag) | on_change) for tag in source.tags]
+    first_placeholder = len(tags) - source.placeholder_tags
+    return [
+        TagEntry(source.name, name, lineage, first_placeholder <= i < len(tags))
+        for i, (name, lineage) in enumerate(tags + derived_tags(source.tags, source.name))
+    ]
+
+
+class TagTable:
+    """All tags of all sources under one global index, with what each batch says of them.
+
+    Live sources come first, in config order: source ``i`` is slot ``i``, and its frames'
+    tag numbers count from ``source_offset[i]``. Retired entries follow them: tags no
+    source acquires any longer (taken out by a reload, or found in the frame log of an
+    earlier config) whose samples are still on their way into a batch. A reload builds a
+    new table and moves everything indexed by the old one across by the names the config
+    gives (``identity``; :meth:`moved_from`), so a tag keeps its identity however the
+    config is reordered, and what drivers described (:meth:`describe`) is carried over
+    (:meth:`inherit`).
+    """
+
+    def __init__(self, sources: Sequence[SourceConfig], retired: Sequence[TagEntry] = ()) -> None:
+        slots = [source_entries(source) for source in sources]
+        self._build([source.name for source in sources], slots, retired)
 
     @classmethod
-    def of_lineage(
-        cls, source_names: Sequence[str], entries: Sequence[tuple[int, str, dict[str, Any]]]
-    ) -> TagTable:
-        """The table of tags known only by what batches said of them (source index, name,
-        lineage), e.g. a stored dataset's, for the resampler of ``edge-agent export``."""
+    def of_slots(cls, source_names: Sequence[str], slots: Sequence[list[TagEntry]]) -> TagTable:
+        """The table of tags known only by what batches said of them, one slot of entries
+        per source: a stored dataset's, for the resampler of ``edge-agent export``."""
         table = cls.__new__(cls)
-        table._index(list(source_names), sorted(entries, key=lambda entry: entry[0]), [])
+        table._build(list(source_names), list(slots), ())
         return table
 
-    def _index(
-        self,
-        source_names: list[str],
-        entries: Sequence[tuple[int, str, dict[str, Any]]],
-        placeholders: list[int],
+    def _build(
+        self, source_names: list[str], slots: list[list[TagEntry]], retired: Sequence[TagEntry]
     ) -> None:
-        """Number the tags; ``entries`` come grouped by source, in source order."""
+        self.slots = slots
         self.source_names = source_names
-        owners = [owner for owner, _, _ in entries]
-        names = [name for _, name, _ in entries]
-        self.lineage = [lineage for _, _, lineage in entries]
-        self.source_offset = [
-            bisect.bisect_left(owners, index) for index in range(len(source_names))
-        ]
-        # derived (feature) tags are not acquired and on-change tags owe no count per
-        # rate: no rate, nothing expected
-        rates = [
-            parse_duration(lineage["rate"])
-            if "rate" in lineage and not lineage.get("on_change")
-            else 0
-            for lineage in self.lineage
-        ]
+        self.source_offset: list[int] = []
+        entries: list[TagEntry] = []
+        for slot in self.slots:
+            self.source_offset.append(len(entries))
+            entries.extend(slot)
+        self.live_tags = len(entries)
+        for entry in retired:
+            if entry.source not in self.source_names:
+                self.source_names.append(entry.source)
+        entries.extend(retired)
+        self.entries = entries
+        position = {name: i for i, name in enumerate(self.source_names)}
+        self.tag_names = np.array([e.tag for e in entries], dtype=object)
+        self.tag_source = np.array([position[e.source] for e in entries], dtype=np.int32)
+        # derived (feature) tags are not acquired and on-change tags owe no count per rate:
+        # no rate, nothing expected
+        self.rate_ns = np.array(
+            [
+                parse_duration(e.lineage["rate"])
+                if "rate" in e.lineage and not e.lineage.get("on_change")
+                else 0
+                for e in entries
+            ],
+            dtype=np.int64,
+        )
+        self.lineage = [e.lineage for e in entries]
         self._configured = list(self.lineage)
         # places a driver names at run time (describe): no wide-output column until then
-        self.placeholder = np.zeros(len(names), bool)
-        self.placeholder[placeholders] = True
+        self.placeholder = np.array([e.placeholder for e in entries], bool)
         self.version = 0  # bumped by every describe()
-        self.tag_names = np.array(names, dtype=object)
-        self.tag_source = np.array(owners, dtype=np.int32)
-        self.rate_ns = np.array(rates, dtype=np.int64)
-        self.qualified = [f"{self.source_names[o]}/{n}" for o, n in zip(owners, names, strict=True)]
+        # what drivers said, by identity: (name, lineage entries), carried across reloads
+        self.described: dict[str, tuple[str | None, dict[str, Any]]] = {}
+        self.identity = [e.qualified for e in entries]  # the config's names: never renamed
+        self.qualified = list(self.identity)  # the names batches carry
+        self._index = {name: g for g, name in enumerate(self.identity)}
         # '"source/tag":{...}' per tag, serialised once: batches join the present ones
         self.lineage_json = [
-            f"{json.dumps(name)}:{json.dumps(lineage, separators=(',', ':'))}"
-            for name, lineage in zip(self.qualified, self.lineage, strict=True)
+            f"{json.dumps(e.qualified)}:{json.dumps(e.lineage, separators=(',', ':'))}"
+            for e in entries
         ]
 
     def __len__(self) -> int:
@@ -119,6 +152,9 @@ class TagTable:
         """What a driver learnt of a tag at run time: ``lineage`` entries over the config's
         (replacing what an earlier call added) and, for a placeholder, its name. Batches
         closed from now on carry them."""
+        identity = self.identity[gtag]
+        named = name if name is not None else self.described.get(identity, (None, {}))[0]
+        self.described[identity] = (named, lineage)
         described = self._configured[gtag] | lineage
         if described == self.lineage[gtag] and name in (None, self.tag_names[gtag]):
             return  # said before (a device born again): nothing changes, no new version
@@ -130,6 +166,40 @@ class TagTable:
         entry = json.dumps(self.lineage[gtag], separators=(",", ":"))
         self.lineage_json[gtag] = f"{json.dumps(self.qualified[gtag])}:{entry}"
         self.version += 1
+
+    def inherit(self, old: TagTable) -> None:
+        """Take over what drivers described in ``old`` (a reload's predecessor), and a
+        version past its own, so whoever announced the old table's tags does again."""
+        for identity, (name, lineage) in old.described.items():
+            gtag = self._index.get(identity)
+            if gtag is not None:
+                self.describe(gtag, name, lineage)
+        self.version = old.version + 1
+
+    def index_of(self, identities: Sequence[str]) -> np.ndarray:
+        """The index of each ``source/tag`` (as the config names it) here, or -1."""
+        return np.array([self._index.get(name, -1) for name in identities], np.int64)
+
+    def moved_from(self, old: TagTable) -> np.ndarray:
+        """Per tag of ``old``, its index here (same source and tag name), or -1."""
+        return self.index_of(old.identity)
+
+    def layout(self) -> str:
+        """The live slots' tags as the frame log numbers them (JSON), for recovery after a
+        config change: ``[[source, [[tag, lineage, placeholder], ...]], ...]``."""
+        return json.dumps(
+            [
+                [self.source_names[i], [[e.tag, e.lineage, e.placeholder] for e in slot]]
+                for i, slot in enumerate(self.slots)
+            ],
+            separators=(",", ":"),
+            sort_keys=True,
+        )
+
+
+def layout_entries(layout: str) -> list[list[TagEntry]]:
+    """The slots of a stored :meth:`TagTable.layout`."""
+    return [[TagEntry(source, *entry) for entry in tags] for source, tags in json.loads(layout)]
 
 
 @dataclass(frozen=True)
@@ -267,10 +337,14 @@ class Batcher:
         return sum(len(p.gtag) for p in self._pending)
 
     def add(self, source_index: int, frame: Frame) -> None:
+        """A frame of the live source in slot ``source_index``."""
+        self.add_tagged(frame.tag + self.tags.source_offset[source_index], frame)
+
+    def add_tagged(self, gtag: np.ndarray, frame: Frame) -> None:
+        """A frame whose rows are already numbered in the table (``gtag``)."""
         if not len(frame):
             return
-        offset = self.tags.source_offset[source_index]
-        rows = _Rows(frame.tag + offset, frame.time, frame.value, frame.quality, frame.text)
+        rows = _Rows(gtag, frame.time, frame.value, frame.quality, frame.text)
         if frame.source_time is not None or frame.server_time is not None:
             rows.source_time = frame.source_time
             rows.server_time = frame.server_time
@@ -355,6 +429,24 @@ class Batcher:
             final.quality = final.quality | flags.astype(np.uint16)
         batches.append(self._build(final, last_start))
         return batches
+
+    def retable(self, tags: TagTable, moved: np.ndarray, config_hash: str) -> None:
+        """Number the pending rows by a new table (``moved``: old index -> new, from
+        :meth:`TagTable.moved_from`; every pending tag must have one) and stamp the
+        batches from now on with the new config's hash."""
+        for rows in self._pending:
+            rows.gtag = moved[rows.gtag].astype(np.int32)
+        assert all((rows.gtag >= 0).all() for rows in self._pending), "a pending tag was lost"
+        self.tags = tags
+        self.config_hash = config_hash
+        self._present_key = b""
+        self._source_names = pa.array(tags.source_names, pa.string())
+
+    def pending_tags(self) -> np.ndarray:
+        """The distinct tags of the rows waiting for their window to close."""
+        if not self._pending:
+            return np.zeros(0, np.int64)
+        return np.unique(np.concatenate([rows.gtag for rows in self._pending]))
 
     @property
     def closed_until(self) -> int | None:

@@ -78,6 +78,12 @@ class _Sessions:
         down = sum(max(0, min(b, high) - max(a, low)) for a, b in periods)
         return high - low, high - low - down
 
+    def renumber(self, moved: dict[int, int]) -> None:
+        """Sources got new numbers (``moved``: old -> new); the others are forgotten."""
+        self.since = {moved[s]: at for s, at in self.since.items() if s in moved}
+        self.down = {moved[s]: at for s, at in self.down.items() if s in moved}
+        self.outages = [(moved[s], a, b) for s, a, b in self.outages if s in moved]
+
     def forget_before(self, ns: int) -> None:
         self.outages = [outage for outage in self.outages if outage[2] > ns]
 
@@ -109,11 +115,71 @@ class QualityTally:
         self.stopped_ns: int | None = None  # set when acquisition ends: nothing owed after
         self.grace_ns = np.broadcast_to(np.asarray(grace_ns, np.int64), tag_source.shape)
         self.first_ns = np.full(tag_source.shape[0], _NEVER, np.int64)  # first sample per tag
+        # per tag, when it stopped being acquired (a reload took it out): owed nothing after
+        self.until_ns = np.full(tag_source.shape[0], _NEVER, np.int64)
         owed = np.isfinite(self.rate_ns)
         self.on_change = [not owed[tag_source == i].any() for i in range(len(source_offset))]
+        self.live_sources = len(source_offset)
+        self.slot_end = [*source_offset[1:], tag_source.shape[0]]  # a source's tags: a range
         self.sessions = _Sessions()
         self._unstarted = set(range(len(source_offset)))  # sources with a tag not sampled yet
         self._windows: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def retable(
+        self,
+        source_offset: list[int],
+        tag_source: np.ndarray,
+        rate_ns: np.ndarray,
+        live_tags: int,
+        moved: np.ndarray,
+        grace_ns: np.ndarray,
+        now_ns: int,
+    ) -> None:
+        """Carry the tallies over to a new tag table after a reload (``moved``: old index
+        -> new or -1, see ``TagTable.moved_from``; the first ``live_tags`` tags are
+        acquired, the rest retired). A tag that goes on keeps when it was first acquired
+        and what its open windows counted; a new one is owed from its first sample, or
+        from ``grace_ns`` after now at the latest; a retired one owes nothing after now.
+        On-change sessions follow their source by name: :meth:`source_moved`."""
+        size = tag_source.shape[0]
+        kept = moved >= 0
+        to = moved[kept]
+
+        def carry(old: np.ndarray, fill: int) -> np.ndarray:
+            new = np.full(size, fill, old.dtype)
+            new[to] = old[kept]
+            return new
+
+        live = np.arange(size) < live_tags
+        self.first_ns = carry(self.first_ns, _NEVER)
+        self.until_ns = np.where(live, _NEVER, np.minimum(carry(self.until_ns, _NEVER), now_ns))
+        new_tag = np.ones(size, bool)
+        new_tag[to] = False
+        grace = np.broadcast_to(np.asarray(grace_ns, np.int64), (size,))
+        self.grace_ns = np.where(new_tag, now_ns - self.started_ns + grace, carry(self.grace_ns, 0))
+        for window, (received, good) in list(self._windows.items()):
+            self._windows[window] = (carry(received, 0), carry(good, 0))
+        self.source_offset = source_offset
+        self.slot_end = [*source_offset[1:], live_tags]
+        self.tag_source = tag_source
+        self.rate_ns = np.where(rate_ns > 0, rate_ns, np.inf).astype(np.float64)
+        owed = np.isfinite(self.rate_ns)
+        self.on_change = [not owed[tag_source == i].any() for i in range(len(source_offset))]
+        self.live_sources = len(source_offset)
+        self._unstarted = {
+            i
+            for i, (low, high) in enumerate(zip(source_offset, self.slot_end, strict=True))
+            if (self.first_ns[low:high] == _NEVER).any()
+        }
+
+    def counted_tags(self) -> np.ndarray:
+        """Tags with samples counted in windows not yet closed."""
+        counted = [np.flatnonzero(received | good) for received, good in self._windows.values()]
+        return np.unique(np.concatenate(counted)) if counted else np.zeros(0, np.int64)
+
+    def source_moved(self, moved: dict[int, int]) -> None:
+        """Sessions of on-change sources follow their source to its new slot (by name)."""
+        self.sessions.renumber(moved)
 
     def stop(self, at_ns: int) -> None:
         """Acquisition ended at ``at_ns``: the windows still to close owe nothing after it."""
@@ -127,7 +193,8 @@ class QualityTally:
             new = self.first_ns[gtag] == _NEVER
             if new.any():
                 np.minimum.at(self.first_ns, gtag[new], frame.time[new])
-                if (self.first_ns[self.tag_source == source_index] != _NEVER).all():
+                low, high = self.source_offset[source_index], self.slot_end[source_index]
+                if (self.first_ns[low:high] != _NEVER).all():
                     self._unstarted.discard(source_index)
         windows = frame.time // self.window_ns * self.window_ns
         first = int(windows[0])
@@ -170,7 +237,7 @@ class QualityTally:
         owed = np.isfinite(self.rate_ns)  # an on-change tag is owed nothing before it sends
         deadline = np.where(owed, self.started_ns + self.grace_ns, _NEVER)
         low = np.maximum(np.minimum(self.first_ns, deadline), window_start)
-        high = min(window_start + self.window_ns, self._end())
+        high = np.minimum(min(window_start + self.window_ns, self._end()), self.until_ns)
         return np.maximum(high - low, 0)
 
     def _end(self) -> int:
@@ -226,6 +293,8 @@ class QualityTally:
             n_received = int(received[mine].sum())
             n_owed = int(received[mine & owed].sum())  # what completeness counts
             n_good = int(good[mine].sum())
+            if index >= self.live_sources and not (n_received or n_expected):
+                continue  # a source a reload took out, with nothing in this window
             figures: dict[str, Any] = {
                 "received": n_received,
                 "expected": round(n_expected, 3),

@@ -65,29 +65,54 @@ class Resampler:
     def __init__(
         self, tags: TagTable, methods: list[str], period_ns: int, max_gap_ns: int | np.ndarray
     ) -> None:
-        """``max_gap_ns``: one for all tags or one per tag (the export bridges gaps up to a
-        limit of its own, and a tag's own sample spacing always)."""
-        self.tags = tags
+        """``max_gap_ns``: one for all tags, or one per tag (the export bridges each tag's own
+        sample spacing, and gaps up to a limit of its own; no ``retable`` then)."""
         self.period_ns = period_ns
-        self.max_gap_ns = np.broadcast_to(np.asarray(max_gap_ns, np.int64), (len(tags),))
+        self.max_gap_ns = np.asarray(max_gap_ns, np.int64)
         self.reach_ns = int(self.max_gap_ns.max(initial=0))  # the farthest neighbour used
+        self._held: tuple[Batch, _Samples] | None = None
+        self._last = _Samples(
+            np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.uint16)
+        )
+        self.retable(tags, methods, np.zeros(0, np.int64))
+
+    def retable(self, tags: TagTable, methods: list[str], moved: np.ndarray) -> None:
+        """Columns for the live tags of ``tags`` (``methods``: one per live tag); the held
+        window and each tag's last sample follow their tag by name (``moved``: old index
+        -> new or -1, see ``TagTable.moved_from``). Retired tags get no column: their rows
+        are in the long form."""
+        self.tags = tags
+        self.size = tags.live_tags
         self._by_method = {
             method: np.array([i for i, m in enumerate(methods) if m == method], np.int64)
             for method in METHODS
         }
         self._methods = methods
-        self._version = -1  # of the tag table the names below were read from
+        self._version = -1  # of the tag table the names below were read from: read anew
         self._methods_json = ""
         self._gtag_of: dict[tuple[str, str], int] = {}
         self._named = np.zeros(0, np.int64)
-        self._held: tuple[Batch, _Samples] | None = None
+        size = self.size
         # the last usable sample of every tag before the held window: its left neighbour
-        self._last = _Samples(
-            np.arange(len(tags), dtype=np.int64),
-            np.full(len(tags), np.iinfo(np.int64).min, np.int64),
-            np.full(len(tags), np.nan),
-            np.zeros(len(tags), np.uint16),
+        last = _Samples(
+            np.arange(size, dtype=np.int64),
+            np.full(size, np.iinfo(np.int64).min, np.int64),
+            np.full(size, np.nan),
+            np.zeros(size, np.uint16),
         )
+        if self._last.tag.shape[0]:
+            to = moved[self._last.tag]
+            kept = (to >= 0) & (to < size)
+            last.time[to[kept]] = self._last.time[kept]
+            last.value[to[kept]] = self._last.value[kept]
+            last.quality[to[kept]] = self._last.quality[kept]
+        self._last = last
+        if self._held is not None:
+            batch, samples = self._held
+            to = moved[samples.tag]
+            kept = samples.take((to >= 0) & (to < size))
+            kept.tag = to[(to >= 0) & (to < size)]
+            self._held = (batch, kept.take(np.lexsort((kept.time, kept.tag))))
 
     def _read_names(self) -> None:
         """Names, and which tags have a column, from the tag table (drivers may name
@@ -96,7 +121,7 @@ class Resampler:
         if self._version == tags.version:
             return
         self._version = tags.version
-        self._named = np.flatnonzero(~tags.placeholder)
+        self._named = np.flatnonzero(~tags.placeholder[: self.size])
         named = self._named.tolist()
         self._methods_json = json.dumps({tags.qualified[g]: self._methods[g] for g in named})
         self._gtag_of = {
@@ -131,7 +156,10 @@ class Resampler:
         unique, inverse = np.unique(codes[usable], return_inverse=True)
         sources, names = source.dictionary.to_pylist(), tag.dictionary.to_pylist()
         gtags = np.array(
-            [self._gtag_of[(sources[c // width], names[c % width])] for c in unique.tolist()],
+            [
+                self._gtag_of.get((sources[c // width], names[c % width]), -1)
+                for c in unique.tolist()
+            ],
             np.int64,
         )
         rows = _Samples(
@@ -140,13 +168,14 @@ class Resampler:
             value[usable],
             quality[usable],
         )
+        rows = rows.take(rows.tag >= 0)  # a tag a reload took out has no column any more
         return rows.take(np.lexsort((rows.time, rows.tag)))
 
     def _resample(self, batch: Batch, samples: _Samples, following: _Samples | None) -> Batch:
         start, end = batch.window_start_ns, batch.window_end_ns
         grid = np.arange(start, end, self.period_ns, dtype=np.int64)
-        values = np.full((len(self.tags), grid.shape[0]), np.nan)
-        qualities = np.full((len(self.tags), grid.shape[0]), _NO_DATA, np.uint16)
+        values = np.full((self.size, grid.shape[0]), np.nan)
+        qualities = np.full((self.size, grid.shape[0]), _NO_DATA, np.uint16)
         margin = start - self.reach_ns
         neighbours = [self._last.take(self._last.time >= margin), samples]
         if following is not None:
@@ -184,7 +213,7 @@ class Resampler:
         has_left = (left >= 0) & (merged.tag[np.maximum(left, 0)] == cell_tag)
         left = np.maximum(left, 0)
         exact = has_left & (merged.time[left] == cell_time)
-        max_gap = self.max_gap_ns[cell_tag]
+        max_gap = self.max_gap_ns[cell_tag] if self.max_gap_ns.ndim else self.max_gap_ns
         if method == "linear":
             right = np.minimum(left + 1, merged.tag.shape[0] - 1)
             has_right = has_left & (left + 1 < merged.tag.shape[0])

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from pymodbus import FramerType
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+from pymodbus.constants import ExcCodes
 from pymodbus.exceptions import ConnectionException, ModbusIOException
 from pymodbus.pdu import ExceptionResponse
 
@@ -187,7 +188,7 @@ class ModbusDriver(PollingDriver):
         stats.request_done(received - sent)
         frame.time[rows] = (sent + received) // 2
         if isinstance(response, ExceptionResponse) or response.isError():
-            code = getattr(response, "exception_code", None)
+            code = exception_name(getattr(response, "exception_code", None))
             self._failed(frame, rows, key, sent, _EXCEPTION, "device exception", code)
             return
         mismatch = _mismatch(block, response)
@@ -223,6 +224,28 @@ class ModbusDriver(PollingDriver):
     @classmethod
     def conformance_peer(cls) -> Any:
         return _simulator_peer()
+
+
+# the Modbus application protocol's names (V1.1b3, section 7), as a PLC manual spells them
+_EXCEPTION_NAMES: dict[int, str] = {
+    ExcCodes.ILLEGAL_FUNCTION: "ILLEGAL FUNCTION",
+    ExcCodes.ILLEGAL_ADDRESS: "ILLEGAL DATA ADDRESS",
+    ExcCodes.ILLEGAL_VALUE: "ILLEGAL DATA VALUE",
+    ExcCodes.DEVICE_FAILURE: "SERVER DEVICE FAILURE",
+    ExcCodes.ACKNOWLEDGE: "ACKNOWLEDGE",
+    ExcCodes.DEVICE_BUSY: "SERVER DEVICE BUSY",
+    ExcCodes.NEGATIVE_ACKNOWLEDGE: "NEGATIVE ACKNOWLEDGE",
+    ExcCodes.MEMORY_PARITY_ERROR: "MEMORY PARITY ERROR",
+    ExcCodes.GATEWAY_PATH_UNAVIABLE: "GATEWAY PATH UNAVAILABLE",
+    ExcCodes.GATEWAY_NO_RESPONSE: "GATEWAY TARGET DEVICE FAILED TO RESPOND",
+}
+
+
+def exception_name(code: int | None) -> str:
+    """``"SERVER DEVICE FAILURE (4)"``: what a Modbus exception code means, and the code."""
+    if code is None:
+        return "an error reply without an exception code"
+    return f"{_EXCEPTION_NAMES.get(code, 'unknown exception')} ({code})"
 
 
 def _mismatch(block: Block, response: Any) -> str | None:

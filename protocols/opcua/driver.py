@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 import numpy as np
 from asyncua import Client, ua
 from asyncua.common.subscription import Subscription
+from asyncua.ua.ua_binary import struct_from_binary
 
 from agent.acquisition import quality as q
 from agent.acquisition.frame import Frame, concat
@@ -236,7 +237,7 @@ class OpcUaDriver(PollingDriver):
 
         def on_status(status: ua.StatusCode) -> None:
             if self._lost is not None and not self._lost.done():
-                self._lost.set_result(f"subscription ended by the server: {status}")
+                self._lost.set_result(f"subscription ended by the server: {status.name}")
 
         indices: list[int] = []
         results: list[Any] = []
@@ -315,7 +316,7 @@ class OpcUaDriver(PollingDriver):
             key = f"read:{group.name}"
             failure: tuple[int, str, str] | None = None
             try:
-                values = await client.uaclient.read(params)
+                values, answered = await read_answered(client, params)
             except TimeoutError:
                 failure = (_TIMEOUT, "read timed out", f"{len(part)} nodes")
             except ua.UaStatusCodeError as exc:
@@ -331,13 +332,34 @@ class OpcUaDriver(PollingDriver):
                 continue
             stats.request_done(received - sent)
             self._ctx.problems.ok(key)
-            frames.append(self.decoder.decode(part, values, received, (sent + received) // 2))
+            frame = self.decoder.decode(part, values, received, (sent + received) // 2)
+            frame.requested, frame.sent = sent, answered  # a round trip, see SourceClock
+            frames.append(frame)
             self._report_undecodable(self._ctx)
         return concat(frames)
 
     @classmethod
     def conformance_peer(cls) -> Any:
         return _simulator_peer()
+
+
+async def read_answered(
+    client: Client, params: ua.ReadParameters
+) -> tuple[list[ua.DataValue], int]:
+    """The Read service's results and the server's clock when it answered (ns, 0 unknown).
+
+    The response header's Timestamp (Part 4 7.33) is stamped while the request is in hand,
+    between the request's sending and the response's arrival, whatever the values' own
+    ServerTimestamps say (often when a value was last written): it is what measures the
+    server clock. asyncua's ``read`` drops the header; this is that method keeping it.
+    """
+    request = ua.ReadRequest()
+    request.Parameters = params
+    data = await client.uaclient.session._send_request(request)
+    response = struct_from_binary(ua.ReadResponse, data)
+    response.ResponseHeader.ServiceResult.check()
+    answered = ns_of(response.ResponseHeader.Timestamp) or 0
+    return response.Results, max(answered, 0)  # a server without a clock sends 1601
 
 
 @asynccontextmanager

@@ -55,3 +55,48 @@ async def test_a_swallowed_cancellation_still_stops_the_poll_loop() -> None:
     assert done, "the poll loop kept running after cancellation"
     assert task.cancelled()
     assert frames
+
+
+class HeldDriver(TemplateDriver):
+    """A device whose answers wait until the test lets them go."""
+
+    def __init__(self, config: TemplateSourceConfig) -> None:
+        super().__init__(config)
+        self.answer = asyncio.Event()
+        self.asked = asyncio.Event()
+
+    async def read(self, group: PollGroup, tick: Tick, stats: PollStats) -> Frame:
+        self.asked.set()
+        await self.answer.wait()
+        n = group.tags.shape[0]
+        return Frame(
+            group.tags,
+            np.full(n, tick.due_wall_ns, np.int64),
+            np.zeros(n),
+            np.full(n, q.GOOD, np.uint16),
+        )
+
+
+async def test_a_reload_can_wait_for_the_poll_in_flight_to_reach_its_emit() -> None:
+    config = TemplateSourceConfig(
+        name="s",
+        tags=[{"name": "t", "rate": "50ms"}],  # type: ignore[list-item]
+    )
+    emitted: list[Frame] = []
+
+    async def sink(frame: Frame) -> None:
+        emitted.append(frame)
+
+    driver = HeldDriver(config)
+    ctx = DriverContext(config, sink)
+    task = asyncio.create_task(driver.run(ctx))
+    await driver.asked.wait()  # a request is out and its answer held back
+    assert not await ctx.between_polls(0.1), "not between polls while a request is out"
+    waiting = asyncio.create_task(ctx.between_polls(5.0))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    driver.answer.set()
+    assert await waiting, "between polls once the answer was emitted"
+    assert emitted, "and that poll's frame reached the sink first"
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)

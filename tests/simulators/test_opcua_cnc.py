@@ -23,6 +23,7 @@ from asyncua.crypto import cert_gen
 from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from protocols.opcua.driver import read_answered
 from simulators.opcua_cnc import (
     NAMESPACE,
     NODES,
@@ -249,6 +250,28 @@ async def test_clock_offset_and_drift_shift_source_timestamps_only() -> None:
     drift_first = ns_of(first.SourceTimestamp) - check_value(simulator, "axis_x", first)
     drift_second = ns_of(second.SourceTimestamp) - check_value(simulator, "axis_x", second)
     assert 40_000 <= drift_second - drift_first <= 80_000, "100 ppm of ~0.6 s"
+
+
+@pytest.mark.parametrize("offset", [0, 5_000_000_000])
+async def test_a_read_response_is_stamped_by_the_server_clock_while_it_is_answered(
+    offset: int,
+) -> None:
+    simulator = OpcUaCncSimulator(seed=4, server_clock_offset_ns=offset, server_clock_drift_ppm=100)
+    params = ua.ReadParameters()
+    item = ua.ReadValueId()
+    item.NodeId = ua.NodeId.from_string(NODES_BY_NAME["axis_x"].node_id)
+    item.AttributeId = ua.AttributeIds.Value
+    params.NodesToRead = [item]
+    async with running(simulator), Client(simulator.url) as client:
+        for _ in range(5):
+            requested = time.time_ns()
+            values, answered = await read_answered(client, params)
+            received = time.time_ns()
+            assert len(values) == 1
+            true = int(simulator.true_time(answered))  # no device skew: the server clock
+            assert requested - 1000 <= true <= received  # stamps truncated to whole us
+            server = ns_of(values[0].ServerTimestamp)
+            assert server <= answered, "a value is stamped when written, before the read"
 
 
 # -- lifecycle -------------------------------------------------------------------------------
