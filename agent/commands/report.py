@@ -51,7 +51,9 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dataset", type=Path, help="a parquet uplink's folder, or one file of it")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
     parser.add_argument("--period", help="time grid, e.g. 1s; None: the fastest tag's rate")
-    parser.add_argument("--format", choices=("parquet", "csv"), default="parquet")
+    parser.add_argument(
+        "--format", choices=("parquet", "csv"), default="parquet", help="of the table file"
+    )
     parser.add_argument(
         "--max-gap", default="0s", help="fill gaps up to this long (flagged); longer stay empty"
     )
