@@ -17,9 +17,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from agent.commands.cli import main
-from agent.commands.report import summarise
+from agent.report.dataset import Selection
+from agent.report.figures import compute, source_rows, tag_rows
 
-_TAG_LINE = re.compile(r"^(\S+/\S+)\s+(\d+)\s+([\d.]+)\s+(\d+)\s+(\S+)\s+(\S+)$")
+_TAG_LINE = re.compile(r"^(\S+/\S+)\s+(\d+)\s+([\d.]+|-)\s+(\d+)\s+(\S+)\s+(\S+)$")
 _SOURCE_LINE = re.compile(r"^source (\S+): (complete|session up) (\S+);")
 
 
@@ -31,25 +32,29 @@ def test_a_clean_30s_demo_run_is_complete_and_has_no_empty_batch(
     assert main(["demo", "--duration", "30", "--out", str(out)]) == 0
     capsys.readouterr()
     assert main(["report", str(out)]) == 0
-    report = capsys.readouterr().out
+    report_text = capsys.readouterr().out
 
-    tags = [m.groups() for line in report.splitlines() if (m := _TAG_LINE.match(line))]
+    tags = [m.groups() for line in report_text.splitlines() if (m := _TAG_LINE.match(line))]
     owed = [tag for tag in tags if tag[4] != "-"]
     assert {tag[0].split("/")[0] for tag in owed} >= {"plc1"}, "polled tags are owed"
     assert len(owed) >= 20
     for name, received, expected, _, complete, _ in owed:
         assert complete == "100.00%", f"{name}: {received} of {expected}"
         assert int(received) >= 290, f"{name}: about 30 s at 10 a second"
-    summary = summarise(out)
+    report = compute(out, Selection())
+    tag_figures = tag_rows(report)
+    source_figures = {row.name: row for row in source_rows(report, tag_figures)}
     sources = {
-        m.group(1): m.group(2, 3) for line in report.splitlines() if (m := _SOURCE_LINE.match(line))
+        m.group(1): m.group(2, 3)
+        for line in report_text.splitlines()
+        if (m := _SOURCE_LINE.match(line))
     }
-    assert set(sources) == set(summary.sources), "a line per source, each with its figure"
+    assert set(sources) == set(source_figures), "a line per source, each with its figure"
     assert sources["plc1"] == ("complete", "100.00%")
     assert sources["cnc1"] == ("session up", "100.00%"), "subscribed: owes no count"
     assert {figure for _, figure in sources.values()} == {"100.00%"}, sources
-    assert summary.without_figures == 0
-    assert summary.source_completeness("plc1") == 1.0
+    assert report.footers.without_figures == 0
+    assert source_figures["plc1"].completeness == 1.0
 
     files = sorted(out.rglob("*.parquet"))
     assert len(files) >= 29
@@ -61,4 +66,4 @@ def test_a_clean_30s_demo_run_is_complete_and_has_no_empty_batch(
         assert figures["span_ns"] > 0
     lineage = json.loads(ds.dataset(out, partitioning="hive").schema.metadata[b"edge_agent.tags"])
     assert lineage, "the dataset's schema: a real batch's lineage, not an empty one's"
-    assert set(lineage) <= set(summary.tags), "of tags the report knows"
+    assert set(lineage) <= {t.name for t in tag_figures}, "of tags the report knows"

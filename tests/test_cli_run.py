@@ -71,6 +71,10 @@ async def test_demo_shows_data_flowing_and_where_it_went(tmp_path: Path) -> None
     assert "batches" in text
     assert str(out) in text
     assert f"agent state (spool, frame log) in {tmp_path / '.edge-demo-state'}/" in text
+    assert f"export {out} --out {out}-export" in text
+    page = out.with_name("demo-data-report.html")
+    assert f"Quality report (open it in a browser):\n  {page}" in text
+    assert page.stat().st_size > 1_000_000, "Plotly's JavaScript is in the page"
     table = read_store(out)
     assert table.num_rows >= len(POINTS) * 20
     assert set(table["gateway"].to_pylist()) == {"demo-gw"}

@@ -14,8 +14,9 @@ import pytest
 from agent.acquisition import quality as q
 from agent.acquisition.frame import Frame
 from agent.commands.cli import main
-from agent.commands.report import DatasetSummary, TagSummary, summarise
 from agent.config.load import parse_config
+from agent.report.dataset import Selection
+from agent.report.figures import TagRow, completeness_of, compute, tag_rows
 from agent.runtime import Agent
 from agent.windows.batch import Batcher, TagTable
 from agent.windows.dataquality import QualityTally, tag_figures
@@ -301,17 +302,14 @@ def test_only_windows_with_acquisition_time_become_batches() -> None:
 
 
 def test_a_source_is_as_complete_as_its_owed_tags_with_no_tag_covering_for_another() -> None:
-    summary = DatasetSummary(
-        tags={
-            "plc/a": TagSummary(received=110, expected=100, good=110),  # one too many each
-            "plc/b": TagSummary(received=90, expected=100, good=90),
-            "plc.2/c": TagSummary(received=0, expected=50, good=0),  # not plc's
-            "scada/d": TagSummary(received=7, expected=0, good=7),  # on change: owes none
-        }
-    )
-    assert summary.source_completeness("plc") == 0.95
-    assert summary.source_completeness("plc.2") == 0.0
-    assert summary.source_completeness("scada") is None
+    def tag(name: str, received: float, expected: float | None) -> TagRow:
+        source, _, short = name.partition("/")
+        return TagRow(0, name, "gw", source, short, {}, received, expected, received)
+
+    plc = [tag("plc/a", 110, 100), tag("plc/b", 90, 100)]  # one too many each way
+    assert completeness_of(plc) == 0.95
+    assert completeness_of([tag("plc.2/c", 0, 50)]) == 0.0
+    assert completeness_of([tag("scada/d", 7, None)]) is None, "on change: owes none"
 
 
 async def test_completeness_and_validity_match_an_injected_dropout(
@@ -354,7 +352,7 @@ async def test_completeness_and_validity_match_an_injected_dropout(
     tag = f"plc1/{POINTS[0].name}"
     line = next(line for line in out.splitlines() if line.startswith(tag))
     assert line.split()[1:4] == [str(received), f"{expected:.1f}", str(good)]
-    totals = summarise(tmp_path).tags[tag]
+    (totals,) = [t for t in tag_rows(compute(tmp_path, Selection())) if t.name == tag]
     assert totals.completeness == pytest.approx(received / expected, rel=1e-4)
     assert f"source plc1: complete {100 * min(received / expected, 1.0):.2f}%;" in out
     assert "; batch latency p50" in out

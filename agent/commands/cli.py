@@ -28,6 +28,12 @@ import structlog
 
 from agent import __version__
 from agent.commands.reload import add_reload_parser
+from agent.commands.report import (
+    add_export_arguments,
+    add_report_arguments,
+    run_export,
+    run_report,
+)
 from agent.commands.signals import install_reload_signal, install_stop_signals
 from agent.commands.status import add_status_parser
 from agent.config.durations import format_duration, parse_duration
@@ -114,7 +120,10 @@ def _parser() -> argparse.ArgumentParser:
     report = _command(
         commands, "report", "data-quality figures of a stored dataset, per tag and source"
     )
-    report.add_argument("dataset", type=Path, help="folder of a parquet uplink")
+    add_report_arguments(report)
+    add_export_arguments(
+        _command(commands, "export", "a dataset as one wide table, with a data card")
+    )
 
     demo = _command(commands, "demo", "simulators + agent + a local Parquet dataset, live")
     demo.add_argument("--duration", type=float, default=15.0, help="seconds; 0 runs until Ctrl-C")
@@ -258,7 +267,9 @@ def _dispatch(args: argparse.Namespace) -> int:
             data_dir = load_config(args.config).config.agent.data_dir if args.config else None
             return _certs(data_dir or AgentSection().data_dir, args.regenerate)
         if args.command == "report":
-            return _report(args.dataset)
+            return run_report(args)
+        if args.command == "export":
+            return run_export(args)
         if args.command == "demo":
             from agent.commands.demo import run_demo
 
@@ -269,16 +280,6 @@ def _dispatch(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 130
     return 1
-
-
-def _report(dataset: Path) -> int:
-    from agent.commands.report import format_summary, summarise
-
-    if not dataset.is_dir():
-        print(f"{dataset}: no such folder", file=sys.stderr)
-        return 2
-    print(format_summary(dataset, summarise(dataset)))
-    return 0
 
 
 def _check(loaded: LoadedConfig) -> int:

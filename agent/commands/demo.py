@@ -179,7 +179,31 @@ async def _demo(duration: float, out: Path, rate: str, seed: int) -> int:
             await task
     print(f"\nWrote {agent.batches_written} batches, {agent.points_written} points under {out}/")
     print(f"Per-tag summary of what was stored:\n  {_edge_agent()} report {out}")
+    print(f"As one wide table with a data card:\n  {_edge_agent()} export {out} --out {out}-export")
+    _write_report(out)
     return 0
+
+
+def _write_report(out: Path) -> None:
+    """The HTML quality report of what the demo wrote, beside it; without Plotly (the
+    report extra) how to get it instead."""
+    from agent.report.html import PlotlyMissing, require_plotly
+
+    try:
+        require_plotly()
+    except PlotlyMissing:
+        print(
+            "For a quality report with plots: pip install 'edge-agent[report]', then\n"
+            f"  {_edge_agent()} report {out} --html report.html"
+        )
+        return
+    from agent.report.dataset import Selection
+    from agent.report.figures import compute
+    from agent.report.html import write_html
+
+    page = out.with_name(f"{out.name}-report.html")
+    write_html(compute(out, Selection(), samples=True), page)
+    print(f"Quality report (open it in a browser):\n  {page}")
 
 
 def _edge_agent() -> str:

@@ -1,132 +1,177 @@
-"""``edge-agent report DATASET``: the data-quality figures of a stored dataset, per tag.
+"""``edge-agent report`` and ``edge-agent export``: their arguments and what they run.
 
-Reads only the Parquet footers (schema metadata), never the samples, so a day of batches
-is summarised in about the time it takes to list the files.
+This module is imported with the CLI, so it imports nothing heavy at the top: the report
+package when a command runs, plotly only when ``--html`` is asked.
+
+``report DATASET`` prints the text table from the footers alone (fast); ``--json``,
+``--csv`` and ``--html`` read every sample too. ``export DATASET --out DIR`` writes the
+wide table and its data card (agent/report/export.py).
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import datetime as dt
 import json
-from dataclasses import dataclass, field
+import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, TYPE_CHECKING
 
-import pyarrow.parquet as pq
+from agent.config.durations import parse_duration, parse_interval
 
-from agent.windows.batch import META_PREFIX
-from agent.windows.dataquality import tag_figures
+if TYPE_CHECKING:
+    from agent.report.dataset import Selection
 
-
-@dataclass
-class TagSummary:
-    received: float = 0.0
-    expected: float = 0.0
-    good: float = 0.0
-
-    @property
-    def completeness(self) -> float | None:
-        return min(self.received / self.expected, 1.0) if self.expected else None
-
-    @property
-    def validity(self) -> float | None:
-        return self.good / self.received if self.received else None
+EXIT_USAGE = 2
+EXIT_FAILED = 1  # nothing to export, or an output the system refused
 
 
-@dataclass
-class SourceSummary:
-    latency_p50_ms: list[float] = field(default_factory=list)
-    latency_max_ms: float = 0.0
-    clock_offset_ms: list[float] = field(default_factory=list)
-    clock_uncertainty_ms: float = 0.0
-    acquired_ns: int = 0  # an on-change source: how long acquired, and its session up
-    up_ns: int = 0
+class UsageError(Exception):
+    """An argument that cannot be used; printed as one line, exit status 2."""
 
 
-@dataclass
-class DatasetSummary:
-    batches: int = 0
-    without_figures: int = 0
-    tags: dict[str, TagSummary] = field(default_factory=dict)
-    sources: dict[str, SourceSummary] = field(default_factory=dict)
-
-    def source_completeness(self, source: str) -> float | None:
-        """Of the samples its tags owed, the share received; each tag's surplus capped, so
-        one tag's extra samples do not hide another's missing ones. None if none owed
-        (a source whose tags all arrive on change)."""
-        owed = received = 0.0
-        for tag, totals in self.tags.items():
-            if tag.split("/", 1)[0] == source:  # "<source>/<tag>": no "/" in a source name
-                owed += totals.expected
-                received += min(totals.received, totals.expected)
-        return received / owed if owed else None
-
-
-def summarise(dataset: Path) -> DatasetSummary:
-    summary = DatasetSummary()
-    for path in sorted(dataset.rglob("*.parquet")):
-        metadata = pq.read_schema(path).metadata or {}
-        text = {k.decode(): v.decode() for k, v in metadata.items()}
-        summary.batches += 1
-        if f"{META_PREFIX}quality" not in text:
-            summary.without_figures += 1
-            continue
-        quality = json.loads(text[f"{META_PREFIX}quality"])
-        lineage = json.loads(text.get(f"{META_PREFIX}tags", "{}"))
-        for tag, (received, expected, good) in tag_figures(quality, lineage).items():
-            totals = summary.tags.setdefault(tag, TagSummary())
-            totals.received += received
-            totals.expected += expected
-            totals.good += good
-        for name, figures in quality["sources"].items():
-            _add_source(summary.sources.setdefault(name, SourceSummary()), figures)
-    return summary
-
-
-def _add_source(totals: SourceSummary, figures: dict[str, Any]) -> None:
-    totals.acquired_ns += figures.get("acquired_ns", 0)
-    totals.up_ns += figures.get("up_ns", 0)
-    if "latency_p50_ms" in figures:
-        totals.latency_p50_ms.append(figures["latency_p50_ms"])
-        totals.latency_max_ms = max(totals.latency_max_ms, figures["latency_max_ms"])
-    clock = figures.get("clock")
-    if clock:  # a clock model's estimate, or (no timestamps) the request midpoint's RTT/2
-        if "offset_ms" in clock:
-            totals.clock_offset_ms.append(clock["offset_ms"])
-        totals.clock_uncertainty_ms = max(totals.clock_uncertainty_ms, clock["uncertainty_ms"])
-
-
-def _percent(ratio: float | None) -> str:
-    return "-" if ratio is None else f"{100 * ratio:.2f}%"
-
-
-def format_summary(dataset: Path, summary: DatasetSummary) -> str:
-    lines = [f"{dataset}: {summary.batches} batches"]
-    if summary.without_figures:
-        lines.append(f"  ({summary.without_figures} batches carry no quality figures)")
-    width = max([len("tag"), *map(len, summary.tags)])
-    lines.append(
-        f"{'tag':<{width}}  {'received':>10} {'expected':>10} {'good':>10}"
-        f"  {'complete':>9} {'valid':>9}"
+def add_report_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dataset", type=Path, help="a parquet uplink's folder, or one file of it")
+    parser.add_argument(
+        "--html",
+        type=Path,
+        metavar="FILE",
+        help="write a self-contained page with plots (needs: pip install 'edge-agent[report]')",
     )
-    for tag, totals in sorted(summary.tags.items()):
-        lines.append(
-            f"{tag:<{width}}  {totals.received:>10.0f} {totals.expected:>10.1f} "
-            f"{totals.good:>10.0f}  {_percent(totals.completeness):>9} "
-            f"{_percent(totals.validity):>9}"
+    parser.add_argument("--json", metavar="FILE", help="write every figure as JSON ('-': stdout)")
+    parser.add_argument(
+        "--csv", metavar="FILE", help="write the per-tag figures as CSV ('-': stdout)"
+    )
+    _add_selection(parser)
+
+
+def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dataset", type=Path, help="a parquet uplink's folder, or one file of it")
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    parser.add_argument("--period", help="time grid, e.g. 1s; None: the fastest tag's rate")
+    parser.add_argument(
+        "--format", choices=("parquet", "csv"), default="parquet", help="of the table file"
+    )
+    parser.add_argument(
+        "--max-gap", default="0s", help="fill gaps up to this long (flagged); longer stay empty"
+    )
+    parser.add_argument("--normalize", choices=("minmax", "zscore"), help="scale each column")
+    parser.add_argument(
+        "--units", choices=("si", "stored"), default="si", help="convert to SI where known"
+    )
+    _add_selection(parser)
+
+
+def _add_selection(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--from", dest="start", metavar="TIME", help="e.g. 2026-11-21T09:30Z")
+    parser.add_argument("--to", dest="end", metavar="TIME", help="end of the range, exclusive")
+    parser.add_argument(
+        "--tags", action="append", default=[], metavar="GLOB", help='e.g. "plc1/*" (repeatable)'
+    )
+
+
+def parse_time(option: str, text: str) -> int:
+    """UTC nanoseconds of an ISO 8601 time or date; a time without a zone is UTC."""
+    try:
+        stamp = dt.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise UsageError(
+            f"{option}: expected a time such as 2026-11-21T09:30:00Z or a date, got {text!r}"
+        ) from None
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=dt.UTC)
+    delta = stamp - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
+
+
+def selection_of(args: argparse.Namespace) -> Selection:
+    from agent.report.dataset import Selection
+
+    start = parse_time("--from", args.start) if args.start else None
+    end = parse_time("--to", args.end) if args.end else None
+    if start is not None and end is not None and end <= start:
+        raise UsageError(f"--to {args.end} is not after --from {args.start}")
+    globs = tuple(glob.strip() for text in args.tags for glob in text.split(",") if glob.strip())
+    return Selection(start, end, globs)
+
+
+def _output(name: str) -> contextlib.AbstractContextManager[IO[str]]:
+    """A file to write, or standard output for "-" (left open)."""
+    if name == "-":
+        return contextlib.nullcontext(sys.stdout)
+    return open(name, "w", encoding="utf-8")
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from agent.report.dataset import NotADataset
+    from agent.report.document import to_dict
+    from agent.report.figures import compute
+    from agent.report.html import PlotlyMissing
+    from agent.report.text import format_text, write_csv
+
+    try:
+        selection = selection_of(args)
+        if args.html is not None:
+            from agent.report.html import require_plotly
+
+            require_plotly()
+        report = compute(args.dataset, selection, samples=bool(args.html or args.json or args.csv))
+    except (UsageError, NotADataset, PlotlyMissing) as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        if args.json:
+            with _output(args.json) as out:
+                json.dump(to_dict(report), out, indent=1, allow_nan=False)
+                out.write("\n")
+        if args.csv:
+            with _output(args.csv) as out:
+                write_csv(report, out)
+        if args.html is not None:
+            from agent.report.html import write_html
+
+            write_html(report, args.html)
+            print(f"report written to {args.html}", file=sys.stderr)
+    except OSError as exc:
+        print(f"cannot write the report: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if not (args.json == "-" or args.csv == "-"):
+        print(format_text(report))
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from agent.report.dataset import NotADataset
+    from agent.report.export import ExportOptions, GridTooWide, NothingToExport, export
+
+    try:
+        options = ExportOptions(
+            selection=selection_of(args),
+            period_ns=_duration("--period", args.period, parse_duration) if args.period else None,
+            max_gap_ns=_duration("--max-gap", args.max_gap, parse_interval),
+            format=args.format,
+            normalize=args.normalize,
+            si_units=args.units == "si",
         )
-    for name, source in sorted(summary.sources.items()):
-        parts = [f"source {name}:"]
-        if (completeness := summary.source_completeness(name)) is not None:
-            parts.append(f"complete {_percent(completeness)}")
-        if source.acquired_ns:  # on change: no count owed, but was it listening?
-            parts.append(f"session up {_percent(source.up_ns / source.acquired_ns)}")
-        if source.latency_p50_ms:
-            median = sorted(source.latency_p50_ms)[len(source.latency_p50_ms) // 2]
-            parts.append(f"batch latency p50 {median:.1f} ms, max {source.latency_max_ms:.1f} ms")
-        if source.clock_offset_ms:
-            low, high = min(source.clock_offset_ms), max(source.clock_offset_ms)
-            parts.append(f"clock offset {low:+.3f}..{high:+.3f} ms")
-        if source.clock_uncertainty_ms:
-            parts.append(f"time uncertainty up to {source.clock_uncertainty_ms:.3f} ms")
-        lines.append(" ".join(parts[:1]) + " " + "; ".join(parts[1:]))
-    return "\n".join(lines)
+        written = export(args.dataset, args.out, options)
+    except (UsageError, NotADataset, GridTooWide) as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_USAGE
+    except NothingToExport as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as exc:
+        print(f"cannot write the export: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    for path in written:
+        print(path)
+    return 0
+
+
+def _duration(option: str, text: str, parse: Callable[[str], int]) -> int:
+    try:
+        return parse(text)
+    except ValueError as exc:
+        raise UsageError(f"{option}: {exc}") from None

@@ -88,8 +88,22 @@ class TagTable:
     """
 
     def __init__(self, sources: Sequence[SourceConfig], retired: Sequence[TagEntry] = ()) -> None:
-        self.slots = [source_entries(source) for source in sources]
-        self.source_names = [source.name for source in sources]
+        slots = [source_entries(source) for source in sources]
+        self._build([source.name for source in sources], slots, retired)
+
+    @classmethod
+    def of_slots(cls, source_names: Sequence[str], slots: Sequence[list[TagEntry]]) -> TagTable:
+        """The table of tags known only by what batches said of them, one slot of entries
+        per source: a stored dataset's, for the resampler of ``edge-agent export``."""
+        table = cls.__new__(cls)
+        table._build(list(source_names), list(slots), ())
+        return table
+
+    def _build(
+        self, source_names: list[str], slots: list[list[TagEntry]], retired: Sequence[TagEntry]
+    ) -> None:
+        self.slots = slots
+        self.source_names = source_names
         self.source_offset: list[int] = []
         entries: list[TagEntry] = []
         for slot in self.slots:

@@ -33,6 +33,7 @@ that and the lineage.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -319,17 +320,30 @@ class QualityTally:
         return {"span_ns": span, "sources": sources, "tags": tags}
 
 
+def owed_rate_ns(described: dict[str, Any]) -> float:
+    """The period a tag owes one sample per, from its lineage: inf for a derived (feature)
+    or on-change tag, which owes none."""
+    if "rate" not in described or described.get("on_change"):
+        return math.inf
+    return float(parse_duration(described["rate"]))
+
+
+def unlisted_figures(span_ns: int, rate_ns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(received = good, expected) of the tags a batch does not list: acquired for the
+    whole span, they received, all good, exactly the rounded number their rate promised."""
+    expected = span_ns / rate_ns
+    return np.round(expected), expected
+
+
 def tag_figures(quality: dict[str, Any], lineage: dict[str, Any]) -> dict[str, list[float]]:
     """[received, expected, good] of every tag of a batch, from its two metadata entries:
-    deviating tags are listed, the others were acquired for the whole span and received
-    (all good) exactly the rounded number their rate promised."""
-    span = quality["span_ns"]
-    figures: dict[str, list[float]] = {}
-    for tag, described in lineage.items():
-        if "rate" not in described or described.get("on_change"):
-            continue  # a derived (feature) or on-change tag: nothing expected per rate
-        expected = span / parse_duration(described["rate"])
-        figures[tag] = [float(round(expected)), expected, float(round(expected))]
+    deviating tags are listed, the others are :func:`unlisted_figures`."""
+    owed = {tag: owed_rate_ns(described) for tag, described in lineage.items()}
+    owed = {tag: rate for tag, rate in owed.items() if math.isfinite(rate)}
+    counts, expected = unlisted_figures(quality["span_ns"], np.fromiter(owed.values(), float))
+    figures = {
+        tag: [n, e, n] for tag, n, e in zip(owed, counts.tolist(), expected.tolist(), strict=True)
+    }
     for tag, listed in quality["tags"].items():
         figures[tag] = [float(value) for value in listed]
     return figures

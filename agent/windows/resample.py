@@ -62,9 +62,14 @@ def _concat(parts: list[_Samples]) -> _Samples:
 class Resampler:
     """Turns closed long-form batches into wide batches, one window behind."""
 
-    def __init__(self, tags: TagTable, methods: list[str], period_ns: int, max_gap_ns: int) -> None:
+    def __init__(
+        self, tags: TagTable, methods: list[str], period_ns: int, max_gap_ns: int | np.ndarray
+    ) -> None:
+        """``max_gap_ns``: one for all tags, or one per tag (the export bridges each tag's own
+        sample spacing, and gaps up to a limit of its own; no ``retable`` then)."""
         self.period_ns = period_ns
-        self.max_gap_ns = max_gap_ns
+        self.max_gap_ns = np.asarray(max_gap_ns, np.int64)
+        self.reach_ns = int(self.max_gap_ns.max(initial=0))  # the farthest neighbour used
         self._held: tuple[Batch, _Samples] | None = None
         self._last = _Samples(
             np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.uint16)
@@ -171,10 +176,10 @@ class Resampler:
         grid = np.arange(start, end, self.period_ns, dtype=np.int64)
         values = np.full((self.size, grid.shape[0]), np.nan)
         qualities = np.full((self.size, grid.shape[0]), _NO_DATA, np.uint16)
-        margin = start - self.max_gap_ns
+        margin = start - self.reach_ns
         neighbours = [self._last.take(self._last.time >= margin), samples]
         if following is not None:
-            neighbours.append(_first_of_each_tag(following, end + self.max_gap_ns))
+            neighbours.append(_first_of_each_tag(following, end + self.reach_ns))
         merged = _concat(neighbours)
         merged = merged.take(np.lexsort((merged.time, merged.tag)))
         for method in ("linear", "previous"):
@@ -208,17 +213,18 @@ class Resampler:
         has_left = (left >= 0) & (merged.tag[np.maximum(left, 0)] == cell_tag)
         left = np.maximum(left, 0)
         exact = has_left & (merged.time[left] == cell_time)
+        max_gap = self.max_gap_ns[cell_tag] if self.max_gap_ns.ndim else self.max_gap_ns
         if method == "linear":
             right = np.minimum(left + 1, merged.tag.shape[0] - 1)
             has_right = has_left & (left + 1 < merged.tag.shape[0])
             has_right &= merged.tag[right] == cell_tag
             span = merged.time[right] - merged.time[left]
-            filled = has_right & (span <= self.max_gap_ns) & ~exact
+            filled = has_right & (span <= max_gap) & ~exact
             weight = (cell_time - merged.time[left]) / np.where(span > 0, span, 1)
             value = merged.value[left] + weight * (merged.value[right] - merged.value[left])
             worse = np.maximum(merged.quality[left], merged.quality[right]) & q.SEVERITY_MASK
         else:  # previous: hold the last sample for up to max_gap
-            filled = has_left & ~exact & (cell_time - merged.time[left] <= self.max_gap_ns)
+            filled = has_left & ~exact & (cell_time - merged.time[left] <= max_gap)
             value = merged.value[left]
             worse = merged.quality[left] & q.SEVERITY_MASK
         cell_value = np.where(exact, merged.value[left], np.where(filled, value, np.nan))
@@ -290,7 +296,7 @@ class Resampler:
             "window_start_ns": str(batch.window_start_ns),
             "window_end_ns": str(batch.window_end_ns),
             "period_ns": str(self.period_ns),
-            "max_gap_ns": str(self.max_gap_ns),
+            "max_gap_ns": str(self.reach_ns),
             "methods": self._methods_json,
         }
         table = pa.table(columns).replace_schema_metadata(
