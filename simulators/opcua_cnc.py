@@ -416,6 +416,7 @@ class OpcUaCncSimulator:
         users: dict[str, str] | None = None,
         bulk_tags: int = 0,
         max_nodes_per_read: int | None = None,
+        refuse_reads: bool = False,
         vibration_samples: int = 500,
         vibration_rate_hz: int = 10_000,
     ) -> None:
@@ -436,6 +437,7 @@ class OpcUaCncSimulator:
         self.users = dict(users) if users is not None else None
         self.bulk_tags = bulk_tags
         self.max_nodes_per_read = max_nodes_per_read
+        self.refuse_reads = refuse_reads  # a server without the Read service (subscribe only)
         self.vibration_samples = vibration_samples
         self.vibration_rate_hz = vibration_rate_hz
         self.host = "127.0.0.1"
@@ -778,6 +780,8 @@ class OpcUaCncSimulator:
         if not isinstance(event, ServerItemCallback) or not event.is_external:
             return
         self.read_requests += 1
+        if self.refuse_reads:
+            raise ServiceError(ua.StatusCodes.BadServiceUnsupported)
         limit = self.max_nodes_per_read
         if limit is not None and len(event.request_params.NodesToRead) > limit:
             raise ServiceError(ua.StatusCodes.BadTooManyOperations)

@@ -108,3 +108,36 @@ async def test_an_mqtt_publisher_5_s_fast_is_corrected_to_within_2_ms(
             f"p99 {p99:.3f} ms: one-way payload times stay late by the least "
             "publisher-to-agent delay seen"
         )
+
+
+async def test_a_subscription_measures_the_server_clock_by_round_trips(tmp_path: Path) -> None:
+    """The driver's clock probe: its Reads' round trips model the server clock, and its
+    rowless frames add nothing to the dataset."""
+    cnc = simulator("server")
+    async with cnc:
+        extra = 'mode = "subscribe"\ncorrect_clock = true\n'
+        config = agent_toml(tmp_path, cnc.agent_config(nodes=SCALARS, extra=extra))
+        agent = await run_agent(config, 3.0)
+    runner = agent.runners[0]
+    server = runner.clock.server
+    assert server.round_trip
+    assert server.estimate is not None
+    assert server.estimate.offset_ns == pytest.approx(5 * S, abs=2 * MS)
+    assert cnc.read_requests >= 4
+    table = read_store(tmp_path)
+    assert table.num_rows == runner.points
+    assert set(table["tag"].cast(pa.string()).to_pylist()) == {node.name for node in SCALARS}
+
+
+async def test_a_server_refusing_the_clock_probe_keeps_publish_times(tmp_path: Path) -> None:
+    cnc = OpcUaCncSimulator(seed=7, update_ns=100 * MS, refuse_reads=True, **SKEWS["server"])  # type: ignore[arg-type]
+    async with cnc:
+        extra = 'mode = "subscribe"\ncorrect_clock = true\n'
+        config = agent_toml(tmp_path, cnc.agent_config(nodes=SCALARS, extra=extra))
+        agent = await run_agent(config, 3.0)
+    runner = agent.runners[0]
+    assert runner.ctx.problems.is_open("clock_probe")
+    assert not runner.clock.server.round_trip
+    offset = agent.metrics.clock_offset.labels("cnc1")._value.get()
+    assert offset == pytest.approx(5.0, abs=0.005)
+    assert read_store(tmp_path).num_rows >= 2 * 20

@@ -198,17 +198,11 @@ class SourceClock:
         return self.server.estimate is not None
 
     def process(self, frame: Frame) -> Frame:
+        """A frame without rows may still carry a round trip to the server's clock (an OPC
+        UA subscription's clock probe): that is observed; with no rows, nothing of it is stored."""
+        self._observe_server(frame)
         if not len(frame):
             return frame
-        if frame.sent > 0:  # the server's clock at sending: no queueing delay in it
-            trip = frame.received - frame.requested
-            if frame.requested > 0 and trip > 0:  # answering a request: stamped within it
-                midpoint = frame.requested + trip // 2
-                self.server.observe(midpoint, frame.sent - midpoint, trip)
-            else:
-                self.server.observe(frame.received, frame.sent - frame.received)
-        elif frame.server_time is not None:
-            _observe(self.server, frame.server_time, frame.received)
         if frame.source_time is not None:
             self._observe_device(frame)
         if frame.device_clock and self.model.estimate is not None:
@@ -217,6 +211,17 @@ class SourceClock:
             grid = self.grid_ns[frame.tag]
             frame.time = (frame.time + grid // 2) // grid * grid
         return frame
+
+    def _observe_server(self, frame: Frame) -> None:
+        if frame.sent > 0:  # the server's clock at sending: no queueing delay in it
+            trip = frame.received - frame.requested
+            if frame.requested > 0 and trip > 0:  # answering a request: stamped within it
+                midpoint = frame.requested + trip // 2
+                self.server.observe(midpoint, frame.sent - midpoint, trip)
+            else:
+                self.server.observe(frame.received, frame.sent - frame.received)
+        elif frame.server_time is not None and len(frame):
+            _observe(self.server, frame.server_time, frame.received)
 
     def _observe_device(self, frame: Frame) -> None:
         device = frame.source_time

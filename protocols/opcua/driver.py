@@ -40,6 +40,10 @@ from protocols.sdk import DriverContext, PollGroup, PollingDriver, Tick, groups_
 _TIMEOUT = q.make(q.BAD, q.Reason.TIMEOUT)
 _REFUSED = q.make(q.BAD, q.Reason.SOURCE_STATUS)
 _CLOSE_TIMEOUT_S = 0.5
+_CLOCK_PROBE_S = 0.25  # a few round trips per 1 s clock bucket: the shortest is kept
+_CLOCK_NODE = ua.NodeId(
+    ua.Int32(ua.ObjectIds.Server_ServerStatus_CurrentTime)
+)  # every server has it
 _DEFAULT_PORT = 4840  # opc.tcp's registered port, for a url without one
 _LIMITS = (
     ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxNodesPerRead,
@@ -131,7 +135,13 @@ class OpcUaDriver(PollingDriver):
         ctx.set_connected(True)
         try:
             await self._subscribe(ctx)
-            await self._session_alive()
+            probe = asyncio.create_task(self._probe_clock(ctx))
+            try:
+                await self._session_alive()
+            finally:
+                probe.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await probe
         finally:
             ctx.set_connected(False)
             await self.close()
@@ -267,6 +277,39 @@ class OpcUaDriver(PollingDriver):
             await ctx.emit(
                 Frame.uniform(np.array(refused, np.int32), time.time_ns(), math.nan, _REFUSED)
             )
+
+    async def _probe_clock(self, ctx: DriverContext) -> None:
+        """Round trips to the server's clock while subscribed, as polled reads give.
+
+        A PublishTime is one-way: it bounds the server clock on one side only, and the
+        frame's delay to the gateway (the host's load) stays in the estimate. A small
+        Read every ``_CLOCK_PROBE_S`` has its response header stamped within a measured
+        round trip; the clock model keeps each second's shortest. The probe's frame has
+        no rows: nothing of it reaches the dataset. A server that refuses the Read keeps
+        the PublishTime readings (logged once).
+        """
+        client = self._require_client()
+        params = ua.ReadParameters()
+        params.NodesToRead = [self._read_value_id(_CLOCK_NODE)]
+        while True:
+            await asyncio.sleep(_CLOCK_PROBE_S)
+            requested = time.time_ns()
+            try:
+                _, answered = await read_answered(client, params)
+            except ua.UaStatusCodeError as exc:
+                ctx.problems.fail(
+                    "clock_probe",
+                    "clock probe Read refused: server clock by PublishTime",
+                    detail=str(exc),
+                )
+                return
+            except TimeoutError:  # a dying session: the watchdog will tell
+                continue
+            received = time.time_ns()
+            if answered > 0:
+                probe = Frame.empty()
+                probe.requested, probe.sent, probe.received = requested, answered, received
+                await ctx.emit(probe)
 
     @staticmethod
     def _subscription_params(client: Client, publishing_ns: int) -> ua.CreateSubscriptionParameters:
