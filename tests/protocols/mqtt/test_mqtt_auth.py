@@ -41,7 +41,7 @@ async def test_wrong_password_fails_clearly_once_and_keeps_retrying(
     tmp_path: Path, locked_broker: PrivateBroker
 ) -> None:
     secret = tmp_path / "password"
-    secret.write_text("wrong\n")
+    secret.write_text("Wr0ng-S3cret\n")  # not a word of the test's paths
     source = (
         f'[[sources]]\nname = "scada"\nprotocol = "mqtt"\nurl = "{locked_broker.url}"\n'
         f'mqtt_version = "{locked_broker.mqtt_version()}"\n'
@@ -56,4 +56,4 @@ async def test_wrong_password_fails_clearly_once_and_keeps_retrying(
     failures = [entry for entry in logs if entry["event"] == "source failed"]
     assert len(failures) == 1
     assert "refused the connection" in failures[0]["error"]
-    assert "wrong" not in str(logs), "the password is never logged"
+    assert "Wr0ng-S3cret" not in str(logs), "the password is never logged"
