@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from agent.commands.cli import EXIT_CONFIG, main
 from agent.config.durations import format_duration, parse_duration
 from agent.config.load import ConfigError, key_path, load_config
+from agent.config.model import installed
 from protocols.modbus.config import ModbusSourceConfig
 
 MS = 1_000_000
@@ -619,3 +620,9 @@ def test_every_example_config_checks_clean(
     code, out, err = _check(example, capsys)
     assert code == 0, err
     assert f"{example}: OK" in out
+
+
+def test_an_optional_package_whose_parent_is_missing_is_not_installed() -> None:
+    # a plain `pip install .` has no google.protobuf: the demo and check must not raise
+    assert not installed("no_such_namespace_pkg.protobuf")
+    assert installed("pydantic.fields")

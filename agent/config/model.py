@@ -37,6 +37,16 @@ ResampleMethod = Literal["linear", "previous", "mean", "min", "max", "last"]
 Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=128)]
 
 
+def installed(module: str) -> bool:
+    """Whether an optional dependency can be imported, without importing it. A dotted name
+    whose parent is missing (``google.protobuf`` without any ``google``) is not installed,
+    where ``find_spec`` would raise."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
 def _strict_scalar(field: FieldInfo) -> type | None:
     """bool, int or float when the field takes only that kind of scalar, else None.
 
@@ -582,7 +592,7 @@ class PostgresUplinkConfig(UserCredentials, UplinkRetry):
     @model_validator(mode="after")
     def _psycopg_installed(self) -> PostgresUplinkConfig:
         # checked with the config, so a missing extra is a config error, not a traceback
-        if importlib.util.find_spec("psycopg") is None:
+        if not installed("psycopg"):
             raise ValueError("needs psycopg: pip install 'edge-agent[postgres]'")
         return self
 
@@ -640,7 +650,7 @@ class SparkplugUplinkConfig(MqttConnection, UplinkRetry):
 
     @model_validator(mode="after")
     def _protobuf_installed(self) -> SparkplugUplinkConfig:
-        if importlib.util.find_spec("google.protobuf") is None:
+        if not installed("google.protobuf"):
             raise ValueError("needs the protobuf package: pip install 'edge-agent[sparkplug]'")
         return self
 

@@ -9,8 +9,9 @@ imports it only when a sparkplug source or uplink is configured.
 from __future__ import annotations
 
 import enum
-import importlib.util
 from typing import TYPE_CHECKING
+
+from agent.config.model import installed
 
 if TYPE_CHECKING:
     from protocols.sparkplug.sparkplug_b_pb2 import Payload
@@ -66,7 +67,7 @@ COMMANDS = frozenset({"NCMD", "DCMD"})  # to edge nodes: not data, a passive hos
 
 
 def protobuf_installed() -> bool:
-    return importlib.util.find_spec("google.protobuf") is not None
+    return installed("google.protobuf")
 
 
 def payload_class() -> type[Payload]:
