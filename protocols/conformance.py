@@ -38,9 +38,10 @@ class ConformanceError(AssertionError):
 @dataclass
 class ConformanceReport:
     protocol: str
-    frames: int
+    frames: int  # frames with samples
     samples: int
     cancel_seconds: float
+    clock_readings: int = 0  # rowless frames that only carry a round-trip clock reading
 
 
 async def check_driver(driver: type[Driver], run_seconds: float = 1.5) -> ConformanceReport:
@@ -83,13 +84,21 @@ async def check_driver(driver: type[Driver], run_seconds: float = 1.5) -> Confor
         if leaked:
             names = ", ".join(sorted(t.get_name() for t in leaked))
             raise ConformanceError(f"tasks left running after run() ended: {names}")
-    if not frames:
-        raise ConformanceError(f"no frame emitted in {run_seconds} s")
     for number, frame in enumerate(frames):
         try:
             frame.check(len(source.tags))
         except FrameError as exc:
             raise ConformanceError(f"frame {number} is malformed: {exc}") from exc
+        if not len(frame) and not (frame.requested and frame.sent):
+            # a frame without samples is only worth emitting as a clock probe's round trip
+            raise ConformanceError(f"frame {number} has neither samples nor a clock reading")
+    data = [frame for frame in frames if len(frame)]
+    if not data:
+        raise ConformanceError(f"no frame with samples emitted in {run_seconds} s")
     return ConformanceReport(
-        source.protocol, len(frames), sum(len(f) for f in frames), cancel_seconds
+        source.protocol,
+        len(data),
+        sum(len(f) for f in data),
+        cancel_seconds,
+        clock_readings=len(frames) - len(data),
     )

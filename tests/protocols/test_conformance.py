@@ -17,4 +17,6 @@ async def test_driver_conforms(protocol: str) -> None:
     report = await check_driver(load_driver(protocol))
     assert report.frames > 0
     assert report.samples >= report.frames
+    if protocol == "opcua":  # its sample config subscribes: the clock probe's round trips
+        assert report.clock_readings > 0
     assert report.cancel_seconds < 1.0
