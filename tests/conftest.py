@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import tomllib
-from collections.abc import AsyncIterator, Generator
+from collections.abc import AsyncIterator, Callable, Generator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -17,6 +17,7 @@ import pytest
 
 from agent.config.load import parse_config
 from agent.runtime import Agent
+from agent.windows.batch import Batch
 
 
 def agent_toml(
@@ -36,9 +37,15 @@ def agent_toml(
     )
 
 
-async def run_agent(text: str, seconds: float, stop_after: asyncio.Event | None = None) -> Agent:
-    """Run an agent on a config text for ``seconds`` of wall time, then stop it (flushing)."""
-    agent = Agent(parse_config(tomllib.loads(text), Path("test.toml")))
+async def run_agent(
+    text: str,
+    seconds: float,
+    stop_after: asyncio.Event | None = None,
+    on_delivered: Callable[[Batch], None] | None = None,
+) -> Agent:
+    """Run an agent on a config text for ``seconds`` of wall time, then stop it (flushing);
+    ``on_delivered`` sees the batches every uplink has (the agent keeps none)."""
+    agent = Agent(parse_config(tomllib.loads(text), Path("test.toml")), on_delivered=on_delivered)
     stop = stop_after or asyncio.Event()
     task = asyncio.create_task(agent.run(stop))
     await asyncio.sleep(seconds)

@@ -14,6 +14,7 @@ import pyarrow.compute as pc
 import pytest
 
 from agent.acquisition import quality as q
+from agent.windows.batch import Batch
 from simulators.modbus_plc import POINTS, ModbusPLCSimulator
 from simulators.opcua_cnc import NODES_BY_NAME, OpcUaCncSimulator
 from tests.conftest import agent_toml, read_store, run_agent
@@ -101,15 +102,19 @@ async def test_two_agents_started_at_different_times_cut_identical_windows(
 ) -> None:
     async with ModbusPLCSimulator(seed=5) as plc:
         source = plc.agent_config("100ms", points=POINTS[:2])
-        first = asyncio.create_task(run_agent(agent_toml(tmp_path / "a", source), 3.5))
+        early: list[Batch] = []
+        second: list[Batch] = []
+        first = asyncio.create_task(
+            run_agent(agent_toml(tmp_path / "a", source), 3.5, on_delivered=early.append)
+        )
         await asyncio.sleep(0.37)  # not a multiple of anything the agents use
-        second = await run_agent(agent_toml(tmp_path / "b", source), 3.0)
-        early = await first
-    windows_a = {b.window_start_ns for b in early.written}
-    windows_b = {b.window_start_ns for b in second.written}
+        await run_agent(agent_toml(tmp_path / "b", source), 3.0, on_delivered=second.append)
+        await first
+    windows_a = {b.window_start_ns for b in early}
+    windows_b = {b.window_start_ns for b in second}
     assert all(start % 1_000_000_000 == 0 for start in windows_a | windows_b)
     assert len(windows_a & windows_b) >= 2, "the windows both agents saw are the same windows"
-    for batch in early.written + second.written:
+    for batch in early + second:
         times = ns(batch.table["time"])
         late = (batch.table["quality"].to_numpy() & q.Flag.LATE) != 0
         assert (times[~late] >= batch.window_start_ns).all()

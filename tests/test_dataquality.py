@@ -18,7 +18,7 @@ from agent.config.load import parse_config
 from agent.report.dataset import Selection
 from agent.report.figures import TagRow, completeness_of, compute, tag_rows
 from agent.runtime import Agent
-from agent.windows.batch import Batcher, TagTable
+from agent.windows.batch import Batch, Batcher, TagTable
 from agent.windows.dataquality import QualityTally, tag_figures
 from protocols._template.driver import TemplateSourceConfig
 from simulators.modbus_plc import POINTS, ModbusPLCSimulator
@@ -320,7 +320,8 @@ async def test_completeness_and_validity_match_an_injected_dropout(
     # a generous timeout: a loaded machine must not turn a slow answer into a missing one
     extra = 'timeout = "2s"\nbackoff_initial = "100ms"\nbackoff_max = "100ms"\n'
     text = agent_toml(tmp_path, simulator.agent_config("100ms", points=POINTS[:1], extra=extra))
-    agent = Agent(parse_config(tomllib.loads(text), Path("test.toml")))
+    written: list[Batch] = []
+    agent = Agent(parse_config(tomllib.loads(text), Path("test.toml")), on_delivered=written.append)
     stop = asyncio.Event()
     running = asyncio.create_task(agent.run(stop))
     await asyncio.sleep(2.0)
@@ -332,7 +333,7 @@ async def test_completeness_and_validity_match_an_injected_dropout(
     await running
     await simulator.stop()
 
-    batches = agent.written
+    batches = written
     sources = [b.quality["sources"]["plc1"] for b in batches if b.quality is not None]
     received = sum(s["received"] for s in sources)
     good = sum(s["good"] for s in sources)
@@ -381,10 +382,11 @@ async def test_a_device_that_never_answers_is_reported_0_percent_complete(
         )
     )
     try:
-        agent = await run_agent(agent_toml(tmp_path, sources), 3.0)
+        written: list[Batch] = []
+        await run_agent(agent_toml(tmp_path, sources), 3.0, on_delivered=written.append)
     finally:
         await simulator.stop()
-    figures = [b.quality["sources"] for b in agent.written if b.quality is not None]
+    figures = [b.quality["sources"] for b in written if b.quality is not None]
     assert all(f["gone"]["completeness"] == 0.0 for f in figures if f["gone"]["expected"])
     assert sum(f["gone"]["expected"] for f in figures) >= 40, "owed from its first failure"
     assert main(["report", str(tmp_path)]) == 0
@@ -407,7 +409,8 @@ async def test_a_subscription_that_drops_out_reports_its_session_down_time(
     extra = 'backoff_initial = "100ms"\nbackoff_max = "200ms"\n'
     moving = tuple(node for node in NODES if node.name == "axis_x")
     text = agent_toml(tmp_path, simulator.agent_config("100ms", nodes=moving, extra=extra))
-    agent = Agent(parse_config(tomllib.loads(text), Path("test.toml")))
+    written: list[Batch] = []
+    agent = Agent(parse_config(tomllib.loads(text), Path("test.toml")), on_delivered=written.append)
     stop = asyncio.Event()
     running = asyncio.create_task(agent.run(stop))
     try:
@@ -425,7 +428,7 @@ async def test_a_subscription_that_drops_out_reports_its_session_down_time(
         stop.set()
         await running
         await simulator.stop()
-    figures = [b.quality["sources"]["cnc1"] for b in agent.written if b.quality is not None]
+    figures = [b.quality["sources"]["cnc1"] for b in written if b.quality is not None]
     acquired = sum(f.get("acquired_ns", 0) for f in figures)
     down = acquired - sum(f.get("up_ns", 0) for f in figures)
     assert runner.failures >= 1

@@ -20,7 +20,6 @@ from agent.config.durations import format_duration
 from agent.config.model import TagConfig
 from agent.stages.base import DropCounter, Stage, no_count
 from agent.stages.deadband import DeadbandStage
-from agent.stages.denoise import DenoiseStage
 from agent.stages.features import FeatureStage
 from agent.stages.fill import FillStage
 from agent.stages.range import RangeStage
@@ -98,6 +97,9 @@ def _cleaning_stages(tags: Sequence[TagConfig], count: DropCounter) -> list[Stag
             )
         )
     if any(tag.denoise for tag in tags):
+        # deferred: PyWavelets (~3 MiB resident) loads only for a source that denoises
+        from agent.stages.denoise import DenoiseStage
+
         stages.append(DenoiseStage([tag.denoise for tag in tags]))
     return stages
 

@@ -335,6 +335,9 @@ def _where(exc: BaseException) -> str:
 
 async def _run(loaded: LoadedConfig) -> int:
     """1 when a task of the agent could not be kept alive: systemd restarts it."""
+    from agent.ops.memory import return_freed_memory
+
+    return_freed_memory()  # before pyarrow is loaded and before any thread is made
     from agent.runtime import Agent
 
     stop, reload = asyncio.Event(), asyncio.Event()

@@ -16,6 +16,7 @@ import shutil
 import sys
 import time
 import tomllib
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from agent.commands.signals import install_stop_signals
 from agent.config.load import parse_config
 from agent.ops.logs import configure
 from agent.runtime import Agent
+from agent.windows.batch import Batch
 from protocols.sparkplug.schema import protobuf_installed
 from simulators.modbus_plc import ModbusPLCSimulator
 from simulators.mqtt_broker import broker_class
@@ -113,11 +115,11 @@ async def _start_when_subscribed(
     stack.push_async_callback(line.stop)
 
 
-def _latest(agent: Agent, source: str) -> str:
+def _latest(newest: deque[Batch], source: str) -> str:
     """The newest written value of a few tags of one source, for the live line."""
-    if not agent.written:
+    if not newest:
         return ""
-    table = agent.written[-1].table
+    table = newest[0].table
     table = table.filter(pc.equal(table["source"].cast(pa.string()), source))
     parts = []
     for name in _WATCH.get(source, ()):
@@ -127,7 +129,7 @@ def _latest(agent: Agent, source: str) -> str:
     return "  ".join(parts)
 
 
-def _status_line(elapsed: float, agent: Agent, runner: SourceRunner) -> str:
+def _status_line(runner: SourceRunner, elapsed: float, newest: deque[Batch]) -> str:
     lateness = max(  # over the last 100 polls: start-up (sessions, first files) is past
         (s.lateness_s.percentile(99, last=100) for s in runner.ctx.all_poll_stats.values()),
         default=0.0,
@@ -135,7 +137,7 @@ def _status_line(elapsed: float, agent: Agent, runner: SourceRunner) -> str:
     timing = f"p99 poll lateness {lateness * 1e3:4.1f} ms" if lateness else "subscribed"
     return (
         f"{elapsed:5.1f}s  {runner.config.name} ({runner.config.protocol}): "
-        f"{runner.points:>7} points  {timing}  {_latest(agent, runner.config.name)}"
+        f"{runner.points:>7} points  {timing}  {_latest(newest, runner.config.name)}"
     )
 
 
@@ -150,7 +152,9 @@ async def _demo(duration: float, out: Path, rate: str, seed: int) -> int:
         scada = await _start_scada(stack, seed, out)
         line = _sparkplug_node(seed, scada)
         config = demo_config(plc, cnc, out, rate, scada, line)
-        agent = Agent(parse_config(tomllib.loads(config), Path("<demo>")))
+        newest: deque[Batch] = deque(maxlen=1)  # the last delivered batch, for the live line
+        loaded = parse_config(tomllib.loads(config), Path("<demo>"))
+        agent = Agent(loaded, on_delivered=newest.append)
         stop = asyncio.Event()
         install_stop_signals(stop)
         devices = f"Modbus PLC on 127.0.0.1:{plc.port}, OPC UA CNC at {cnc.url}"
@@ -172,7 +176,7 @@ async def _demo(duration: float, out: Path, rate: str, seed: int) -> int:
                 await asyncio.sleep(1.0)
                 elapsed = time.monotonic() - started
                 for runner in agent.runners:
-                    print(_status_line(elapsed, agent, runner), flush=True)
+                    print(_status_line(runner, elapsed, newest), flush=True)
                 print(f"{'':7}batches written: {agent.batches_written}", flush=True)
         finally:
             stop.set()
