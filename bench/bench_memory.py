@@ -126,7 +126,7 @@ def _kind(path: str) -> str:
     return "other files (locale, ...)"
 
 
-def import_only() -> list[tuple[str, dict[str, int]]]:
+def import_only(python: str) -> list[tuple[str, dict[str, int]]]:
     """RSS of processes that import the listed modules and nothing else."""
     rows = []
     for label, modules in IMPORTS:
@@ -136,9 +136,7 @@ def import_only() -> list[tuple[str, dict[str, int]]]:
             "    m.strip() and importlib.import_module(m.strip())\n"
             "print(open('/proc/self/status').read())"
         )
-        out = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, check=True
-        )
+        out = subprocess.run([python, "-c", code], capture_output=True, text=True, check=True)
         figures = {
             key: int(rest.split()[0]) * 1024
             for key, _, rest in (line.partition(":") for line in out.stdout.splitlines())
@@ -280,7 +278,8 @@ def measure(scenario: str, args: argparse.Namespace) -> Run:
         toml.write_text(agent_toml(tmp, metrics_port, *endpoints, (modbus_tags, opcua_tags)))
         env = dict(os.environ, **dict(kv.split("=", 1) for kv in args.env))
         log = (tmp / "agent.log").open("wb")
-        agent = subprocess.Popen([*CLI, "run", "-c", str(toml)], stdout=log, stderr=log, env=env)
+        command = [args.python, "-m", "agent.commands.cli", "run", "-c", str(toml)]
+        agent = subprocess.Popen(command, stdout=log, stderr=log, env=env)
         run = Run(scenario, args.minutes * 60.0, args.warmup)
         start = time.monotonic()
         first_points: tuple[float, float] | None = None
@@ -314,7 +313,7 @@ def report(
 ) -> None:
     print(
         f"\n{os.cpu_count()} CPUs, Python {platform.python_version()}, "
-        f"load before: {args.load}; env: {' '.join(args.env) or '-'}"
+        f"load before: {args.load}; env: {' '.join(args.env) or '-'}; agent: {args.python}"
     )
     print("\nimport-only RSS (MiB): total = anonymous + file-backed")
     for label, figures in imports:
@@ -351,11 +350,17 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=30.0, help="seconds before growth counts")
     parser.add_argument("--interval", type=float, default=0.5, help="seconds between RSS samples")
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the agent")
+    parser.add_argument(
+        "--python",
+        default=sys.executable,
+        help="interpreter of the agent (and of the import-only figures), e.g. a venv "
+        "made with a plain 'pip install .' (no test tools; simulators run with this one)",
+    )
     parser.add_argument("--trace", action="store_true", help="print the RSS curve too")
     parser.add_argument("--no-imports", action="store_true", help="skip the import-only figures")
     args = parser.parse_args()
     args.load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    imports = [] if args.no_imports else import_only()
+    imports = [] if args.no_imports else import_only(args.python)
     runs = []
     for scenario in args.scenario.split(","):
         print(f"{scenario}: {args.minutes:g} min ...", flush=True)

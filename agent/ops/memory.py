@@ -1,10 +1,11 @@
 """Allocator settings of the long-running agent: memory it frees goes back to the system.
 
 Why (issue 17, measured in BENCHMARKS.md "Memory"): each closed window builds and frees
-a few MiB of Arrow buffers. Arrow's default pool (jemalloc) keeps freed pages for reuse
-and costs its own arenas, and glibc gives each thread that allocates an arena of its own
-(up to 8 per core) and keeps freed heap too; all of it shows as resident memory the agent
-does not use: 114 MiB at 1,000 Modbus tags without these settings, 106 MiB with them.
+a few MiB of Arrow buffers. Arrow's default pool (mimalloc in pyarrow's wheels, else
+jemalloc) keeps freed pages for reuse, and glibc gives each thread that allocates an
+arena of its own (up to 8 per core) and keeps freed heap too; all of it shows as resident
+memory the agent does not use: 114 MiB at 1,000 Modbus tags without these settings, 106
+MiB with them.
 
 So ``run`` puts Arrow on the system allocator (``ARROW_DEFAULT_MEMORY_POOL=system`` unless
 the environment says otherwise, read when pyarrow makes its first pool) and tells glibc
