@@ -60,7 +60,8 @@ SCENARIOS = {
 }
 GOALS_MIB = {"modbus1k": 80, "mixed10k": 150, "modbus10k": 150}
 
-# import-only: the libraries alone, then what ``edge-agent run`` loads for a Modbus source
+# import-only: the libraries alone, then what ``edge-agent run`` loads for a Modbus source,
+# and for the mixed scenario's (asyncua with cryptography, paho)
 IMPORTS = [
     ("python", ""),
     ("numpy", "numpy"),
@@ -75,6 +76,10 @@ IMPORTS = [
         "numpy, pyarrow.parquet, pydantic, structlog, prometheus_client, pymodbus.client",
     ),
     ("agent run, Modbus source", "agent.commands.cli, agent.runtime, protocols.modbus"),
+    (
+        "agent run, mixed10k's sources",
+        "agent.commands.cli, agent.runtime, protocols.modbus, protocols.opcua, protocols.mqtt",
+    ),
 ]
 
 
