@@ -39,7 +39,7 @@ from agent.acquisition.supervisor import SourceRunner, describe_error
 from agent.config.load import ConfigError, LoadedConfig, load_config
 from agent.config.model import ParquetUplinkConfig, SourceConfig
 from agent.config.paths import agent_dirs, require_writable
-from agent.ops import systemd
+from agent.ops import memory, systemd
 from agent.ops.health import SETTLE_S, ProblemLog
 from agent.ops.http import StatusServer
 from agent.ops.logs import configure
@@ -799,6 +799,7 @@ class Agent:
             if (now := time.monotonic()) >= gauges_due:
                 gauges_due = now + _GAUGES_EVERY_S
                 self._refresh_gauges()
+                memory.trim()
 
     async def _write_wide(self, heartbeat: Heartbeat) -> None:
         """The resampled output: written with retries, not spooled (it is derived from

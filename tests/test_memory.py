@@ -11,6 +11,7 @@ import asyncio
 import gc
 import os
 import signal
+import subprocess
 import sys
 import time
 import weakref
@@ -109,3 +110,34 @@ def test_the_live_lane_cache_holds_batches_only_while_they_are_live(tmp_path: Pa
     time.sleep(0.06)
     forwarder.remember(_batch(3))
     assert list(forwarder._recent) == ["b3"]
+
+
+_FRAGMENT_AND_TRIM = """
+import ctypes
+from agent.ops import memory
+memory.return_freed_memory()
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+def anon():
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("RssAnon"))
+blocks = [libc.malloc(100_000) for _ in range(800)]  # under the mmap threshold: in the heap
+for block in blocks:
+    ctypes.memset(block, 1, 100_000)
+for block in blocks[::2]:  # holes between live blocks: nothing at the top to cut off
+    libc.free(block)
+before = anon()
+memory.trim()
+print(before, anon())
+"""
+
+
+def test_trim_hands_free_heap_pages_back(tmp_path: Path) -> None:
+    """40 MB freed in holes of glibc's heap stay resident until ``memory.trim`` (the closer
+    calls it once a second under ``edge-agent run``)."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    out = subprocess.run(
+        [sys.executable, "-c", _FRAGMENT_AND_TRIM], env=env, capture_output=True, check=True
+    )
+    before_kib, after_kib = map(int, out.stdout.split())
+    assert before_kib - after_kib >= 30_000, (before_kib, after_kib)
