@@ -376,9 +376,11 @@ async def measure(
 ) -> Measured:
     """Warm-up, the measured interval, then the grace for late deliveries.
 
-    The interval starts half a period off the agent's tick grid (multiples of the period
-    since the epoch), so no tick of the agent's straddles its ends; ``on_window`` is told
-    the interval as it starts. RSS is sampled every 0.5 s up to the interval's end.
+    The interval starts on the agent's tick grid (multiples of the period since the epoch).
+    The agent stamps a read with the midpoint of its request, a little after its tick, so
+    a count by time in the interval counts whole ticks unless a request takes a period.
+    ``on_window`` is told the interval as it starts. RSS is sampled every 0.5 s up to the
+    interval's end.
     """
     samples: list[int] = []
 
@@ -393,7 +395,7 @@ async def measure(
 
     period_ns = args.period_ns
     await sample_until(time.monotonic() + args.warmup)
-    t0 = (time.time_ns() // period_ns + 1) * period_ns + period_ns // 2
+    t0 = (time.time_ns() // period_ns + 1) * period_ns
     await asyncio.sleep((t0 - time.time_ns()) / 1e9)
     window = (t0, t0 + round(args.duration * 1e9))
     on_window(window)
