@@ -259,8 +259,12 @@ class Delivered:
     polls: int
 
 
-def agent_delivered(parquet_dir: Path, window_ns: tuple[int, int]) -> Delivered:
-    """Non-bad rows of the agent's Parquet files whose time lies in ``window_ns``."""
+def agent_delivered(parquet_dir: Path, window_ns: tuple[int, int], period_ns: int) -> Delivered:
+    """Non-bad rows of the agent's Parquet files whose time lies in ``window_ns``.
+
+    Says which ticks of the interval the first tag misses, if any: at the end, a batch
+    not written within the grace; inside, a skipped or doubled-up poll.
+    """
     files = sorted(parquet_dir.rglob("*.parquet"))
     if not files:
         return Delivered(0, 0)
@@ -270,6 +274,10 @@ def agent_delivered(parquet_dir: Path, window_ns: tuple[int, int]) -> Delivered:
     first = pc.equal(table.column("tag").cast("string"), FIRST_AGENT_TAG).to_numpy()
     inside = (times >= window_ns[0]) & (times < window_ns[1])
     good = inside & ((quality.astype(np.uint32) & SEVERITY_MASK) != BAD)
+    ticks = np.unique((times[good & first] - window_ns[0]) // period_ns)
+    missing = np.setdiff1d(np.arange((window_ns[1] - window_ns[0]) // period_ns), ticks)
+    if missing.size:
+        print(f"  note: the agent's first tag misses tick(s) {missing.tolist()} of the interval")
     return Delivered(int(np.count_nonzero(good)), int(np.count_nonzero(good & first)))
 
 
@@ -429,7 +437,9 @@ async def run_agent(setup: Setup, tags: int, round_: int, sim: tuple[str, int, i
     command = [sys.executable, "-m", "agent.commands.cli", "run", "-c", str(config)]
     with started(command, out / "agent.log") as process:
         measured = await measure(process, sim[2], setup.args)
-        delivered = agent_delivered(out / "parquet", measured.window)  # before the stop's flush
+        delivered = agent_delivered(
+            out / "parquet", measured.window, setup.args.period_ns
+        )  # before the stop's flush
     return Result("agent", tags, round_, setup.args.duration, measured, delivered, setup.due(tags))
 
 
