@@ -13,7 +13,7 @@ the broker.
 The peer gets its most efficient configuration: one "wide-range" telemetry entry per
 Modbus block (a registers-range read of the same blocks the agent reads,
 ``protocols.modbus.blocks.plan_blocks``), every value reported (``ON_RECEIVED``), 64 KiB
-messages. One entry per tag makes it read each tag on its own and pile up.
+messages. (One entry per tag makes it read each tag on its own; the issue saw it pile up.)
 
 Per run: ``--warmup`` seconds unmeasured, then ``--duration`` seconds over which the
 process's CPU (utime + stime, children included, from /proc/<pid>/stat) and the
@@ -437,9 +437,8 @@ async def run_agent(setup: Setup, tags: int, round_: int, sim: tuple[str, int, i
     command = [sys.executable, "-m", "agent.commands.cli", "run", "-c", str(config)]
     with started(command, out / "agent.log") as process:
         measured = await measure(process, sim[2], setup.args)
-        delivered = agent_delivered(
-            out / "parquet", measured.window, setup.args.period_ns
-        )  # before the stop's flush
+        # counted before the stop, which flushes the open windows
+        delivered = agent_delivered(out / "parquet", measured.window, setup.args.period_ns)
     return Result("agent", tags, round_, setup.args.duration, measured, delivered, setup.due(tags))
 
 
