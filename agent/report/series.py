@@ -47,6 +47,7 @@ class SeriesIndex:
         self.history: list[list[tuple[int, int]]] = []  # per series: (variant, since ns)
         self.rate_ns = np.empty(0, np.float64)  # latest owed period per series
         self._views: OrderedDict[tuple[str, str], LineageView] = OrderedDict()
+        self.revision = 0  # bumped whenever a series' lineage entry changes (or first comes)
 
     @property
     def count(self) -> int:
@@ -82,6 +83,8 @@ class SeriesIndex:
         else:
             self._views.move_to_end(key)
         changed = np.flatnonzero(self.current[view.series] != view.variant)
+        if changed.size:
+            self.revision += 1
         for index in changed.tolist():
             series, variant = int(view.series[index]), int(view.variant[index])
             self.history[series].append((variant, footer.window_start))
