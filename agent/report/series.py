@@ -139,12 +139,6 @@ class SeriesIndex:
             lookup[code] = self.number(gateways[g], sources[s], tags[t])
         return lookup[codes]
 
-    def rewind(self) -> None:
-        """Forget the lineage history (keeping the numbers), for a second pass over the
-        same files to record it again."""
-        self.history = [[] for _ in self.keys]
-        self.current[:] = -1
-
     def gateways(self) -> list[str]:
         return sorted({gateway for gateway, _, _ in self.keys})
 
