@@ -17,6 +17,7 @@ import pytest
 
 from agent.config.load import parse_config
 from agent.runtime import Agent
+from agent.uplinks.parquet import DATASET_SCHEMA
 
 
 def agent_toml(
@@ -62,7 +63,9 @@ async def running_agent(text: str) -> AsyncIterator[Agent]:
 
 def read_store(store: Path) -> pa.Table:
     """Everything in a Parquet store, as the central side would read it."""
-    return ds.dataset(store, format="parquet", partitioning="hive").to_table()
+    return ds.dataset(
+        store, format="parquet", partitioning="hive", schema=DATASET_SCHEMA
+    ).to_table()
 
 
 @pytest.hookimpl(hookwrapper=True)

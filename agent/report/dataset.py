@@ -33,6 +33,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from agent.store.encoding import expand
+from agent.store.lineage import LineageFolder
 from agent.windows.batch import META_PREFIX, SCHEMA
 
 # names the parquet uplink gives: <window start>Z-<content hash>.parquet
@@ -130,6 +132,7 @@ class DatasetReader:
         self.files = [p for p in dataset_files(path) if self._may_overlap(p)]
         self.skipped: list[tuple[str, str]] = []  # (path, why)
         self.outside = 0  # batches whose window lies outside the range
+        self.lineage = LineageFolder()  # records named by digest, in the dataset's _lineage
 
     def _may_overlap(self, path: str) -> bool:
         name = os.path.basename(path)
@@ -170,7 +173,7 @@ class DatasetReader:
             dictionaries = [c for c in ("source", "tag") if c in (self.columns or [])]
             with pa.OSFile(path) as source:
                 file = pq.ParquetFile(source, read_dictionary=dictionaries, pre_buffer=False)
-                footer = _footer(path, source.size(), file.metadata, self.quality)
+                footer = self._footer(path, source.size(), file.metadata)
                 if isinstance(footer, str):
                     return footer
                 if not self.selection.overlaps(footer.window_start, footer.window_end):
@@ -178,6 +181,9 @@ class DatasetReader:
                 return Stored(footer, self._samples(file) if self.columns else None)
         except (OSError, pa.ArrowException, ValueError, KeyError) as exc:
             return f"{type(exc).__name__}: {exc}"
+
+    def _footer(self, path: str, size: int, metadata: pq.FileMetaData) -> Footer | str:
+        return _footer_of(path, size, metadata, self.quality, self.lineage)
 
     def _samples(self, file: pq.ParquetFile) -> pa.Table:
         """The columns asked for, of the row groups that meet the range (the rows outside
@@ -187,7 +193,17 @@ class DatasetReader:
         low, high = self.selection.from_ns, self.selection.to_ns
         if low is not None or high is not None:
             groups = [g for g in groups if _meets(file.metadata.row_group(g), low, high)]
-        table = file.read_row_groups(groups, columns=self.columns, use_threads=False)
+        stored = set(file.schema_arrow.names)  # a batch's file leaves out its empty columns
+        present = [name for name in self.columns if name in stored]
+        table = file.read_row_groups(groups, columns=present, use_threads=False)
+        if len(present) < len(self.columns):
+            table = pa.Table.from_arrays(
+                [
+                    table[name] if name in stored else pa.nulls(len(table), SCHEMA.field(name).type)
+                    for name in self.columns
+                ],
+                names=self.columns,
+            )
         expected = pa.schema([SCHEMA.field(name) for name in self.columns])
         if not table.schema.equals(expected):
             table = table.cast(expected)  # an older or foreign layout: raises if it cannot
@@ -208,11 +224,14 @@ def _meets(group: pq.RowGroupMetaData, low: int | None, high: int | None) -> boo
     return True
 
 
-def _footer(path: str, size: int, metadata: pq.FileMetaData, quality: bool) -> Footer | str:
+def _footer_of(
+    path: str, size: int, metadata: pq.FileMetaData, quality: bool, lineage: LineageFolder
+) -> Footer | str:
     raw = metadata.metadata or {}
-    meta = {k.decode(): v.decode() for k, v in raw.items() if k.startswith(b"edge_agent.")}
-    if f"{META_PREFIX}window_start_ns" not in meta:
+    stored = {k.decode(): v.decode() for k, v in raw.items() if k.startswith(b"edge_agent.")}
+    if f"{META_PREFIX}window_start_ns" not in stored:
         return "not an edge-agent batch (no edge_agent.window_start_ns)"
+    meta = expand(stored, metadata.num_rows, lambda digest: lineage.find(path, digest))
     figures = meta.get(f"{META_PREFIX}quality") if quality else None
     return Footer(
         path,
@@ -221,7 +240,7 @@ def _footer(path: str, size: int, metadata: pq.FileMetaData, quality: bool) -> F
         int(meta[f"{META_PREFIX}window_start_ns"]),
         int(meta[f"{META_PREFIX}window_end_ns"]),
         meta.get(f"{META_PREFIX}config_hash", ""),
-        int(meta.get(f"{META_PREFIX}points", metadata.num_rows)),
+        int(meta[f"{META_PREFIX}points"]),
         meta.get(f"{META_PREFIX}tags", "{}"),
         json.loads(figures) if figures is not None else None,
     )
