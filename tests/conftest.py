@@ -17,7 +17,6 @@ import pytest
 
 from agent.config.load import parse_config
 from agent.runtime import Agent
-from agent.uplinks.parquet import DATASET_SCHEMA
 
 
 def agent_toml(
@@ -62,10 +61,12 @@ async def running_agent(text: str) -> AsyncIterator[Agent]:
 
 
 def read_store(store: Path) -> pa.Table:
-    """Everything in a Parquet store, as the central side would read it."""
-    return ds.dataset(
-        store, format="parquet", partitioning="hive", schema=DATASET_SCHEMA
-    ).to_table()
+    """Everything in a Parquet store, as the central side would read it: with every
+    file's columns (a batch file leaves out those it has no value in), as DuckDB's
+    ``union_by_name`` does."""
+    found = ds.dataset(store, format="parquet", partitioning="hive")
+    schema = pa.unify_schemas([*(f.physical_schema for f in found.get_fragments()), found.schema])
+    return ds.dataset(store, format="parquet", partitioning="hive", schema=schema).to_table()
 
 
 @pytest.hookimpl(hookwrapper=True)
