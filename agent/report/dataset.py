@@ -12,6 +12,11 @@ Only the columns asked for are decoded, only row groups whose ``time`` statistic
 range, and rows outside the range are dropped; memory holds a few files at a time. pyarrow
 releases the GIL while decoding, so two threads read ahead while the caller adds up.
 
+A footer names its lineage record by digest (:mod:`agent.store.lineage`): the record is
+read once per digest from the ``_lineage`` folder of the dataset (found from the file
+upwards); an older file that holds it inline is read as it is. A file leaves out the
+columns it has no value in: they are read as nulls.
+
 A file that is not a readable edge-agent batch (truncated, foreign) is skipped and listed in
 ``DatasetReader.skipped`` with the reason: a damaged file does not stop a report.
 """
