@@ -16,6 +16,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import pyarrow.parquet as pq
+
 DIGEST_HEX = 24  # 96 bits: no two records of a dataset's life meet by chance
 LINEAGE_DIR = "_lineage"
 
@@ -59,8 +61,6 @@ def file_lineage(path: str | Path, folder: LineageFolder | None = None) -> str |
     """The lineage record of one stored batch file: inline (``edge_agent.tags``: an older
     file, or one that carried it), else found by its digest (``edge_agent.lineage``) in a
     ``_lineage`` folder above it; None if neither."""
-    import pyarrow.parquet as pq  # only readers of stored files need it
-
     meta = pq.read_metadata(path).metadata or {}
     inline = meta.get(b"edge_agent.tags")
     if inline is not None:
