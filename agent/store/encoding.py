@@ -22,7 +22,7 @@ the batch's identity (``edge_agent.*``), so any bytes can be turned back into th
   batch; 22 saved 0.2 % more for 8x the time), 3 for ``source`` and ``quality``, which no
   level made smaller; brotli was 10 % smaller again on ``value``, but stock Spark cannot
   read it;
-- metadata: the lineage by digest, the quality figures as zstd'd JSON in base85, and what
+- metadata: the lineage by digest, the quality figures as zstd'd JSON in base64, and what
   other keys give (ISO window bounds, the point count) left out; :func:`expand` restores
   the full set (:data:`META_ORDER`) for every reader.
 """
@@ -122,7 +122,7 @@ def packed(metadata: Mapping[str, str], inline_lineage: bool = False) -> dict[st
     quality = metadata.get(f"{META_PREFIX}quality")
     if quality is not None:
         text = quality.encode()
-        squeezed = base64.b85encode(pa.compress(text, "zstd", asbytes=True)).decode()
+        squeezed = base64.b64encode(pa.compress(text, "zstd", asbytes=True)).decode()
         out[f"{META_PREFIX}{_PACKED_QUALITY}"] = f"{len(text)}:{squeezed}"  # size: to unpack
     return out
 
@@ -139,7 +139,7 @@ def expand(stored: Mapping[str, str], rows: int, lineage: Resolver | None = None
     packed_quality = meta.pop(_PACKED_QUALITY, None)
     if packed_quality is not None:
         size, _, squeezed = packed_quality.partition(":")
-        text = pa.decompress(base64.b85decode(squeezed), int(size), "zstd", asbytes=True)
+        text = pa.decompress(base64.b64decode(squeezed), int(size), "zstd", asbytes=True)
         meta["quality"] = text.decode()
     if "tags" in meta:
         meta.setdefault("lineage", lineage_digest(meta["tags"]))

@@ -76,6 +76,8 @@ def canonical(table: pa.Table) -> pa.Table:
     Times are cut to microseconds, what PostgreSQL keeps (the test data has none finer)."""
     columns = []
     for name in COLUMNS:
+        if name not in table.column_names:  # no file of the store had one: text, all null
+            table = table.append_column(name, pa.nulls(len(table), pa.string()))
         column = table.column(name)
         if pa.types.is_dictionary(column.type):
             column = column.cast(pa.string())
