@@ -96,7 +96,7 @@ def encode(
     )
     writer.write_table(plain)
     raw = table.schema.metadata or {}
-    stored = packed({k.decode(): v.decode() for k, v in raw.items()}, inline_lineage)
+    stored = _packed({k.decode(): v.decode() for k, v in raw.items()}, inline_lineage)
     if stored:
         writer.add_key_value_metadata(stored)
     writer.close()
@@ -107,7 +107,7 @@ def _all_null(column: pa.ChunkedArray) -> bool:
     return column.null_count == len(column)
 
 
-def packed(metadata: Mapping[str, str], inline_lineage: bool = False) -> dict[str, str]:
+def _packed(metadata: Mapping[str, str], inline_lineage: bool = False) -> dict[str, str]:
     """The key-value metadata a file stores for a batch's in-memory metadata."""
     out: dict[str, str] = {}
     for key, value in metadata.items():
@@ -173,10 +173,10 @@ def decode(data: bytes, lineage: Resolver | None = None) -> pa.Table:
     left out as nulls), ``source`` and ``tag`` dictionary-typed again, and the in-memory
     metadata (:func:`expand`)."""
     file = pq.ParquetFile(pa.BufferReader(data), read_dictionary=["source", "tag"])
-    return complete(file.read(use_threads=False), lineage)
+    return _complete(file.read(use_threads=False), lineage)
 
 
-def complete(table: pa.Table, lineage: Resolver | None = None) -> pa.Table:
+def _complete(table: pa.Table, lineage: Resolver | None = None) -> pa.Table:
     """A table read from a batch file as the batch had it (see :func:`decode`)."""
     raw = table.schema.metadata or {}
     stored = {k.decode(): v.decode() for k, v in raw.items()}
