@@ -14,9 +14,18 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
+import structlog
 
 from agent.config.load import parse_config
 from agent.runtime import Agent
+
+
+@pytest.fixture(autouse=True)
+def _fresh_logging() -> None:
+    """structlog's set-up is global: an earlier in-process ``edge-agent`` command (``browse``,
+    ``certs``, the demo) leaves it filtering below warning, so a later test capturing the
+    logs would miss every "recovered" line; and its stream may be one pytest has closed."""
+    structlog.reset_defaults()
 
 
 def agent_toml(

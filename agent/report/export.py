@@ -42,7 +42,7 @@ from agent.report.series import SeriesIndex
 from agent.report.tablefile import TIME, ColumnStats, TableWriter, rescale
 from agent.stages.units import UNITS
 from agent.windows.batch import Batch, TagEntry, TagTable
-from agent.windows.resample import Resampler
+from agent.windows.resample import Resampler, method_of
 
 HOLD_NS = 300_000_000_000  # longest an on-change or compressed tag's value is carried
 _REACH_LIMIT_NS = 1_000_000_000_000  # the resampler's keys span at most ~18 min per chunk
@@ -202,12 +202,6 @@ def natural_gap_ns(lineage: dict[str, Any]) -> int:
     if intervals:
         return min(max(intervals) + rate, HOLD_NS)
     return min(round(_SLACK * rate), HOLD_NS)
-
-
-def method_of(lineage: dict[str, Any]) -> str:
-    """The tag's resampling method: as its lineage says, else ``previous`` for a tag sent
-    on change (its value held until it changes), else ``linear``."""
-    return str(lineage.get("resample") or ("previous" if lineage.get("on_change") else "linear"))
 
 
 def si_conversion(unit: str | None) -> tuple[str | None, float, float]:

@@ -32,7 +32,7 @@ from agent.store.encoding import MEDIA_TYPE, encode, encoded, lineage_of
 from agent.uplinks import RejectedBatch
 from agent.windows.batch import Batch
 from protocols.mqtt.aio import AsyncMqttClient
-from protocols.mqtt.session import make_client
+from protocols.mqtt.session import connect, make_client
 
 # PUBACK reasons that refuse the batch itself: Packet too large, Payload format invalid
 # (others, such as Not authorized or Quota exceeded, are the broker's state: retried)
@@ -132,18 +132,7 @@ class MqttUplink:
         # no session to resume: a batch without PUBACK is the caller's to send again
         client = make_client(config, config.client_id or "")
         client.on_publish = self._on_publish
-        connection = AsyncMqttClient(client)
-        try:
-            await connection.connect(
-                config.host,
-                config.port,
-                max(1, round(config.keepalive / 1e9)),
-                config.connect_timeout / 1e9,
-                clean_start=True,
-            )
-        except BaseException:
-            await connection.close()
-            raise
+        connection, _ = await connect(client, config, clean_start=True)
         self._connection = connection
         return connection
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -57,6 +58,19 @@ def _concat(parts: list[_Samples]) -> _Samples:
         np.concatenate([p.value for p in parts]),
         np.concatenate([p.quality for p in parts]),
     )
+
+
+def method_of(lineage: dict[str, Any]) -> str:
+    """The tag's resampling method: as its lineage says, else ``previous`` for a tag sent
+    on change (its value held until it changes) and for a feature (a window's figure,
+    stamped at the window's start, holds over it), else ``linear``."""
+    held = lineage.get("on_change") or "feature" in lineage
+    return str(lineage.get("resample") or ("previous" if held else "linear"))
+
+
+def methods_of(tags: TagTable) -> list[str]:
+    """One method per live tag of ``tags``, derived (feature) tags included."""
+    return [method_of(lineage) for lineage in tags.lineage[: tags.live_tags]]
 
 
 class Resampler:
