@@ -33,9 +33,9 @@ DATASET_SCHEMA = pa.schema(
     [pa.field(f.name, pa.string()) if pa.types.is_dictionary(f.type) else f for f in SCHEMA]
     + [pa.field("gateway", pa.string()), pa.field("date", pa.string())]
 )
-"""The schema to read a dataset with (``pyarrow.dataset.dataset(path, partitioning="hive",
-schema=DATASET_SCHEMA)``): a batch file leaves out the columns it has no value in, and a
-reader that takes the schema from one file would not see them in the others."""
+"""A dataset's schema with its Hive partition columns, ``source`` and ``tag`` as plain
+strings (``pyarrow.dataset.dataset(path, partitioning="hive", schema=DATASET_SCHEMA)``):
+every file has every column, so this is what a reader infers too, dictionaries aside."""
 
 
 def batch_path(batch: Batch) -> str:
