@@ -61,7 +61,7 @@ from agent.windows.batch import (
     source_entries,
 )
 from agent.windows.dataquality import QualityTally
-from agent.windows.resample import Resampler
+from agent.windows.resample import Resampler, methods_of
 from protocols.sdk import Driver, DriverContext, without_credentials
 
 log = structlog.get_logger()
@@ -106,7 +106,7 @@ class Agent:
         if config.resample is not None:
             self.resampler = Resampler(
                 self.tag_table,
-                _resample_methods(self.sources),
+                methods_of(self.tag_table),
                 config.resample.period,
                 config.resample.max_gap,
             )
@@ -740,7 +740,7 @@ class Agent:
             time.time_ns(),
         )
         if self.resampler is not None:
-            self.resampler.retable(table, _resample_methods(sources), moved)
+            self.resampler.retable(table, methods_of(table), moved)
         table.inherit(old)
         self.tag_table = table
         self._bind(self.uplinks)
@@ -806,10 +806,6 @@ class Agent:
                 )
             self.wide_written = [*self.wide_written[-63:], batch]
             self._wide.task_done()
-
-
-def _resample_methods(sources: list[SourceConfig]) -> list[str]:
-    return [tag.resample_method() for source in sources for tag in source.tags]
 
 
 async def _run_source(runner: SourceRunner, heartbeat: Heartbeat) -> None:

@@ -14,9 +14,18 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
+import structlog
 
 from agent.config.load import parse_config
 from agent.runtime import Agent
+
+
+@pytest.fixture(autouse=True)
+def _fresh_logging() -> None:
+    """structlog's set-up is global: an earlier in-process ``edge-agent`` command (``browse``,
+    ``certs``, the demo) leaves it filtering below warning, so a later test capturing the
+    logs would miss every "recovered" line; and its stream may be one pytest has closed."""
+    structlog.reset_defaults()
 
 
 def agent_toml(
@@ -61,8 +70,12 @@ async def running_agent(text: str) -> AsyncIterator[Agent]:
 
 
 def read_store(store: Path) -> pa.Table:
-    """Everything in a Parquet store, as the central side would read it."""
-    return ds.dataset(store, format="parquet", partitioning="hive").to_table()
+    """Everything in a Parquet store, as the central side would read it: with every
+    file's columns (a batch file leaves out those it has no value in), as DuckDB's
+    ``union_by_name`` does."""
+    found = ds.dataset(store, format="parquet", partitioning="hive")
+    schema = pa.unify_schemas([*(f.physical_schema for f in found.get_fragments()), found.schema])
+    return ds.dataset(store, format="parquet", partitioning="hive", schema=schema).to_table()
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -64,7 +64,11 @@ async def test_a_flapping_plc_logs_each_problem_once_a_count_and_its_recovery(
             flapping = [e for e in logs if e.get("source") == "plc1"]
             plc.exception_rate, plc.disconnect_every_s = 0.0, 0.0  # the PLC is mended
             runner = agent.runners[0]
-            await wait_for(lambda: _all_recovered(logs), 30.0, "every problem told recovered")
+            await wait_for(
+                lambda: _all_recovered(logs),
+                30.0,
+                lambda: f"every problem told recovered: {_open(logs)}",
+            )
             stop.set()
             await asyncio.wait_for(task, 30)
     finally:
@@ -94,13 +98,24 @@ async def test_a_flapping_plc_logs_each_problem_once_a_count_and_its_recovery(
     assert read_failures == stored_bad, "the recovered lines add up to the bad samples"
 
 
-def _all_recovered(logs: list[dict[str, Any]]) -> bool:
-    """Each problem's last line is "recovered" (none failing, none settling)."""
+def _last_lines(logs: list[dict[str, Any]]) -> dict[str, str]:
+    """Each problem's last line."""
     last: dict[str, str] = {}
     for entry in logs:
         if entry.get("source") == "plc1" and "problem" in entry:
             last[entry["problem"]] = entry["event"]
+    return last
+
+
+def _all_recovered(logs: list[dict[str, Any]]) -> bool:
+    """Each problem's last line is "recovered" (none failing, none settling)."""
+    last = _last_lines(logs)
     return bool(last) and all(event == "recovered" for event in last.values())
+
+
+def _open(logs: list[dict[str, Any]]) -> dict[str, str]:
+    """The problems not told recovered, with their last lines."""
+    return {key: event for key, event in _last_lines(logs).items() if event != "recovered"}
 
 
 def _tags_per_block(driver: Any) -> dict[str, int]:

@@ -176,3 +176,44 @@ async def test_wide_output_from_a_simulator_matches_interpolated_truth(tmp_path:
         assert np.isnan(got[hole]).all()
     discrete = wide[f"plc1/{points[1].name}"].to_numpy(zero_copy_only=False)
     assert set(np.unique(discrete[~np.isnan(discrete)])) <= {0.0, 1.0}, "held, not blended"
+
+
+async def test_feature_tags_get_columns_held_over_their_window(tmp_path: Path) -> None:
+    """Derived tags (``features``) are in the tag table after their source's tags: the wide
+    output must give them columns too (the closer failed on every window when its list of
+    methods came from the configured tags alone)."""
+    simulator = ModbusPLCSimulator(seed=9)
+    port = await simulator.start("127.0.0.1", 0)
+    point = POINTS[0]
+    wide_path = tmp_path / "wide"
+    text = agent_toml(
+        tmp_path / "long",
+        f'[[sources]]\nname = "plc1"\nprotocol = "modbus"\nurl = "modbus+tcp://127.0.0.1:{port}"\n'
+        f'[[sources.tags]]\nname = "{point.name}"\naddress = "{point.address}"\n'
+        f'type = "{point.type}"\nrate = "100ms"\n'
+        'features = { window = "500ms", stats = ["mean", "peak_to_peak"] }\n',
+    )
+    text += f'[resample]\nperiod = "100ms"\nmax_gap = "600ms"\npath = "{wide_path}"\n'
+    agent = Agent(parse_config(tomllib.loads(text), Path("test.toml")))
+    stop = asyncio.Event()
+    running = asyncio.create_task(agent.run(stop))
+    await asyncio.sleep(3.5)
+    stop.set()
+    await running
+    await simulator.stop()
+
+    long = ds.dataset(tmp_path / "long", partitioning="hive").to_table()
+    wide = ds.dataset(wide_path, partitioning="hive").to_table().sort_by("time")
+    grid = wide["time"].cast(pa.int64()).to_numpy()
+    for stat in ("mean", "peak_to_peak"):
+        name = f"{point.name}.{stat}"
+        rows = long.filter(pa.compute.equal(long["tag"].cast(pa.string()), name)).sort_by("time")
+        stamps = rows["time"].cast(pa.int64()).to_numpy()
+        values = rows["value"].to_numpy()
+        assert stamps.size >= 3, f"{name}: features were computed"
+        got = wide[f"plc1/{name}"].to_numpy(zero_copy_only=False).astype(np.float64)
+        held = (grid >= stamps[0]) & (grid < stamps[-1])
+        assert held.any()
+        # each cell holds the latest feature value stamped at or before it
+        latest = values[np.searchsorted(stamps, grid[held], side="right") - 1]
+        np.testing.assert_array_equal(got[held], latest)

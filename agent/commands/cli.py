@@ -42,6 +42,7 @@ from agent.config.model import AgentSection
 from agent.config.paths import agent_dirs, collect_dirs, require_writable
 from agent.config.secrets import refuse_url_credentials
 from agent.ops.logs import configure
+from protocols.sdk import rate_summary
 
 EXIT_CONFIG = 2
 EXIT_IO = 74  # sysexits EX_IOERR: the system refused a file; systemd restarts on it
@@ -291,15 +292,11 @@ def _check(loaded: LoadedConfig) -> int:
         f"lateness {format_duration(config.batch.lateness)}, data_dir {config.agent.data_dir}"
     )
     for source in config.sources:
-        rates: dict[int, int] = {}
-        for tag in source.tags:
-            rates[tag.rate] = rates.get(tag.rate, 0) + 1
-        rate_text = ", ".join(f"{n} @ {format_duration(r)}" for r, n in sorted(rates.items()))
         driver = loaded.drivers[source.name](source)
         state = "" if source.enabled else " [disabled]"
         print(
             f"source {source.name} ({source.protocol}){state}: {len(source.tags)} tags "
-            f"({rate_text}){driver.describe()}"
+            f"({rate_summary(source.tags)}){driver.describe()}"
         )
     for uplink in config.uplinks:
         print(f"uplink {uplink.name} ({uplink.type}) -> {uplink.target}")

@@ -41,8 +41,7 @@ from agent.store.encoding import batch_of, decode
 from agent.uplinks import Uplink, make_uplink
 from agent.uplinks.mqtt import BATCH_SCHEMA
 from agent.windows.batch import Batch
-from protocols.mqtt.aio import AsyncMqttClient
-from protocols.mqtt.session import make_client
+from protocols.mqtt.session import connect, make_client
 
 log = structlog.get_logger("edge_agent.collect")
 
@@ -152,17 +151,11 @@ class Collector:
         client = make_client(broker, self.client_id, clean_session=False, manual_ack=True)
         client.on_message = lambda client, userdata, message: messages.put_nowait(message)
         client.on_subscribe = on_subscribe
-        connection = AsyncMqttClient(client)
+        connection, _ = await connect(
+            client, broker, clean_start=False, properties=self._connect_properties()
+        )
         timeout_s = broker.connect_timeout / 1e9
         try:
-            await connection.connect(
-                broker.host,
-                broker.port,
-                max(1, round(broker.keepalive / 1e9)),
-                timeout_s,
-                clean_start=False,
-                properties=self._connect_properties(),
-            )
             client.subscribe(self.topic, options=SubscribeOptions(qos=1))
             try:
                 codes = await asyncio.wait_for(subscribed, timeout_s)

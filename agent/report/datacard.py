@@ -16,7 +16,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from agent import __version__
-from agent.report.figures import Report, TagRow, iso
+from agent.report.figures import Report, TagRow, config_history, iso
 
 if TYPE_CHECKING:
     from agent.report.export import Column, ExportOptions
@@ -90,18 +90,7 @@ def datacard(
             "batches": footers.batches,
             "bytes": footers.bytes,
             "gateways": report.series.gateways(),
-            "configs": [
-                {
-                    "gateway": gateway,
-                    "config_hash": config_hash,
-                    "from": iso(span.first_ns),
-                    "to": iso(span.last_ns),
-                    "batches": span.batches,
-                }
-                for (gateway, config_hash), span in sorted(
-                    footers.configs.items(), key=lambda item: (item[0][0], item[1].first_ns)
-                )
-            ],
+            "configs": config_history(footers),
         },
         "time_range": {
             "from": iso(grid["from_ns"]),

@@ -18,6 +18,7 @@ from agent.report.figures import (
     TagRow,
     completeness_of,
     completeness_shares,
+    config_history,
     iso,
     owed_share,
     ratio,
@@ -76,18 +77,7 @@ def to_dict(report: Report) -> dict[str, Any]:
         "gaps": _gaps(report),
         "timeline": _timeline(report, tags),
         "source_timeline": _source_timeline(report, sources),
-        "configs": [
-            {
-                "gateway": gateway,
-                "config_hash": config_hash,
-                "from": iso(span.first_ns),
-                "to": iso(span.last_ns),
-                "batches": span.batches,
-            }
-            for (gateway, config_hash), span in sorted(
-                footers.configs.items(), key=lambda item: (item[0][0], item[1].first_ns)
-            )
-        ],
+        "configs": config_history(footers),
     }
 
 

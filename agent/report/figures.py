@@ -75,6 +75,23 @@ def iso(ns: int | None) -> str | None:
     return f"{stamp}.{rest // 1_000_000:03d}Z"
 
 
+def config_history(footers: FooterFigures) -> list[dict[str, Any]]:
+    """Which config each gateway ran when, oldest first per gateway: the same list in the
+    JSON report and the data card, so a reader can match a hash across both."""
+    return [
+        {
+            "gateway": gateway,
+            "config_hash": config_hash,
+            "from": iso(span.first_ns),
+            "to": iso(span.last_ns),
+            "batches": span.batches,
+        }
+        for (gateway, config_hash), span in sorted(
+            footers.configs.items(), key=lambda item: (item[0][0], item[1].first_ns)
+        )
+    ]
+
+
 def ratio(part: float, whole: float) -> float | None:
     return round(part / whole, 6) if whole else None
 

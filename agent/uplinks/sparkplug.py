@@ -59,7 +59,7 @@ from agent.config.model import SparkplugUplinkConfig
 from agent.ops.metrics import Metrics
 from agent.windows.batch import Batch, TagTable
 from protocols.mqtt.aio import AsyncMqttClient
-from protocols.mqtt.session import make_client
+from protocols.mqtt.session import connect, make_client
 from protocols.sparkplug.schema import BD_SEQ, REBIRTH, DataType, payload_class, topic
 
 log = structlog.get_logger()
@@ -208,18 +208,7 @@ class SparkplugUplink:
         client.will_set(self._topic("NDEATH"), self._death(), qos=1)
         client.on_message = self._on_message
         client.on_publish = self._on_publish
-        connection = AsyncMqttClient(client)
-        try:
-            await connection.connect(
-                config.host,
-                config.port,
-                max(1, round(config.keepalive / 1e9)),
-                config.connect_timeout / 1e9,
-                clean_start=True,
-            )
-        except BaseException:
-            await connection.close()
-            raise
+        connection, _ = await connect(client, config, clean_start=True)
         filters = [self._topic("NCMD")]
         if config.primary_host is not None:
             filters += self._state_topics

@@ -108,6 +108,30 @@ def make_client(
     return client
 
 
+async def connect(
+    client: mqtt.Client,
+    config: MqttConnection,
+    clean_start: bool | None,
+    properties: Properties | None = None,
+) -> tuple[AsyncMqttClient, mqtt.ConnectFlags]:
+    """``client`` connected to ``config``'s broker with its keepalive and timeout; on any
+    failure the socket is released before the error goes up, so a retry loop leaks none."""
+    connection = AsyncMqttClient(client)
+    try:
+        flags = await connection.connect(
+            config.host,
+            config.port,
+            max(1, round(config.keepalive / 1e9)),
+            config.connect_timeout / 1e9,
+            clean_start=clean_start,
+            properties=properties,
+        )
+    except BaseException:
+        await connection.close()
+        raise
+    return connection, flags
+
+
 @dataclass(slots=True)
 class Received:
     """The QoS 1/2 messages of one or more read bursts, in arrival order."""

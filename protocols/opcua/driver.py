@@ -41,6 +41,9 @@ _TIMEOUT = q.make(q.BAD, q.Reason.TIMEOUT)
 _REFUSED = q.make(q.BAD, q.Reason.SOURCE_STATUS)
 _CLOSE_TIMEOUT_S = 0.5
 _CLOCK_PROBE_S = 0.25  # a few round trips per 1 s clock bucket: the shortest is kept
+# the first probes come quicker, so that the clock model settles (ten round trips over two
+# buckets) within about a second of subscribing, as it did on the notifications' PublishTimes
+_SETTLING_PROBE_S, _SETTLING_PROBES = 0.05, 20
 _CLOCK_NODE = ua.NodeId(
     ua.Int32(ua.ObjectIds.Server_ServerStatus_CurrentTime)
 )  # every server has it
@@ -284,15 +287,18 @@ class OpcUaDriver(PollingDriver):
         A PublishTime is one-way: it bounds the server clock on one side only, and the
         frame's delay to the gateway (the host's load) stays in the estimate. A small
         Read every ``_CLOCK_PROBE_S`` has its response header stamped within a measured
-        round trip; the clock model keeps each second's shortest. The probe's frame has
+        round trip; the clock model keeps each second's shortest (the first probes come
+        quicker, for the model to settle). The probe's frame has
         no rows: nothing of it reaches the dataset. A server that refuses the Read keeps
         the PublishTime readings (logged once).
         """
         client = self._require_client()
         params = ua.ReadParameters()
         params.NodesToRead = [self._read_value_id(_CLOCK_NODE)]
+        probes = 0
         while True:
-            await asyncio.sleep(_CLOCK_PROBE_S)
+            await asyncio.sleep(_SETTLING_PROBE_S if probes < _SETTLING_PROBES else _CLOCK_PROBE_S)
+            probes += 1
             requested = time.time_ns()
             try:
                 _, answered = await read_answered(client, params)

@@ -26,13 +26,16 @@ OUTAGE_S = float(os.environ.get("EDGE_AGENT_OUTAGE_S", "10"))
 RESUME_WITHIN_S = 5.0  # the issue's goal, with default settings
 
 
-async def wait_for(condition: Callable[[], bool], seconds: float, what: str) -> float:
-    """Poll ``condition`` every 20 ms; the seconds it took, or fail the test naming ``what``."""
+async def wait_for(
+    condition: Callable[[], bool], seconds: float, what: str | Callable[[], str]
+) -> float:
+    """Poll ``condition`` every 20 ms; the seconds it took, or fail the test naming ``what``
+    (a callable tells the state it ended in)."""
     loop = asyncio.get_running_loop()
     start = loop.time()
     while not condition():
         if loop.time() - start > seconds:
-            pytest.fail(f"{what}: not within {seconds} s")
+            pytest.fail(f"{what() if callable(what) else what}: not within {seconds} s")
         await asyncio.sleep(0.02)
     return loop.time() - start
 

@@ -18,16 +18,8 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-import structlog
 
 from simulators.mqtt_broker import Feature, PrivateBroker, free_port
-
-
-@pytest.fixture(autouse=True)
-def _logs_to_this_tests_streams() -> None:
-    """An earlier in-process ``edge-agent`` command may have pointed structlog at a
-    captured stream pytest has closed since; a collector's warning must not hit it."""
-    structlog.reset_defaults()
 
 
 @pytest.fixture
