@@ -12,6 +12,10 @@ configured gateway would store them. The vibration waveform (5,000 noise-like fl
 samples a second) is left out: raw waveforms are no trend data, and would dominate any mix.
 
     python bench/bench_wire.py --minutes 10 --outage-minutes 60
+
+``--columns`` prints where a file's bytes go (issue 17): per column, the footer's
+structure and its key-value metadata, at 1 s and 10 s windows, and each column's size at
+zstd levels 1-22, the measurement :data:`agent.store.encoding.LEVELS` was chosen by.
 """
 
 from __future__ import annotations
@@ -25,10 +29,12 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from agent.acquisition.frame import Frame
+from agent.acquisition.pipeline import SourcePipeline
 from agent.config.model import ParquetUplinkConfig
-from agent.store.encoding import batch_of, decode, encode
+from agent.store.encoding import LEVELS, batch_of, decode, encode
 from agent.store.spool import Spool
 from agent.uplinks.parquet import ParquetUplink
 from agent.windows.batch import Batch, Batcher, TagTable
@@ -43,24 +49,43 @@ S = 1_000_000_000
 T0 = 1_795_000_000 * S
 
 
-def mix_sources() -> tuple[list[TemplateSourceConfig], list[list[tuple[str, object]]]]:
-    """Three sources of the simulators' numeric tags, and per source (tag, truth fn)."""
+# the tags whose values carry sensor noise at full precision (float64 or float32 noise,
+# noisy decimals): where an instrument's resolution applies
+NOISY = frozenset(
+    {"torque", "torque_badc", "feed_rate", "feed_rate_cdab", "coolant_temp", "vibration_rms"}
+    | {"spindle_torque", "spindle_temp", "axis_x", "axis_y", "axis_z"}
+    | {"PT101", "TT101", "LT101", "FT101", "FT102", "TT201", "FT201", "LT201"}
+)
+
+
+def mix_sources(
+    resolution: float | None = None,
+) -> tuple[list[TemplateSourceConfig], list[list[tuple[str, object]]]]:
+    """Three sources of the simulators' numeric tags, and per source (tag, truth fn); with
+    ``resolution``, the noisy tags have it."""
     plc, cnc, scada = ModbusPLCSimulator(seed=1), OpcUaCncSimulator(seed=1), MqttScadaSimulator(1)
     modbus = [(p.name, plc.truth) for p in POINTS if p.type != "string"]
     opcua = [(n.name, cnc.truth) for n in NODES if not n.array and n.type != "String"]
     plant = [(t.name, scada.truth) for t in PLANT]
     tables = [modbus, opcua, plant]
+
+    def tag(name: str) -> dict[str, object]:
+        extra = {"resolution": resolution} if resolution and name in NOISY else {}
+        return {"name": name, "rate": "100ms", **extra}
+
     sources = [
-        TemplateSourceConfig(name=name, tags=[{"name": tag, "rate": "100ms"} for tag, _ in tags])
+        TemplateSourceConfig(name=name, tags=[tag(name) for name, _ in tags])
         for name, tags in zip(("plc1", "cnc1", "scada"), tables, strict=True)
     ]
     return sources, tables
 
 
-def mix_batches(minutes: float, window_s: int) -> list[Batch]:
+def mix_batches(minutes: float, window_s: int, resolution: float | None = None) -> list[Batch]:
     """The batches the agent would send, data-quality figures included: the tally's clock
-    stands at the start of the run and then at its end, as if it had just been read."""
-    sources, tables = mix_sources()
+    stands at the start of the run and then at its end, as if it had just been read. The
+    values pass the sources' pipelines (the ``resolution`` rounding; nothing else is
+    configured)."""
+    sources, tables = mix_sources(resolution)
     table = TagTable(sources)
     ticks = T0 + np.arange(int(minutes * 600), dtype=np.int64) * 100 * MS
     now = [T0]
@@ -68,6 +93,7 @@ def mix_batches(minutes: float, window_s: int) -> list[Batch]:
         table.source_offset, table.tag_source, table.rate_ns, window_s * S, lambda: now[0]
     )
     batcher = Batcher(table, window_s * S, 0, "gw01", "bench", tally)
+    pipelines = [SourcePipeline(source.tags) for source in sources]
     for index, tags in enumerate(tables):
         for slot, (name, truth) in enumerate(tags):
             values = np.asarray(truth(name, ticks), np.float64)  # type: ignore[operator]
@@ -78,7 +104,7 @@ def mix_batches(minutes: float, window_s: int) -> list[Batch]:
                 np.zeros(ticks.shape[0], np.uint16),
             )
             tally.add(index, frame)
-            batcher.add(index, frame)
+            batcher.add(index, pipelines[index].process(frame))
     now[0] = int(ticks[-1]) + 100 * MS
     return batcher.flush()
 
@@ -109,11 +135,11 @@ def arrow_ipc(table: pa.Table) -> bytes:
 def wire(minutes: float) -> None:
     print(f"bytes per point, simulator mix ({minutes:g} min at 100 ms):")
     print(
-        f"  {'window':>6} {'points':>9} {'parquet':>8} {'arrow ipc':>9} {'json':>8} "
-        f"{'parquet ms':>10} {'ipc ms':>7} {'json/parquet':>12}"
+        f"  {'window':>6} {'resolution':>10} {'points':>9} {'parquet':>8} {'arrow ipc':>9} "
+        f"{'json':>8} {'parquet ms':>10} {'ipc ms':>7} {'json/parquet':>12}"
     )
-    for window in (1, 10):
-        batches = mix_batches(minutes, window)
+    for window, resolution in ((1, None), (10, None), (1, 0.01), (10, 0.01)):
+        batches = mix_batches(minutes, window, resolution)
         points = sum(b.points for b in batches)
         start = time.process_time()
         parquet = sum(len(encode(b.table)) for b in batches)
@@ -123,10 +149,62 @@ def wire(minutes: float) -> None:
         ipc_ms = (time.process_time() - start) * 1e3 / len(batches)
         lines = sum(len(json_lines(b)) for b in batches)
         print(
-            f"  {window:>5}s {points:>9} {parquet / points:>8.3f} {ipc / points:>9.3f} "
+            f"  {window:>5}s {resolution or 'lossless':>10} {points:>9} "
+            f"{parquet / points:>8.3f} {ipc / points:>9.3f} "
             f"{lines / points:>8.2f} {parquet_ms:>10.2f} {ipc_ms:>7.2f} "
             f"{lines / parquet:>11.1f}x"
         )
+
+
+def _file_parts(data: bytes) -> dict[str, int]:
+    """Where one encoded batch's bytes go: each column chunk (pages, headers), the footer's
+    key-value metadata, the rest of the footer (schema, column-chunk metadata, writer
+    name), and the magic numbers and footer length."""
+    metadata = pq.ParquetFile(pa.BufferReader(data)).metadata
+    footer = int.from_bytes(data[-8:-4], "little")
+    pairs = sum(len(k) + len(v) for k, v in (metadata.metadata or {}).items())
+    group = metadata.row_group(0)
+    parts = {
+        group.column(i).path_in_schema: group.column(i).total_compressed_size
+        for i in range(group.num_columns)
+    }
+    parts["key-value metadata"] = pairs
+    parts["footer structure"] = footer - pairs
+    parts["magic, length"] = 12
+    return parts
+
+
+def columns(minutes: float) -> None:
+    """Per window size, the average file's bytes by part; then each column's bytes at
+    each zstd level over the same batches."""
+    for window, resolution in ((1, None), (10, None), (10, 0.01)):
+        batches = mix_batches(minutes, window, resolution)
+        encoded = [encode(b.table) for b in batches if b.points]
+        points = sum(b.points for b in batches if b.points) / len(encoded)
+        total: dict[str, int] = {}
+        for data in encoded:
+            for part, size in _file_parts(data).items():
+                total[part] = total.get(part, 0) + size
+        label = f"{window} s" + (f", resolution {resolution}" if resolution else "")
+        print(
+            f"bytes per file, {label} ({points:.0f} points, "
+            f"{sum(len(d) for d in encoded) / len(encoded):.0f} bytes):"
+        )
+        for part, size in total.items():
+            share = size / len(encoded)
+            print(f"  {part:<20} {share:>8.0f} B {share / points:>7.3f} B/pt")
+        print(f"  zstd level per column (bytes per file), encoding ms per file; chosen: {LEVELS}")
+        for level in (1, 3, 9, 15, 19, 22):
+            start = time.process_time()
+            sizes: dict[str, int] = {}
+            for b in batches:
+                if b.points:
+                    parts = _file_parts(encode(b.table, level=level))
+                    for name in LEVELS:
+                        sizes[name] = sizes.get(name, 0) + parts.get(name, 0)
+            elapsed = (time.process_time() - start) * 1e3 / len(encoded)
+            row = " ".join(f"{name} {size / len(encoded):>6.0f}" for name, size in sizes.items())
+            print(f"    level {level:>2}: {row}  {elapsed:.2f} ms")
 
 
 def _transforms(values: np.ndarray) -> list[bytes]:
@@ -242,7 +320,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--outage-minutes", type=float, default=60.0)
+    parser.add_argument("--columns", action="store_true", help="where a file's bytes go")
     args = parser.parse_args()
+    if args.columns:
+        columns(args.minutes)
+        return 0
     wire(args.minutes)
     value_floor(args.minutes)
     spool_throughput(args.minutes)

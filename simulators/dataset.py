@@ -26,7 +26,8 @@ from agent.acquisition import quality as q
 from agent.acquisition.frame import Frame, concat
 from agent.acquisition.pipeline import SourcePipeline
 from agent.config.model import SourceConfig
-from agent.store.encoding import encode
+from agent.store.encoding import encode, lineage_of
+from agent.store.lineage import record_path
 from agent.uplinks.parquet import batch_path
 from agent.windows.batch import Batch, Batcher, TagTable
 from agent.windows.dataquality import QualityTally
@@ -88,6 +89,7 @@ def write_dataset(
     batcher = Batcher(table, window, lateness, gateway, config_hash, tally, lambda: clocks)
     states = [_source_state(index, source) for index, source in enumerate(sources)]
     written = 0
+    recorded: set[str] = set()
 
     def publish(batches: list[Batch]) -> None:
         nonlocal written
@@ -95,6 +97,11 @@ def write_dataset(
             path = out / batch_path(batch)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(encode(batch.table))
+            lineage = lineage_of(batch.table)  # beside the data, as the parquet uplink keeps it
+            if lineage is not None and lineage[0] not in recorded:
+                (out / record_path(lineage[0])).parent.mkdir(exist_ok=True)
+                (out / record_path(lineage[0])).write_text(lineage[1])
+                recorded.add(lineage[0])
             written += 1
 
     for low in range(start_ns // window * window, end_ns, window):

@@ -77,8 +77,12 @@ async def running_agent(text: str) -> AsyncIterator[Agent]:
 
 
 def read_store(store: Path) -> pa.Table:
-    """Everything in a Parquet store, as the central side would read it."""
-    return ds.dataset(store, format="parquet", partitioning="hive").to_table()
+    """Everything in a Parquet store, as the central side would read it: with every
+    file's columns (a batch file leaves out those it has no value in), as DuckDB's
+    ``union_by_name`` does."""
+    found = ds.dataset(store, format="parquet", partitioning="hive")
+    schema = pa.unify_schemas([*(f.physical_schema for f in found.get_fragments()), found.schema])
+    return ds.dataset(store, format="parquet", partitioning="hive", schema=schema).to_table()
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -19,6 +19,8 @@ import pytest
 from agent.commands.cli import main
 from agent.report.dataset import Selection
 from agent.report.figures import compute, source_rows, tag_rows
+from agent.store.encoding import decode
+from agent.store.lineage import record_path
 
 _TAG_LINE = re.compile(r"^(\S+/\S+)\s+(\d+)\s+([\d.]+|-)\s+(\d+)\s+(\S+)\s+(\S+)$")
 _SOURCE_LINE = re.compile(r"^source (\S+): (complete|session up) (\S+);")
@@ -59,11 +61,15 @@ def test_a_clean_30s_demo_run_is_complete_and_has_no_empty_batch(
     files = sorted(out.rglob("*.parquet"))
     assert len(files) >= 29
     for path in files:
-        metadata = pq.read_schema(path).metadata
+        records = {}  # the records the file names, in the dataset's _lineage folder
+        for record in (out / "_lineage").glob("*.json"):
+            records[record.stem] = record.read_text()
+        metadata = decode(path.read_bytes(), records.get).schema.metadata
         assert pq.ParquetFile(path).metadata.num_rows > 0, f"{path.name}: a 0-row batch"
         assert json.loads(metadata[b"edge_agent.tags"]), f"{path.name}: empty lineage"
         figures = json.loads(metadata[b"edge_agent.quality"])
         assert figures["span_ns"] > 0
-    lineage = json.loads(ds.dataset(out, partitioning="hive").schema.metadata[b"edge_agent.tags"])
+    digest = ds.dataset(out, partitioning="hive").schema.metadata[b"edge_agent.lineage"].decode()
+    lineage = json.loads((out / record_path(digest)).read_text())
     assert lineage, "the dataset's schema: a real batch's lineage, not an empty one's"
     assert set(lineage) <= {t.name for t in tag_figures}, "of tags the report knows"

@@ -11,12 +11,12 @@ from typing import Any
 
 import numpy as np
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 
 from agent.acquisition import quality as q
 from agent.acquisition.frame import Frame
 from agent.config.load import parse_config
 from agent.runtime import Agent
+from agent.store.lineage import file_lineage
 from simulators.modbus_plc import POINTS_BY_NAME, ModbusPLCSimulator
 from tests.conftest import agent_toml, read_store
 
@@ -104,7 +104,7 @@ async def test_filtered_store_reconstructs_the_simulator_truth(tmp_path: Path) -
     files = sorted(tmp_path.glob("gateway=test-gw/date=*/*.parquet"))
     lineage: dict[str, Any] = {}  # a batch describes the tags it holds
     for file in files:
-        lineage |= json.loads(ds.dataset(file).schema.metadata[b"edge_agent.tags"])
+        lineage |= json.loads(file_lineage(file) or "{}")
     assert lineage["plc1/spindle_speed"]["swinging_door"]["deviation"] == 120.0
     assert lineage["plc1/coolant_temp"]["unit"] == "degF"
     dropped = agent.metrics.registry.get_sample_value(

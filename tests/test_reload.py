@@ -30,6 +30,7 @@ import structlog
 from agent.acquisition.supervisor import SourceRunner
 from agent.config.load import load_config
 from agent.runtime import Agent
+from agent.store.lineage import record_path
 from simulators.modbus_plc import POINTS, SEQUENCE_AREA, ModbusPLCSimulator
 from tests.faults.harness import stored_numbers
 from tests.faults.outages import wait_for
@@ -195,7 +196,8 @@ async def test_a_changed_tag_list_is_polled_at_once_and_the_other_source_never_s
         config_hash = metadata[b"edge_agent.config_hash"].decode()
         if end + LATENESS + S <= added:  # closed (long) before the first reload
             assert config_hash == hashes[0]
-            assert "plc/torque" not in json.loads(metadata[b"edge_agent.tags"])
+            digest = metadata[b"edge_agent.lineage"].decode()
+            assert "plc/torque" not in json.loads((store / record_path(digest)).read_text())
         if start > again_ns + S:  # opened after the last reload: its config and lineage
             assert config_hash == hashes[3]
 

@@ -244,7 +244,7 @@ async def test_a_full_spool_with_a_dead_uplink_applies_its_policy(
     (tmp_path / "store").write_text("not a folder: the uplink cannot write")
     async with ModbusPLCSimulator(seed=1) as plc:
         sources = plc.agent_config("100ms", points=POINTS[:4])
-        spool = f'max_bytes = 5000\noverflow = "{policy}"\ndrain_timeout = "200ms"\n'
+        spool = f'max_bytes = 2500\noverflow = "{policy}"\ndrain_timeout = "200ms"\n'
         agent = await run_agent(agent_text(tmp_path, sources, spool), 4.0)
     acquired = agent.runners[0].points
     lost = agent.metrics.points_lost.labels("overflow")._value.get()

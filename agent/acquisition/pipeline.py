@@ -29,6 +29,7 @@ from agent.stages.units import conversion
 
 STAGE_KEYS = (
     "convert_to",
+    "resolution",
     "range",
     "range_action",
     "spike",
@@ -41,7 +42,12 @@ STAGE_KEYS = (
 
 
 class ScaleStage:
-    """value = raw * scale + offset, then unit conversion, as one multiply-add per frame."""
+    """value = raw * scale + offset, then unit conversion, as one multiply-add per frame;
+    then, for tags with a ``resolution`` (the instrument's, the historian convention),
+    rounded to a multiple of it: digits below the instrument's resolution are noise, and
+    they are most of what a float costs to store (issue 17). The stored value is within
+    ``resolution / 2`` of the converted one (the lineage's ``resolution_error``), and the
+    stages after this one see the rounded value, so their bounds add to it."""
 
     name = "scale"
 
@@ -54,12 +60,30 @@ class ScaleStage:
         self.scale = np.array(gain, np.float64)
         self.offset = np.array(bias, np.float64)
         self.is_identity = bool((self.scale == 1.0).all() and (self.offset == 0.0).all())
+        # steps per unit: 1 / resolution, so that 0.01 divides by exactly 100 and the
+        # result is the double nearest the decimal (42.1, not 42.100000000000001); 0 = off
+        self.steps = np.array([1 / tag.resolution if tag.resolution else 0.0 for tag in tags])
+        self.rounds = bool(self.steps.any())
 
     def process(self, frame: Frame) -> Frame:
-        if self.is_identity or not len(frame):
+        if not len(frame) or (self.is_identity and not self.rounds):
             return frame
-        frame.value = frame.value * self.scale[frame.tag] + self.offset[frame.tag]
+        if not self.is_identity:
+            frame.value = frame.value * self.scale[frame.tag] + self.offset[frame.tag]
+        if self.rounds:
+            frame.value = round_to_resolution(frame.value, self.steps[frame.tag])
         return frame
+
+
+def round_to_resolution(value: np.ndarray, steps: np.ndarray) -> np.ndarray:
+    """Each value rounded to the nearest multiple of ``1 / steps`` (ties to even), where
+    ``steps`` (per value) is not 0; NaN stays NaN."""
+    rounding = steps != 0
+    if rounding.all():
+        return np.round(value * steps) / steps
+    out = value.copy()
+    out[rounding] = np.round(value[rounding] * steps[rounding]) / steps[rounding]
+    return out
 
 
 def _cleaning_stages(tags: Sequence[TagConfig], count: DropCounter) -> list[Stage]:
@@ -188,6 +212,9 @@ def tag_lineage(tag: TagConfig) -> dict[str, Any]:
     if tag.convert_to:
         lineage["source_unit"] = tag.unit
     processing = tag.model_dump(mode="json", include=set(STAGE_KEYS), exclude_none=True)
+    if tag.resolution is not None:
+        processing["resolution_error"] = tag.resolution / 2
+        processing["error_bound"] = error_bound(tag)
     if tag.range is None:
         processing.pop("range_action", None)
     for key in ("deadband", "swinging_door"):
@@ -196,6 +223,19 @@ def tag_lineage(tag: TagConfig) -> dict[str, Any]:
             processing[key]["deviation"] = tag.absolute(deviation)
             processing[key]["deviation_of_span"] = deviation
     return lineage | processing
+
+
+def error_bound(tag: TagConfig) -> float:
+    """How far linear interpolation between a tag's stored points can be from the values
+    it acquired (after scale and unit conversion): half its resolution, plus twice its
+    deadband (the previous value is stored on an exception), plus its swinging door's
+    deviation; each stage's bound holds for the values the one before it passed on."""
+    bound = (tag.resolution or 0.0) / 2
+    if tag.deadband is not None:
+        bound += 2 * tag.absolute(tag.deadband.deviation)
+    if tag.swinging_door is not None:
+        bound += tag.absolute(tag.swinging_door.deviation)
+    return bound
 
 
 def derived_tags(tags: Sequence[TagConfig], source: str) -> list[tuple[str, dict[str, Any]]]:

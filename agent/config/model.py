@@ -210,6 +210,11 @@ class TagConfig(Section):
     offset: float = 0.0
     description: str = ""
     convert_to: str | None = None
+    resolution: float | None = Field(
+        default=None,
+        gt=0,
+        description="the instrument's resolution in the tag's converted unit: values rounded to it",
+    )
     range: tuple[float, float] | None = None
     range_action: Action = "flag"
     spike: SpikeConfig | None = None

@@ -12,6 +12,11 @@ Only the columns asked for are decoded, only row groups whose ``time`` statistic
 range, and rows outside the range are dropped; memory holds a few files at a time. pyarrow
 releases the GIL while decoding, so two threads read ahead while the caller adds up.
 
+A footer names its lineage record by digest (:mod:`agent.store.lineage`): the record is
+read once per digest from the ``_lineage`` folder of the dataset (found from the file
+upwards); an older file that holds it inline is read as it is. A file leaves out the
+columns it has no value in: they are read as nulls.
+
 A file that is not a readable edge-agent batch (truncated, foreign) is skipped and listed in
 ``DatasetReader.skipped`` with the reason: a damaged file does not stop a report.
 """
@@ -33,6 +38,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from agent.store.encoding import expand
+from agent.store.lineage import LineageFolder
 from agent.windows.batch import META_PREFIX, SCHEMA
 
 # names the parquet uplink gives: <window start>Z-<content hash>.parquet
@@ -128,8 +135,11 @@ class DatasetReader:
         self._low = "" if low is None else _stamp(low - _WIDEST_WINDOW_NS)
         self._high = "~" if high is None else _stamp(high)  # "~" sorts after every digit
         self.files = [p for p in dataset_files(path) if self._may_overlap(p)]
+        self._dictionaries = [c for c in ("source", "tag") if c in (columns or [])]
+        self._schema = pa.schema([SCHEMA.field(name) for name in columns or []])
         self.skipped: list[tuple[str, str]] = []  # (path, why)
         self.outside = 0  # batches whose window lies outside the range
+        self.lineage = LineageFolder()  # records named by digest, in the dataset's _lineage
 
     def _may_overlap(self, path: str) -> bool:
         name = os.path.basename(path)
@@ -164,20 +174,26 @@ class DatasetReader:
 
     def _read(self, path: str) -> Stored | str | None:
         """The batch, None if outside the range, or why it cannot be read. The file is
-        opened as a native file (no filesystem resolution) and read without pre-buffering:
-        for files of a few kB both cost more than the reading (a third, a sixth)."""
+        read whole in one call and decoded from memory without pre-buffering: for files of
+        a few kB, pyarrow's own reads of footer and column chunks (handed to its I/O
+        threads) cost more than the decoding, in wall time most of all on a busy machine."""
         try:
-            dictionaries = [c for c in ("source", "tag") if c in (self.columns or [])]
-            with pa.OSFile(path) as source:
-                file = pq.ParquetFile(source, read_dictionary=dictionaries, pre_buffer=False)
-                footer = _footer(path, source.size(), file.metadata, self.quality)
-                if isinstance(footer, str):
-                    return footer
-                if not self.selection.overlaps(footer.window_start, footer.window_end):
-                    return None
-                return Stored(footer, self._samples(file) if self.columns else None)
+            with open(path, "rb") as handle:
+                data = handle.read()
+            file = pq.ParquetFile(
+                pa.BufferReader(data), read_dictionary=self._dictionaries, pre_buffer=False
+            )
+            footer = self._footer(path, len(data), file.metadata)
+            if isinstance(footer, str):
+                return footer
+            if not self.selection.overlaps(footer.window_start, footer.window_end):
+                return None
+            return Stored(footer, self._samples(file) if self.columns else None)
         except (OSError, pa.ArrowException, ValueError, KeyError) as exc:
             return f"{type(exc).__name__}: {exc}"
+
+    def _footer(self, path: str, size: int, metadata: pq.FileMetaData) -> Footer | str:
+        return _footer_of(path, size, metadata, self.quality, self.lineage)
 
     def _samples(self, file: pq.ParquetFile) -> pa.Table:
         """The columns asked for, of the row groups that meet the range (the rows outside
@@ -188,9 +204,8 @@ class DatasetReader:
         if low is not None or high is not None:
             groups = [g for g in groups if _meets(file.metadata.row_group(g), low, high)]
         table = file.read_row_groups(groups, columns=self.columns, use_threads=False)
-        expected = pa.schema([SCHEMA.field(name) for name in self.columns])
-        if not table.schema.equals(expected):
-            table = table.cast(expected)  # an older or foreign layout: raises if it cannot
+        if not table.schema.equals(self._schema):
+            table = table.cast(self._schema)  # an older or foreign layout: raises if it cannot
         return table.replace_schema_metadata(None)
 
 
@@ -208,11 +223,14 @@ def _meets(group: pq.RowGroupMetaData, low: int | None, high: int | None) -> boo
     return True
 
 
-def _footer(path: str, size: int, metadata: pq.FileMetaData, quality: bool) -> Footer | str:
+def _footer_of(
+    path: str, size: int, metadata: pq.FileMetaData, quality: bool, lineage: LineageFolder
+) -> Footer | str:
     raw = metadata.metadata or {}
-    meta = {k.decode(): v.decode() for k, v in raw.items() if k.startswith(b"edge_agent.")}
-    if f"{META_PREFIX}window_start_ns" not in meta:
+    stored = {k.decode(): v.decode() for k, v in raw.items() if k.startswith(b"edge_agent.")}
+    if f"{META_PREFIX}window_start_ns" not in stored:
         return "not an edge-agent batch (no edge_agent.window_start_ns)"
+    meta = expand(stored, metadata.num_rows, lambda digest: lineage.find(path, digest))
     figures = meta.get(f"{META_PREFIX}quality") if quality else None
     return Footer(
         path,
@@ -221,7 +239,7 @@ def _footer(path: str, size: int, metadata: pq.FileMetaData, quality: bool) -> F
         int(meta[f"{META_PREFIX}window_start_ns"]),
         int(meta[f"{META_PREFIX}window_end_ns"]),
         meta.get(f"{META_PREFIX}config_hash", ""),
-        int(meta.get(f"{META_PREFIX}points", metadata.num_rows)),
+        int(meta[f"{META_PREFIX}points"]),
         meta.get(f"{META_PREFIX}tags", "{}"),
         json.loads(figures) if figures is not None else None,
     )

@@ -1,22 +1,27 @@
 """``edge-agent export``: a stored dataset as one wide, time-aligned table for a model.
 
-Two passes over the files. The first reads the footers only, not even their quality
-figures: which tags there are, their lineage (unit, rate, filters, resampling method) and
-the time range, which fix the table's columns and rows before the first is written. The
-second reads the samples in window order (and adds up the footers' figures for the data
-card on the way) and feeds them, a chunk of minutes at a time, to the agent's own resampler
-(agent/windows/resample.py): every tag on the grid ``from + k * period``, interpolated or
-held as its lineage says, a cell left empty where the samples around it are further apart
-than the tag's own spacing (1.5 rates; an on-change tag's value is held up to
-``HOLD_NS``, a compressed tag's up to its ``max_interval``). With ``--max-gap`` a second
-resampler bridges gaps up to that long, and ``<tag>:filled`` marks the cells only it filled.
-Bad samples are never used: they are gaps.
+One pass over the files, in window order: each file's footer (its lineage, which says
+which tags there are, their unit, rate, filters and resampling method, and its quality
+figures for the data card) and samples, fed a chunk of minutes at a time to the agent's
+own resampler (agent/windows/resample.py): every tag on the grid ``from + k * period``,
+interpolated or held as its lineage says, a cell left empty where the samples around it
+are further apart than the tag's own spacing (1.5 rates; an on-change tag's value is held
+up to ``HOLD_NS``, a compressed tag's up to its ``max_interval``). With ``--max-gap`` a
+second resampler bridges gaps up to that long, and ``<tag>:filled`` marks the cells only it
+filled. Bad samples are never used: they are gaps.
 
-Values go to SI units where the unit table knows the unit (``rpm`` -> ``rad/s``,
-``degC`` -> ``K``), the conversion recorded per tag. ``--normalize`` needs the statistics
-of the whole column before the first value is written, so the table is first written
-plain to a temporary Parquet file beside the output, then read back and scaled; the parameters go
-to ``normalization.json`` and the data card. Files appear under their final names only when
+The columns are those the lineage read so far names (a table's columns must be fixed
+before its first row is written): the table is written in parts, a new one whenever a tag
+shows up later (an on-change tag's first change, a tag a reload added), and the parts are
+unified at the end, the columns a part lacks left empty, which is what they are there.
+Only a change that would alter the cells already written (a faster tag changing the
+default period, a tag's unit, method or spacing changing, a window earlier than the
+first) makes a second pass, with the layout the whole dataset gives. Values go to SI units
+where the unit table knows the unit (``rpm`` -> ``rad/s``, ``degC`` -> ``K``), the
+conversion recorded per tag. ``--normalize`` needs the statistics of the whole column, so
+it is applied in the final rewrite, which also turns the parts into CSV; with one part,
+Parquet and no normalisation, the part is the table. The parameters go to
+``normalization.json`` and the data card. Files appear under their final names only when
 complete. Nothing in the output depends on the clock or the machine: the same input gives
 byte-identical files.
 """
@@ -35,11 +40,11 @@ from agent.acquisition import quality as q
 from agent.config.durations import format_duration, parse_duration
 from agent.report.chunk import Chunk, ChunkBuilder
 from agent.report.datacard import datacard, datacard_markdown
-from agent.report.dataset import DatasetReader, Selection
+from agent.report.dataset import DatasetReader, Selection, Stored
 from agent.report.figures import SAMPLE_COLUMNS, Report, tag_rows
 from agent.report.footers import FooterFigures
 from agent.report.series import SeriesIndex
-from agent.report.tablefile import TIME, ColumnStats, TableWriter, rescale
+from agent.report.tablefile import TIME, ColumnStats, TableWriter, rewrite
 from agent.stages.units import UNITS
 from agent.windows.batch import Batch, TagEntry, TagTable
 from agent.windows.resample import Resampler, method_of
@@ -102,34 +107,94 @@ def export(dataset: Path, out: Path, options: ExportOptions) -> list[Path]:
     """Write the table, the data card (JSON and Markdown) and any normalisation parameters
     into ``out``; returns the files written."""
     series = SeriesIndex(options.selection)
-    first, last = _lineage_pass(dataset, options.selection, series)
-    names = series.names()
-    columns = [
-        _column(number, names[number], series, options.si_units)
-        for number in sorted(range(series.count), key=lambda n: names[n])
-        if series.lineage(number)
-    ]
-    if not columns or first is None or last is None:
-        raise NothingToExport(f"{dataset}: no tag and no batch in the selection: nothing to export")
-    period = options.period_ns or min(_rate_ns(c.lineage) for c in columns)
-    start = options.selection.from_ns or first
-    end = options.selection.to_ns or last
-    start, end = start // period * period, -(-end // period) * period
-    grid = _Grid(series, columns, period, start, end, options)
-    out.mkdir(parents=True, exist_ok=True)
-    suffix = "parquet" if options.format == "parquet" else "csv"
-    data = out / f"data.{suffix}"
-    plain = out / ".data.plain.parquet" if options.normalize else data
-    stats, report = grid.write(
-        dataset, _temporary(plain), "parquet" if options.normalize else options.format
-    )
-    _temporary(plain).replace(plain)
+    footers = FooterFigures(series)
+    reader = DatasetReader(dataset, options.selection, SAMPLE_COLUMNS)
+    made = not out.exists()
+    grid: _Grid | None = None
+    try:
+        grid = _single_pass(reader, footers, series, options, out)
+        footers.flush()
+        final = _layout(series, options, footers.first_ns)
+        if final is None or footers.last_ns is None:
+            raise NothingToExport(
+                f"{dataset}: no tag and no batch in the selection: nothing to export"
+            )
+        if grid is None or not grid.holds(final):
+            if grid is not None:
+                grid.discard()
+            grid = _Grid(final, series, options, out)
+            for stored in DatasetReader(dataset, options.selection, SAMPLE_COLUMNS, quality=False):
+                grid.add(stored)
+        end = final.end or -(-footers.last_ns // final.period) * final.period
+        grid.finish(end)
+        return _outputs(dataset, out, options, final, grid, footers, reader.skipped)
+    except BaseException:
+        if grid is not None:
+            grid.discard()
+        if made and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
+
+
+def _single_pass(
+    reader: DatasetReader,
+    footers: FooterFigures,
+    series: SeriesIndex,
+    options: ExportOptions,
+    out: Path,
+) -> _Grid | None:
+    """Every footer added up, and the grid made from the samples with the layout the
+    lineage read so far gives; None if a change of layout invalidated what was written
+    (the caller makes a second pass then)."""
+    grid: _Grid | None = None
+    revision = -1
+    valid = True
+    for stored in reader:
+        footers.add(stored.footer)
+        if not valid:
+            continue
+        if series.revision != revision:
+            revision = series.revision
+            try:
+                layout = _layout(series, options, footers.first_ns)
+            except GridTooWide:  # maybe not with the whole dataset's layout: it will tell
+                layout, valid = None, False
+            if layout is not None and grid is None:
+                grid = _Grid(layout, series, options, out)
+            elif layout is not None and grid is not None:
+                valid = layout.extends(grid.layout)
+                if valid:
+                    grid.relayout(layout)
+        if grid is None and stored.table is not None and stored.table.num_rows:
+            valid = False  # samples before any lineage: no column to put them in yet
+        if valid and grid is not None:
+            grid.add(stored)
+    if not valid and grid is not None:
+        grid.discard()
+        return None
+    return grid
+
+
+def _outputs(
+    dataset: Path,
+    out: Path,
+    options: ExportOptions,
+    layout: _Layout,
+    grid: _Grid,
+    footers: FooterFigures,
+    skipped: list[tuple[str, str]],
+) -> list[Path]:
+    """The table from the grid's parts (unified, normalised, as CSV: whatever applies),
+    then the data card."""
+    columns = list(layout.columns)
+    stats = grid.stats.take(np.array([c.number for c in columns], np.int64))
+    data = out / f"data.{'parquet' if options.format == 'parquet' else 'csv'}"
+    schema = _schema(layout, bool(options.max_gap_ns))
     normalization = None
+    scaling = None
     if options.normalize:
         offset, scale = stats.normalization(options.normalize)
-        rescale(plain, _temporary(data), [c.name for c in columns], offset, scale, options.format)
-        _temporary(data).replace(data)
-        plain.unlink()
+        scaling = ([c.name for c in columns], offset, scale)
         normalization = {
             "method": options.normalize,
             "formula": "normalized = (value - offset) / scale",
@@ -138,6 +203,14 @@ def export(dataset: Path, out: Path, options: ExportOptions) -> list[Path]:
                 for c, o, s in zip(columns, offset.tolist(), scale.tolist(), strict=True)
             },
         }
+    out.mkdir(parents=True, exist_ok=True)
+    if grid.schemas == [schema] and options.format == "parquet" and scaling is None:
+        grid.parts[0].replace(data)  # the one part is the table
+    else:
+        rewrite(grid.parts, _temporary(data), schema, options.format, scaling)
+        _temporary(data).replace(data)
+        grid.discard()
+    report = Report(dataset, options.selection, grid.series, footers, None, None, skipped)
     rows = {row.number: row for row in tag_rows(report)}
     card = datacard(
         report, columns, rows, stats, normalization, grid.describe(data.name), options, grid.cells
@@ -148,21 +221,6 @@ def export(dataset: Path, out: Path, options: ExportOptions) -> list[Path]:
     written.append(_write_text(out / "datacard.json", _json(card)))
     written.append(_write_text(out / "DATACARD.md", datacard_markdown(card)))
     return written
-
-
-def _lineage_pass(
-    dataset: Path, selection: Selection, series: SeriesIndex
-) -> tuple[int | None, int | None]:
-    """The first pass, footers only and without their quality figures: every tag and its
-    lineage (the table's columns), and the windows' range."""
-    first: int | None = None
-    last: int | None = None
-    for stored in DatasetReader(dataset, selection, quality=False):
-        footer = stored.footer
-        series.view(footer)
-        first = footer.window_start if first is None else min(first, footer.window_start)
-        last = footer.window_end if last is None else max(last, footer.window_end)
-    return first, last
 
 
 def _json(data: Any) -> str:
@@ -235,164 +293,246 @@ def _column(number: int, name: str, series: SeriesIndex, si_units: bool) -> Colu
     )
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """The table's columns and time grid, as the lineage read so far gives them."""
+
+    columns: tuple[Column, ...]
+    period: int
+    start: int
+    end: int | None  # None: the last window's end, known once every file is read
+    chunk_ns: int
+    several: bool  # several gateways: sources are named gateway:source
+
+    def grid(self) -> tuple[int, int, int, bool]:
+        return self.period, self.start, self.chunk_ns, self.several
+
+    def cells(self) -> dict[int, tuple[str, str, int, float, float]]:
+        """Per series, what its cells depend on (not, say, its description)."""
+        return {
+            c.number: (c.name, c.method, c.natural_gap_ns, c.factor, c.offset) for c in self.columns
+        }
+
+    def extends(self, old: _Layout) -> bool:
+        """Whether this layout only adds columns to ``old``: the cells made with ``old``
+        stay right (a new column is empty before its tag was first described)."""
+        mine = self.cells()
+        return self.grid() == old.grid() and all(
+            mine.get(number) == cells for number, cells in old.cells().items()
+        )
+
+
+def _layout(series: SeriesIndex, options: ExportOptions, first_ns: int | None) -> _Layout | None:
+    """The layout of the lineage read so far (None: no tag or no window yet): columns
+    by name, the period (the fastest tag's rate unless given), and chunks as long as the
+    resampler's keys allow."""
+    names = series.names()
+    columns = tuple(
+        _column(number, names[number], series, options.si_units)
+        for number in sorted(range(series.count), key=lambda n: names[n])
+        if series.lineage(number)
+    )
+    if not columns or first_ns is None:
+        return None
+    period = options.period_ns or min(_rate_ns(c.lineage) for c in columns)
+    start = (options.selection.from_ns or first_ns) // period * period
+    end = options.selection.to_ns
+    reach = max(max(c.natural_gap_ns for c in columns), options.max_gap_ns)
+    room = _REACH_LIMIT_NS - 2 * reach
+    if room < period:
+        raise GridTooWide(
+            f"--period {format_duration(period)} with gaps bridged up to "
+            f"{format_duration(reach)}: the period plus twice the longest bridge must stay "
+            f"under {format_duration(_REACH_LIMIT_NS)}; shorten --period or --max-gap"
+        )
+    chunk = min(_CHUNK_MAX_NS, room, max(period, _CHUNK_CELLS // len(columns) * period))
+    return _Layout(
+        columns,
+        period,
+        start,
+        None if end is None else -(-end // period) * period,
+        max(period, chunk // period * period),
+        len(series.gateways()) > 1,
+    )
+
+
+def _schema(layout: _Layout, bridging: bool) -> pa.Schema:
+    fields = [pa.field("time", TIME, nullable=False)]
+    for column in layout.columns:
+        fields.append(pa.field(column.name, pa.float64()))
+        if bridging:
+            fields.append(pa.field(f"{column.name}:filled", pa.bool_(), nullable=False))
+    metadata = {"edge_agent.export": json.dumps({"period": format_duration(layout.period)})}
+    return pa.schema(fields, metadata=metadata)
+
+
 class _Grid:
-    """The second pass: samples -> resampler(s) -> the table, chunk by chunk."""
+    """Samples -> resampler(s) -> the table's parts, chunk by chunk, in time order; a
+    part per column set (see ``relayout``)."""
+
+    tags: TagTable  # of the current layout's columns
 
     def __init__(
-        self,
-        series: SeriesIndex,
-        columns: list[Column],
-        period: int,
-        start: int,
-        end: int,
-        options: ExportOptions,
+        self, layout: _Layout, series: SeriesIndex, options: ExportOptions, folder: Path
     ) -> None:
         self.series = series
-        self.columns = columns
-        self.period = period
-        self.start = start
-        self.end = end
         self.options = options
+        self.folder = folder
+        self.layout = layout
+        self.end = layout.end
+        self.low = layout.start  # of the next chunk to resample
         self.cells = 0
         self.late = 0  # rows for a chunk already written: not in the grid
+        self.unplaced: set[int] = set()  # series with rows but no column (yet)
+        self.stats = ColumnStats.empty(0)  # by series number
+        self.parts: list[Path] = []
+        self.schemas: list[pa.Schema] = []
+        self._writer: TableWriter | None = None
+        self._builder = ChunkBuilder(series, options.selection, rows=2**62)
+        self._held: list[Chunk] = []
+        self.natural: Resampler | None = None
+        self.bridging: Resampler | None = None
+        self.relayout(layout)
+
+    def relayout(self, layout: _Layout) -> None:
+        """Take a layout that extends the current one: its new columns join the
+        resamplers, which keep what they hold of the others."""
+        self.layout = layout
+        columns = layout.columns
         keys = sorted({(c.gateway, c.source) for c in columns})
-        several = len(series.gateways()) > 1
-        source_names = [f"{g}:{s}" if several else s for g, s in keys]
+        source_names = [f"{g}:{s}" if layout.several else s for g, s in keys]
         source_of = {key: index for index, key in enumerate(keys)}
         slots: list[list[TagEntry]] = [[] for _ in keys]
         for c in columns:
             index = source_of[(c.gateway, c.source)]
             slots[index].append(TagEntry(source_names[index], c.tag, c.lineage))
-        self.tags = TagTable.of_slots(source_names, slots)
-        # the tag table orders by source: each column's place in it, and each series'
-        place = {name: g for g, name in enumerate(self.tags.qualified)}
+        tags = TagTable.of_slots(source_names, slots)
+        # the tag table orders by source: each column's place in it
+        place = {name: g for g, name in enumerate(tags.qualified)}
         self.order = np.array(
             [place[f"{source_names[source_of[(c.gateway, c.source)]]}/{c.tag}"] for c in columns],
             np.int64,
         )
-        self.series_gtag = np.full(series.count, -1, np.int64)
-        self.series_gtag[[c.number for c in columns]] = self.order
+        self.numbers = np.array([c.number for c in columns], np.int64)
         natural = np.empty(len(columns), np.int64)
         natural[self.order] = [c.natural_gap_ns for c in columns]
         methods = [""] * len(columns)
         for column, g in zip(columns, self.order.tolist(), strict=True):
             methods[g] = column.method
-        bridged = np.maximum(natural, options.max_gap_ns)
-        reach = int(bridged.max())
-        room = _REACH_LIMIT_NS - 2 * reach
-        if room < period:
-            raise GridTooWide(
-                f"--period {format_duration(period)} with gaps bridged up to "
-                f"{format_duration(reach)}: the period plus twice the longest bridge must stay "
-                f"under {format_duration(_REACH_LIMIT_NS)}; shorten --period or --max-gap"
-            )
-        chunk = min(_CHUNK_MAX_NS, room, max(period, _CHUNK_CELLS // len(columns) * period))
-        self.chunk_ns = max(period, chunk // period * period)
-        self.natural = Resampler(self.tags, methods, period, natural)
-        self.bridging = (
-            Resampler(self.tags, methods, period, bridged) if options.max_gap_ns else None
-        )
+        bridged = np.maximum(natural, self.options.max_gap_ns)
+        if self.natural is None:
+            self.natural = Resampler(tags, methods, layout.period, natural)
+            if self.options.max_gap_ns:
+                self.bridging = Resampler(tags, methods, layout.period, bridged)
+        else:
+            moved = tags.moved_from(self.tags)
+            self.natural.retable(tags, methods, moved, natural)
+            if self.bridging is not None:
+                self.bridging.retable(tags, methods, moved, bridged)
+        self.tags = tags
+        self.schema = _schema(layout, self.bridging is not None)
         self.factor = np.array([c.factor for c in columns])
         self.offset = np.array([c.offset for c in columns])
 
+    def holds(self, layout: _Layout) -> bool:
+        """Whether the cells made so far are those of ``layout``."""
+        numbers = {c.number for c in layout.columns}
+        return (
+            self.layout.cells() == layout.cells()
+            and self.layout.grid() == layout.grid()
+            and (not self.unplaced & numbers)
+        )
+
+    def add(self, stored: Stored) -> None:
+        """One batch, in window order: the chunks before its window are resampled first
+        (a row stored later than that is counted late and left out)."""
+        while stored.footer.window_start >= self.low + self.layout.chunk_ns and (
+            self.end is None or self.low < self.end
+        ):
+            self._next_chunk()
+        if stored.table is not None:
+            self._builder.add(stored.footer.gateway, stored.table)
+
+    def finish(self, end: int) -> None:
+        """The chunks up to ``end``, and the last one held back by the resamplers."""
+        self.end = end
+        while self.low < end:
+            self._next_chunk()
+        assert self.natural is not None
+        wide = self.natural.flush()
+        bridged = self.bridging.flush() if self.bridging is not None else []
+        if wide:
+            self._write(*self._cells_of(wide[0], bridged[0] if bridged else None))
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def discard(self) -> None:
+        """Remove the parts (written into the table, or invalidated)."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        for part in self.parts:
+            part.unlink(missing_ok=True)
+
     def describe(self, data: str) -> dict[str, Any]:
+        layout = self.layout
+        end = self.end or layout.start
         return {
             "file": data,
             "format": self.options.format,
-            "period": format_duration(self.period),
-            "period_ns": self.period,
-            "from_ns": self.start,
-            "to_ns": self.end,
-            "rows": (self.end - self.start) // self.period,
+            "period": format_duration(layout.period),
+            "period_ns": layout.period,
+            "from_ns": layout.start,
+            "to_ns": end,
+            "rows": (end - layout.start) // layout.period,
             "max_gap": format_duration(self.options.max_gap_ns),
             "late_samples_left_out": self.late,
         }
 
-    def schema(self) -> pa.Schema:
-        fields = [pa.field("time", TIME, nullable=False)]
-        for column in self.columns:
-            fields.append(pa.field(column.name, pa.float64()))
-            if self.bridging is not None:
-                fields.append(pa.field(f"{column.name}:filled", pa.bool_(), nullable=False))
-        metadata = {"edge_agent.export": json.dumps({"period": format_duration(self.period)})}
-        return pa.schema(fields, metadata=metadata)
+    def _next_chunk(self) -> None:
+        part = self._builder.take()
+        if part is not None:
+            self._held.append(part)
+        chunk = self.layout.chunk_ns
+        high = self.low + chunk if self.end is None else min(self.low + chunk, self.end)
+        batch = self._batch(self.low, high)
+        assert self.natural is not None
+        wide = self.natural.feed(batch)
+        bridged = self.bridging.feed(batch) if self.bridging is not None else []
+        if wide:
+            self._write(*self._cells_of(wide[0], bridged[0] if bridged else None))
+        self._held = [_after(c, self.low + chunk) for c in self._held]
+        self.low += chunk
 
-    def write(self, dataset: Path, path: Path, format: str) -> tuple[ColumnStats, Report]:
-        """The second pass: the table written to ``path`` as ``format``; its statistics, and
-        the report of the batches' footers (their figures for the data card) read on the
-        way."""
-        stats = ColumnStats.empty(len(self.columns))
-        self.series.rewind()  # the lineage history again, with the figures
-        footers = FooterFigures(self.series)
-        reader = DatasetReader(dataset, self.options.selection, SAMPLE_COLUMNS)
-        writer = TableWriter(path, self.schema(), format)
-        try:
-            for values, filled in self._cells(reader, footers):
-                stats.add(values, filled)
-                writer.write(self._table(values, filled, self._times(values.shape[0])))
-        finally:
-            writer.close()
-        footers.flush()
-        report = Report(
-            dataset, self.options.selection, self.series, footers, None, None, reader.skipped
-        )
-        return stats, report
-
-    def _times(self, count: int) -> np.ndarray:
-        first = self.start + self.cells * self.period
-        self.cells += count
-        return first + np.arange(count, dtype=np.int64) * self.period
+    def _write(self, values: np.ndarray, filled: np.ndarray) -> None:
+        """A chunk of the table, into the part of its column set."""
+        if self._writer is None or self.schemas[-1] != self.schema:
+            if self._writer is not None:
+                self._writer.close()
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self.parts.append(self.folder / f".data.part{len(self.parts)}.parquet")
+            self.schemas.append(self.schema)
+            self._writer = TableWriter(self.parts[-1], self.schema, "parquet")
+        self.stats.add(values, filled, self.numbers)
+        first = self.layout.start + self.cells * self.layout.period
+        self.cells += values.shape[0]
+        times = first + np.arange(values.shape[0], dtype=np.int64) * self.layout.period
+        self._writer.write(self._table(values, filled, times))
 
     def _table(self, values: np.ndarray, filled: np.ndarray, times: np.ndarray) -> pa.Table:
         arrays = [pa.Array.from_buffers(TIME, times.shape[0], [None, pa.py_buffer(times)])]
-        for index in range(len(self.columns)):
+        for index in range(len(self.layout.columns)):
             column = values[:, index]
             arrays.append(pa.array(column, pa.float64(), from_pandas=True))
             if self.bridging is not None:
                 arrays.append(pa.array(filled[:, index], pa.bool_()))
-        return pa.Table.from_arrays(arrays, schema=self.schema())
+        return pa.Table.from_arrays(arrays, schema=self.schema)
 
-    def _cells(self, reader: DatasetReader, footers: FooterFigures) -> Any:
-        """(values, filled) per chunk of the grid, in time order: (instants, columns)."""
-        builder = ChunkBuilder(self.series, self.options.selection, rows=2**62)
-        held: list[Chunk] = []
-        low = self.start
-        for stored in reader:
-            footers.add(stored.footer)
-            while stored.footer.window_start >= low + self.chunk_ns and low < self.end:
-                part = builder.take()
-                held = [*held, part] if part is not None else held
-                yield from self._resampled(low, held)
-                held = [_after(c, low + self.chunk_ns) for c in held]
-                low += self.chunk_ns
-            if stored.table is not None:
-                builder.add(stored.footer.gateway, stored.table)
-        part = builder.take()
-        held = [*held, part] if part is not None else held
-        while low < self.end:
-            yield from self._resampled(low, held)
-            held = [_after(c, low + self.chunk_ns) for c in held]
-            low += self.chunk_ns
-        yield from self._flushed()
-
-    def _resampled(self, low: int, held: list[Chunk]) -> Any:
-        high = min(low + self.chunk_ns, self.end)
-        batch = self._batch(low, high, held)
-        wide = self.natural.feed(batch)
-        bridged = self.bridging.feed(batch) if self.bridging is not None else []
-        if wide:
-            yield self._cells_of(wide[0], bridged[0] if bridged else None)
-
-    def _flushed(self) -> Any:
-        wide = self.natural.flush()
-        bridged = self.bridging.flush() if self.bridging is not None else []
-        if wide:
-            yield self._cells_of(wide[0], bridged[0] if bridged else None)
-
-    def _batch(self, low: int, high: int, held: list[Chunk]) -> Batch:
+    def _batch(self, low: int, high: int) -> Batch:
         """The rows in [low, high) as a batch the resampler takes; rows before ``low`` came
         late for a chunk already resampled and are counted out."""
-        parts = [c for c in held if len(c)]
+        parts = [c for c in self._held if len(c)]
         if parts:
             series = np.concatenate([c.series for c in parts])
             time = np.concatenate([c.time for c in parts])
@@ -402,8 +542,14 @@ class _Grid:
             series, time = np.empty(0, np.int64), np.empty(0, np.int64)
             value, quality = np.empty(0), np.empty(0, np.uint16)
         self.late += int(np.count_nonzero(time < low))
-        inside = (time >= low) & (time < high)
-        gtag = self.series_gtag[series[inside]]
+        lookup = np.full(self.series.count, -1, np.int64)
+        lookup[self.numbers] = self.order
+        gtag = lookup[series]
+        unplaced = gtag < 0
+        if unplaced.any():
+            self.unplaced.update(np.unique(series[unplaced]).tolist())
+        inside = (time >= low) & (time < high) & ~unplaced
+        gtag = gtag[inside]
         # a sample stored late but inside this chunk is resampled like the others
         quality = quality[inside] & np.uint16(~q.Flag.LATE & 0xFFFF)
         tags = self.tags

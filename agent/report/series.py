@@ -47,6 +47,7 @@ class SeriesIndex:
         self.history: list[list[tuple[int, int]]] = []  # per series: (variant, since ns)
         self.rate_ns = np.empty(0, np.float64)  # latest owed period per series
         self._views: OrderedDict[tuple[str, str], LineageView] = OrderedDict()
+        self.revision = 0  # bumped whenever a series' lineage entry changes (or first comes)
 
     @property
     def count(self) -> int:
@@ -82,6 +83,8 @@ class SeriesIndex:
         else:
             self._views.move_to_end(key)
         changed = np.flatnonzero(self.current[view.series] != view.variant)
+        if changed.size:
+            self.revision += 1
         for index in changed.tolist():
             series, variant = int(view.series[index]), int(view.variant[index])
             self.history[series].append((variant, footer.window_start))
@@ -135,12 +138,6 @@ class SeriesIndex:
             g, s = divmod(rest, len(sources))
             lookup[code] = self.number(gateways[g], sources[s], tags[t])
         return lookup[codes]
-
-    def rewind(self) -> None:
-        """Forget the lineage history (keeping the numbers), for a second pass over the
-        same files to record it again."""
-        self.history = [[] for _ in self.keys]
-        self.current[:] = -1
 
     def gateways(self) -> list[str]:
         return sorted({gateway for gateway, _, _ in self.keys})

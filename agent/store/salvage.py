@@ -36,7 +36,8 @@ log = structlog.get_logger()
 _WAL_HEADER = struct.Struct(">IIII")  # magic, version, page size, checkpoint sequence
 _WAL_FRAME = struct.Struct(">II")  # page number, database size in pages (commit frames)
 _WAL_MAGIC = (0x377F0682, 0x377F0683)
-_TABLES = ("state", "losses", "delivered")
+_TABLES = ("state", "losses", "delivered", "lineage")
+_NEWER_TABLES = frozenset({"lineage"})  # absent from spools of earlier versions: not a loss
 
 
 @dataclass(slots=True)
@@ -166,6 +167,8 @@ def salvage(
         result.end_unreadable = True
         return result
     for table in _TABLES:
+        if table in _NEWER_TABLES and not _exists(old, table):
+            continue
         for row in _scan(old, table):
             if row is None:
                 result.lost_other_rows += 1
@@ -239,6 +242,15 @@ def _one(db: sqlite3.Connection, what: str, rowid: int | None = None) -> int | N
     except sqlite3.DatabaseError:
         return None
     return None if row is None or row[0] is None else int(row[0])
+
+
+def _exists(db: sqlite3.Connection, table: str) -> bool:
+    """Whether the schema names the table (an unreadable schema: assume it does)."""
+    try:
+        query = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
+        return db.execute(query, (table,)).fetchone() is not None
+    except sqlite3.DatabaseError:
+        return True
 
 
 def _scan(db: sqlite3.Connection, table: str) -> Iterator[dict[str, object] | None]:

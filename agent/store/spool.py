@@ -35,6 +35,10 @@ The database's tables:
     start or a reload changes it, so that frames logged under an earlier config are
     replayed as the tags they were, by name. Only the rows frames still in the log need
     are kept.
+``lineage(digest TEXT PRIMARY KEY, record TEXT)``
+    The lineage records the batches name by digest (:mod:`agent.store.lineage`), each
+    once, written in the transaction of the first batch naming it; :meth:`Spool.batch`
+    puts the record back into the batch it decodes. A few per config: never deleted.
 ``losses(reason TEXT PRIMARY KEY, batches INTEGER, points INTEGER)``
     Loss counters that survive restarts: ``overflow``, ``spool_corrupt`` (batches a
     salvage could not keep, see :mod:`agent.store.salvage`), ``frame_log_corrupt`` (damaged
@@ -72,7 +76,7 @@ import structlog
 
 from agent.acquisition.frame import Frame
 from agent.store.atrisk import AtRiskLedger, SpaceReserve, UnloggedFrame
-from agent.store.encoding import batch_of, decode, encoded
+from agent.store.encoding import batch_of, decode, encoded, lineage_of
 from agent.store.framelog import FrameLog
 from agent.store.salvage import Salvaged, SizeLog, open_damaged, salvage, wal_database_pages
 from agent.windows.batch import Batch
@@ -92,6 +96,7 @@ CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS losses (
     reason TEXT PRIMARY KEY, batches INTEGER NOT NULL, points INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS lineage (digest TEXT PRIMARY KEY, record TEXT NOT NULL);
 """
 # made when the first layout is recorded (a salvage does not carry it over: frames of an
 # earlier layout are then replayed as the current config numbers them)
@@ -256,6 +261,7 @@ class Spool:
         self.ledger = AtRiskLedger(path.with_name(f"{path.stem}.at-risk"))
         self.carried_loss = self.ledger.found
         self._committed: tuple[int, int | None] = (0, None)  # last_frame, closed_until
+        self._lineage: dict[str, str] = {}  # records known to be in the lineage table
 
     # -- opening and salvage ----------------------------------------------------------------
 
@@ -509,9 +515,12 @@ class Spool:
         if self.sizes.due():
             self.sizes.rewrite(self.db.execute("SELECT batch_id, points FROM batches").fetchall())
         self.sizes.append([(b.batch_id, b.points) for b in batches])
+        records = dict(pair for b in batches if (pair := lineage_of(b.table)) is not None)
+        new = {d: r for d, r in records.items() if d not in self._lineage}
         self.db.execute("PRAGMA synchronous=FULL")
         try:
             with _transaction(self.db):
+                self.db.executemany("INSERT OR IGNORE INTO lineage VALUES (?, ?)", new.items())
                 self.db.executemany(
                     "INSERT OR IGNORE INTO batches "
                     "(batch_id, window_start, points, bytes, created_ns, data, crc) "
@@ -529,6 +538,7 @@ class Spool:
             with contextlib.suppress(sqlite3.Error):
                 self.db.execute("PRAGMA synchronous=NORMAL")
         self._committed = (self._last_frame, closed_until)
+        self._lineage.update(new)
         self.reserve.ensure()
         self.unlogged = [
             held
@@ -579,7 +589,7 @@ class Spool:
         CorruptBatch, so no caller needs to know the ways a batch can be broken."""
         batch_id, points, data = self._verified(seq)
         try:
-            batch = batch_of(decode(data), data)
+            batch = batch_of(decode(data, self.lineage), data)
         except (pa.ArrowException, ValueError, KeyError, TypeError, OSError) as exc:
             reason = f"does not decode: {type(exc).__name__}: {exc}"
             raise CorruptBatch(seq, batch_id, reason, points, data) from exc
@@ -587,6 +597,16 @@ class Spool:
             reason = f"decodes as {batch.batch_id} with {batch.points} points, not {points}"
             raise CorruptBatch(seq, batch_id, reason, points, data)
         return batch
+
+    def lineage(self, digest: str) -> str | None:
+        """The lineage record of a digest, if a batch committed here named it."""
+        record = self._lineage.get(digest)
+        if record is None:
+            row = self.db.execute("SELECT record FROM lineage WHERE digest = ?", (digest,))
+            found = row.fetchone()
+            if found is not None:
+                record = self._lineage[digest] = str(found[0])
+        return record
 
     def _verified(self, seq: int) -> tuple[str, int, bytes]:
         row = self.db.execute(

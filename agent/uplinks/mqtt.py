@@ -9,6 +9,11 @@ code; a lost connection or a missing PUBACK raises, the caller retries with its 
 the next ``send`` connects again. A resend after a lost PUBACK may reach the broker twice:
 ``edge-agent collect`` writes by batch id, so the store holds it once.
 
+A batch names its lineage record by digest (:mod:`agent.store.lineage`); the first batch
+of each digest on a connection carries the record inline (``edge_agent.tags``), so a
+collector, which writes it beside the data, has it before any batch that only names it.
+Once that batch's PUBACK came back, the batches naming the same digest go without it.
+
 The connection is the MQTT source's own asyncio adapter and client factory (TLS, user name
 and password as in a ``[[sources]]`` table); no paho thread runs.
 """
@@ -23,7 +28,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.config.model import MqttUplinkConfig
-from agent.store.encoding import MEDIA_TYPE, encoded
+from agent.store.encoding import MEDIA_TYPE, encode, encoded, lineage_of
 from agent.uplinks import RejectedBatch
 from agent.windows.batch import Batch
 from protocols.mqtt.aio import AsyncMqttClient
@@ -53,6 +58,11 @@ def publish_properties(batch: Batch) -> Properties:
     return properties
 
 
+def _payload(batch: Batch, inline_lineage: bool) -> bytes:
+    """The batch's bytes, re-encoded with its lineage record inline when asked."""
+    return encode(batch.table, inline_lineage=True) if inline_lineage else encoded(batch)
+
+
 class MqttUplink:
     def __init__(self, config: MqttUplinkConfig) -> None:
         self.name = config.name
@@ -60,6 +70,7 @@ class MqttUplink:
         self._connection: AsyncMqttClient | None = None
         self._acks: dict[int, asyncio.Future[ReasonCode]] = {}
         self._lock = asyncio.Lock()
+        self._carried: set[str] = set()  # lineage digests acknowledged on this connection
 
     async def send(self, batch: Batch) -> None:
         async with self._lock:  # one batch in flight: PUBACKs then come back in order
@@ -77,9 +88,12 @@ class MqttUplink:
         for future in self._acks.values():
             future.cancel()
         self._acks.clear()
+        self._carried.clear()  # another connection may reach another collector
 
     async def _publish(self, connection: AsyncMqttClient, batch: Batch) -> None:
-        payload = await asyncio.to_thread(encoded, batch)
+        lineage = lineage_of(batch.table)
+        inline = lineage is not None and lineage[0] not in self._carried
+        payload = await asyncio.to_thread(_payload, batch, inline)
         topic = batch_topic(self.config.topic_prefix, batch.gateway_id)
         info = connection.client.publish(
             topic, payload, qos=1, properties=publish_properties(batch)
@@ -101,6 +115,8 @@ class MqttUplink:
                 raise RejectedBatch(f"the broker refused batch {batch.batch_id}: {reason}")
             if reason.is_failure:
                 raise ConnectionError(f"the broker refused batch {batch.batch_id}: {reason}")
+            if lineage is not None:
+                self._carried.add(lineage[0])
             return
         if connection.lost in done:
             raise ConnectionError(

@@ -8,6 +8,10 @@ On S3-compatible storage (``path = "s3://bucket/prefix"``, ``endpoint`` for anyt
 AWS) each batch is one PUT of the whole object: an object store shows an object whole or
 not at all, so no temporary name is needed, and the same batch id again overwrites the
 same key.
+
+Lineage records (:mod:`agent.store.lineage`) go to ``<path>/_lineage/<digest>.json``, each
+written before the first batch file naming it, the same way (temporary name and rename, or
+one PUT), and then remembered: a file already there is not written again.
 """
 
 from __future__ import annotations
@@ -17,11 +21,21 @@ import os
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
 from agent.config.model import ParquetUplinkConfig
-from agent.store.encoding import encode, encoded
-from agent.windows.batch import Batch
+from agent.store.encoding import encode, encoded, lineage_of
+from agent.store.lineage import record_path
+from agent.windows.batch import SCHEMA, Batch
+
+DATASET_SCHEMA = pa.schema(
+    [pa.field(f.name, pa.string()) if pa.types.is_dictionary(f.type) else f for f in SCHEMA]
+    + [pa.field("gateway", pa.string()), pa.field("date", pa.string())]
+)
+"""A dataset's schema with its Hive partition columns, ``source`` and ``tag`` as plain
+strings (``pyarrow.dataset.dataset(path, partitioning="hive", schema=DATASET_SCHEMA)``):
+every file has every column, so this is what a reader infers too, dictionaries aside."""
 
 
 def batch_path(batch: Batch) -> str:
@@ -34,6 +48,7 @@ class ParquetUplink:
         self.name = config.name
         self.config = config
         self._s3: pafs.FileSystem | None = None  # made at the first write (see _put)
+        self._recorded: set[str] = set()  # lineage digests known to be in the store
         if config.is_s3:
             self.root = config.path.removeprefix("s3://").strip("/")
             return
@@ -50,14 +65,24 @@ class ParquetUplink:
         """Nothing held open between writes."""
 
     def _write(self, batch: Batch) -> None:
-        relative = batch_path(batch)
-        final = f"{self.root}/{relative}"
         if self.config.compression == "zstd" and self.config.compression_level is None:
             data = encoded(batch)  # the spool's bytes, when the batch came from there
         else:
             data = encode(batch.table, self.config.compression, self.config.compression_level)
+        lineage = lineage_of(batch.table)
+        if lineage is not None and lineage[0] not in self._recorded:
+            self._store(record_path(lineage[0]), lineage[1].encode(), keep=True)
+            self._recorded.add(lineage[0])
+        self._store(batch_path(batch), data)
+
+    def _store(self, relative: str, data: bytes, keep: bool = False) -> None:
+        """Write ``data`` whole under ``relative``; with ``keep``, not if a file is there
+        (content-addressed: it holds the same bytes)."""
+        final = f"{self.root}/{relative}"
         if self.config.is_s3:
             self._put(final, data)
+            return
+        if keep and self.filesystem.get_file_info(final).type == pafs.FileType.File:
             return
         directory, _, filename = final.rpartition("/")
         temporary = f"{directory}/.{filename}.tmp"

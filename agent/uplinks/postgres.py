@@ -5,7 +5,12 @@ Tables (created on first connection if absent, in ``db_schema``)::
     samples(time timestamptz, gateway text, source text, tag text,
             value double precision, quality integer, text text)
     batches(batch_id text primary key, gateway text, window_start timestamptz,
-            window_end timestamptz, points integer, written_at timestamptz)
+            window_end timestamptz, points integer, written_at timestamptz, lineage text)
+    lineage(digest text primary key, record jsonb)
+
+A batch row names its lineage record by digest (:mod:`agent.store.lineage`); each record
+is inserted once, in the transaction of the first batch this uplink writes that carries it
+(``SELECT b.batch_id, l.record FROM batches b JOIN lineage l ON l.digest = b.lineage``).
 
 ``samples`` becomes a TimescaleDB hypertable when the extension is installed in the
 database (or can be installed); without it the tables are plain and nothing fails.
@@ -35,8 +40,9 @@ import pyarrow.csv as pacsv
 import structlog
 
 from agent.config.model import PostgresUplinkConfig
+from agent.store.encoding import lineage_of
 from agent.uplinks import RejectedBatch
-from agent.windows.batch import Batch
+from agent.windows.batch import META_PREFIX, Batch
 
 if TYPE_CHECKING:
     import psycopg
@@ -86,6 +92,7 @@ class PostgresUplink:
         self.duplicates = 0  # batches found already written (resends), for logs and tests
         self._connection: psycopg.AsyncConnection[tuple[object, ...]] | None = None
         self._lock = asyncio.Lock()
+        self._recorded: set[str] = set()  # lineage digests known to be in the lineage table
 
     async def send(self, batch: Batch) -> None:
         import psycopg
@@ -114,11 +121,22 @@ class PostgresUplink:
         from psycopg import sql
 
         schema = sql.Identifier(self.config.db_schema)
+        digest = (batch.table.schema.metadata or {}).get(f"{META_PREFIX}lineage".encode())
+        lineage = lineage_of(batch.table)
+        recording = lineage is not None and lineage[0] not in self._recorded
         async with connection.transaction():
+            if lineage is not None and recording:
+                await connection.execute(
+                    sql.SQL(
+                        "INSERT INTO {}.lineage (digest, record) VALUES (%s, %s)"
+                        " ON CONFLICT (digest) DO NOTHING"
+                    ).format(schema),
+                    lineage,
+                )
             cursor = await connection.execute(
                 sql.SQL(
                     "INSERT INTO {}.batches (batch_id, gateway, window_start, window_end, points,"
-                    " written_at) VALUES (%s, %s, %s, %s, %s, now())"
+                    " written_at, lineage) VALUES (%s, %s, %s, %s, %s, now(), %s)"
                     " ON CONFLICT (batch_id) DO NOTHING RETURNING batch_id"
                 ).format(schema),
                 (
@@ -127,18 +145,21 @@ class PostgresUplink:
                     _utc(batch.window_start_ns),
                     _utc(batch.window_end_ns),
                     batch.points,
+                    digest.decode() if digest is not None else None,
                 ),
             )
             if await cursor.fetchone() is None:
                 self.duplicates += 1
                 log.debug("batch already stored", batch_id=batch.batch_id)
-                return
-            data = await asyncio.to_thread(copy_csv, batch)  # only now: a resend costs no CSV
-            copy = sql.SQL("COPY {}.samples ({}) FROM STDIN (FORMAT csv)").format(
-                schema, sql.SQL(", ").join(map(sql.Identifier, _COLUMNS))
-            )
-            async with connection.cursor() as copy_cursor, copy_cursor.copy(copy) as stream:
-                await stream.write(data)
+            else:
+                data = await asyncio.to_thread(copy_csv, batch)  # only now: a resend costs none
+                copy = sql.SQL("COPY {}.samples ({}) FROM STDIN (FORMAT csv)").format(
+                    schema, sql.SQL(", ").join(map(sql.Identifier, _COLUMNS))
+                )
+                async with connection.cursor() as copy_cursor, copy_cursor.copy(copy) as stream:
+                    await stream.write(data)
+        if lineage is not None and recording:  # committed: a failure raised before here
+            self._recorded.add(lineage[0])
 
     async def _connected(self) -> psycopg.AsyncConnection[tuple[object, ...]]:
         if self._connection is not None and not self._connection.closed:
@@ -182,6 +203,17 @@ class PostgresUplink:
                     " gateway text NOT NULL, window_start timestamptz NOT NULL,"
                     " window_end timestamptz NOT NULL, points integer NOT NULL,"
                     " written_at timestamptz NOT NULL DEFAULT now())"
+                ).format(schema)
+            )
+            await connection.execute(  # a table made before issue 17 gains the column
+                sql.SQL("ALTER TABLE {}.batches ADD COLUMN IF NOT EXISTS lineage text").format(
+                    schema
+                )
+            )
+            await connection.execute(
+                sql.SQL(
+                    "CREATE TABLE IF NOT EXISTS {}.lineage (digest text PRIMARY KEY,"
+                    " record jsonb NOT NULL)"
                 ).format(schema)
             )
             await self._hypertable(connection, schema)

@@ -27,6 +27,7 @@ from agent.acquisition.frame import Frame, join_optional
 from agent.acquisition.pipeline import derived_tags, tag_lineage
 from agent.config.durations import parse_duration
 from agent.config.model import SourceConfig
+from agent.store.lineage import lineage_digest
 from agent.windows.dataquality import QualityTally
 
 META_PREFIX = "edge_agent."
@@ -225,7 +226,8 @@ class Batch:
         return start.strftime("%Y-%m-%d")
 
 
-def _iso(ns: int) -> str:
+def iso_time(ns: int) -> str:
+    """``2026-11-21T09:30:00.000000000Z``: a window bound as the metadata spells it."""
     seconds, rest = divmod(ns, 1_000_000_000)
     stamp = dt.datetime.fromtimestamp(seconds, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
     return f"{stamp}.{rest:09d}Z"
@@ -329,7 +331,7 @@ class Batcher:
         self._closed_until: int | None = None
         self.late_points = 0
         self._present_key = b""
-        self._present: tuple[pa.Array, str] = (pa.array([], pa.string()), "{}")
+        self._present: tuple[pa.Array, str, str] = (pa.array([], pa.string()), "{}", "")
         self._source_names = pa.array(tags.source_names, pa.string())
 
     @property
@@ -461,15 +463,18 @@ class Batcher:
         if self._closed_until is None or boundary > self._closed_until:
             self._closed_until = boundary
 
-    def _tags_present(self, present: np.ndarray) -> tuple[pa.Array, str]:
-        """Tag-name dictionary and lineage JSON of the tags present. The same tags report
-        window after window, so both are kept for the last set and reused."""
+    def _tags_present(self, present: np.ndarray) -> tuple[pa.Array, str, str]:
+        """Tag-name dictionary, lineage JSON and its digest (agent.store.lineage) of the
+        tags present. The same tags report window after window, so all three are kept for
+        the last set and reused."""
         key = present.tobytes()
         if key != self._present_key:
             self._present_key = key
+            record = "{" + ",".join([self.tags.lineage_json[g] for g in present.tolist()]) + "}"
             self._present = (
                 pa.array(self.tags.tag_names[present], pa.string()),
-                "{" + ",".join([self.tags.lineage_json[g] for g in present.tolist()]) + "}",
+                record,
+                lineage_digest(record),
             )
         return self._present
 
@@ -492,7 +497,7 @@ class Batcher:
         if rows.text is not None:
             digest.update(json.dumps(rows.text.tolist()).encode())
         batch_id = batch_id_for(window_start, digest.hexdigest()[:12])
-        tag_names, lineage = self._tags_present(present)
+        tag_names, lineage, address = self._tags_present(present)
         figures = self._quality(rows, window_start)
         text = (
             pa.array(rows.text, type=pa.string())
@@ -502,13 +507,14 @@ class Batcher:
         metadata = {
             "gateway_id": self.gateway_id,
             "batch_id": batch_id,
-            "window_start": _iso(window_start),
-            "window_end": _iso(window_end),
+            "window_start": iso_time(window_start),
+            "window_end": iso_time(window_end),
             "window_start_ns": str(window_start),
             "window_end_ns": str(window_end),
             "config_hash": self.config_hash,
             "points": str(len(rows.gtag)),
             "tags": lineage,
+            "lineage": address,
         }
         if figures is not None:
             metadata["quality"] = json.dumps(figures, separators=(",", ":"))

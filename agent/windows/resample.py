@@ -80,21 +80,33 @@ class Resampler:
         self, tags: TagTable, methods: list[str], period_ns: int, max_gap_ns: int | np.ndarray
     ) -> None:
         """``max_gap_ns``: one for all tags, or one per tag (the export bridges each tag's own
-        sample spacing, and gaps up to a limit of its own; no ``retable`` then)."""
+        sample spacing, and gaps up to a limit of its own: then ``retable`` takes the new
+        tags' own)."""
         self.period_ns = period_ns
-        self.max_gap_ns = np.asarray(max_gap_ns, np.int64)
-        self.reach_ns = int(self.max_gap_ns.max(initial=0))  # the farthest neighbour used
+        self._set_max_gap(max_gap_ns)
         self._held: tuple[Batch, _Samples] | None = None
         self._last = _Samples(
             np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.uint16)
         )
         self.retable(tags, methods, np.zeros(0, np.int64))
 
-    def retable(self, tags: TagTable, methods: list[str], moved: np.ndarray) -> None:
-        """Columns for the live tags of ``tags`` (``methods``: one per live tag); the held
-        window and each tag's last sample follow their tag by name (``moved``: old index
-        -> new or -1, see ``TagTable.moved_from``). Retired tags get no column: their rows
-        are in the long form."""
+    def _set_max_gap(self, max_gap_ns: int | np.ndarray) -> None:
+        self.max_gap_ns = np.asarray(max_gap_ns, np.int64)
+        self.reach_ns = int(self.max_gap_ns.max(initial=0))  # the farthest neighbour used
+
+    def retable(
+        self,
+        tags: TagTable,
+        methods: list[str],
+        moved: np.ndarray,
+        max_gap_ns: int | np.ndarray | None = None,
+    ) -> None:
+        """Columns for the live tags of ``tags`` (``methods``: one per live tag, and
+        ``max_gap_ns`` if one per tag); the held window and each tag's last sample follow
+        their tag by name (``moved``: old index -> new or -1, see ``TagTable.moved_from``).
+        Retired tags get no column: their rows are in the long form."""
+        if max_gap_ns is not None:
+            self._set_max_gap(max_gap_ns)
         self.tags = tags
         self.size = tags.live_tags
         self._by_method = {

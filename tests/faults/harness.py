@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from agent.acquisition import quality as q
+from agent.uplinks.parquet import DATASET_SCHEMA
 from simulators.modbus_plc import SEQUENCE_AREA
 
 
@@ -42,7 +43,9 @@ def stored_numbers(store: Path) -> np.ndarray:
     """The good ``seq`` samples of a Parquet store, as integers (duplicates kept)."""
     if not any(store.rglob("*.parquet")):
         return np.zeros(0, np.int64)
-    table = ds.dataset(store, format="parquet", partitioning="hive").to_table()
+    table = ds.dataset(
+        store, format="parquet", partitioning="hive", schema=DATASET_SCHEMA
+    ).to_table()
     rows = table.filter(pc.equal(table["tag"].cast(pa.string()), "seq"))
     severity = pc.bit_wise_and(rows["quality"], pa.scalar(q.SEVERITY_MASK, pa.uint16()))
     good = rows.filter(pc.equal(severity, q.GOOD))

@@ -24,6 +24,7 @@ import pyarrow.dataset as ds
 import pytest
 
 from agent.config.load import parse_config
+from agent.store.lineage import file_lineage
 from simulators.dataset import Outage, write_dataset
 from simulators.modbus_plc import POINTS, ModbusPLCSimulator
 from tests.conftest import agent_toml, running_agent
@@ -182,5 +183,5 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Synthetic:
     )
     lineage: dict[str, dict[str, object]] = {}
     for fragment in ds.dataset(store, format="parquet").get_fragments():
-        lineage |= json.loads(fragment.physical_schema.metadata[b"edge_agent.tags"])
+        lineage |= json.loads(file_lineage(fragment.path) or "{}")
     return Synthetic(store, lineage)

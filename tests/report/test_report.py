@@ -172,7 +172,7 @@ def test_the_gap_of_a_slow_tag_runs_between_its_samples_and_says_why(
 def copy_store(store: Path, target: Path) -> list[Path]:
     """A copy of a dataset; its files, in window order."""
     files = sorted(store.rglob("*.parquet"))
-    for path in files:
+    for path in [*files, *store.glob("_lineage/*.json")]:  # the data and its lineage records
         copied = target / path.relative_to(store)
         copied.parent.mkdir(parents=True, exist_ok=True)
         copied.write_bytes(path.read_bytes())

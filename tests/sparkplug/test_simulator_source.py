@@ -13,6 +13,7 @@ import pyarrow.parquet
 
 from agent.acquisition import quality as q
 from agent.runtime import Agent
+from agent.store.lineage import file_lineage
 from simulators.mqtt_broker import PrivateBroker
 from simulators.sparkplug_node import SparkplugNodeSimulator
 from tests.conftest import agent_toml, read_store, running_agent
@@ -156,5 +157,5 @@ path = "{tmp_path / "wide"}"
     assert columns - {"gateway", "date"} == {"time", *places[0]}, "no column for a free place"
     lineage: dict[str, dict[str, object]] = {}
     for path in store.rglob("*.parquet"):
-        lineage |= json.loads(pa.parquet.read_schema(path).metadata[b"edge_agent.tags"])
+        lineage |= json.loads(file_lineage(path) or "{}")
     assert lineage["line1/Line1.Spindle.Speed"]["unit"] == "rpm", "from the birth"

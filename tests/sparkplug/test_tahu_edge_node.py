@@ -15,6 +15,7 @@ import pytest
 
 from agent.acquisition import quality as q
 from agent.runtime import Agent
+from agent.store.lineage import file_lineage
 from simulators.mqtt_broker import PrivateBroker
 from tests.conftest import agent_toml, read_store, running_agent
 from tests.protocols.mqtt.helpers import source_up, wait_for
@@ -92,8 +93,7 @@ def series(table: pa.Table, tag: str) -> tuple[np.ndarray, np.ndarray, np.ndarra
 def lineage(store: Path) -> dict[str, Any]:
     """The per-tag lineage of the newest batch file."""
     newest = max(store.rglob("*.parquet"), key=lambda p: p.name)
-    metadata = pa.parquet.read_schema(newest).metadata
-    return dict(json.loads(metadata[b"edge_agent.tags"]))
+    return dict(json.loads(file_lineage(newest) or "{}"))
 
 
 async def born_node(modules: Path, broker: PrivateBroker, t: int) -> Any:

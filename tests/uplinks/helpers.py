@@ -17,6 +17,7 @@ from agent.acquisition.frame import Frame
 from agent.commands.collect import Collector
 from agent.config.model import CollectConfig, SourceConfig
 from agent.uplinks import Uplink
+from agent.uplinks.parquet import DATASET_SCHEMA
 from agent.windows.batch import Batch, Batcher, TagTable
 from protocols._template.driver import TemplateSourceConfig
 from protocols.modbus.config import ModbusSourceConfig
@@ -75,6 +76,8 @@ def canonical(table: pa.Table) -> pa.Table:
     Times are cut to microseconds, what PostgreSQL keeps (the test data has none finer)."""
     columns = []
     for name in COLUMNS:
+        if name not in table.column_names:  # no file of the store had one: text, all null
+            table = table.append_column(name, pa.nulls(len(table), pa.string()))
         column = table.column(name)
         if pa.types.is_dictionary(column.type):
             column = column.cast(pa.string())
@@ -91,7 +94,7 @@ def canonical(table: pa.Table) -> pa.Table:
 
 def stored(store: Path) -> ds.Dataset:
     """A local Parquet store as the central side reads it."""
-    return ds.dataset(store, format="parquet", partitioning="hive")
+    return ds.dataset(store, format="parquet", partitioning="hive", schema=DATASET_SCHEMA)
 
 
 def samples_of(batches: Sequence[Batch]) -> pa.Table:

@@ -7,9 +7,12 @@ import sys
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from agent.config.model import MqttUplinkConfig
+from agent.report.dataset import DatasetReader, Selection
 from agent.store.encoding import MEDIA_TYPE, decode, encode
 from agent.uplinks import make_uplink
 from agent.uplinks.mqtt import BATCH_SCHEMA, MqttUplink
@@ -81,6 +84,46 @@ async def test_batches_carry_topic_content_type_and_user_properties(
         "encoding": "parquet+zstd",
     }
     assert canonical(decode(message.payload)).equals(canonical(batch.table))
+
+
+async def test_the_lineage_travels_once_per_connection_and_the_collector_keeps_it(
+    mqtt_broker: PrivateBroker, tmp_path: Path
+) -> None:
+    """The first batch of a digest on a connection carries the record, the others only
+    name it; after a reconnect the first carries it again; the collector's store keeps
+    the record beside the data and its report reads every batch's lineage."""
+    received: asyncio.Queue[mqtt.MQTTMessage] = asyncio.Queue()
+    listener = AsyncMqttClient(make_client(uplink(mqtt_broker).config, "listener"))
+    listener.client.on_message = lambda client, userdata, message: received.put_nowait(message)
+    await listener.connect("127.0.0.1", mqtt_broker.port, 10, 5)
+    listener.client.subscribe("edge-agent/#", qos=1)
+    await asyncio.sleep(0.2)
+    batches = make_batches(windows=4)
+    store = tmp_path / "central"
+    config = collect_config(mqtt_broker.url, {"type": "parquet", "path": str(store)}, "c1")
+    async with running(config) as collector:
+        sender = uplink(mqtt_broker)
+        for batch in batches[:3]:
+            await sender.send(batch)
+        await sender.close()  # the next send connects again
+        await sender.send(batches[3])
+        await sender.close()
+        await wait_for(lambda: collector.batches == len(batches))
+    payloads = [(await asyncio.wait_for(received.get(), 5)).payload for _ in batches]
+    await listener.close()
+    inline = [
+        b"edge_agent.tags" in (pq.read_metadata(pa.BufferReader(p)).metadata) for p in payloads
+    ]
+    assert inline == [True, False, False, True]
+    records = list((store / "_lineage").glob("*.json"))
+    assert len(records) == 1
+    expected = batches[0].table.schema.metadata[b"edge_agent.tags"].decode()
+    assert records[0].read_text() == expected
+    lineages = {s.footer.lineage for s in DatasetReader(store, Selection())}
+    assert lineages == {expected}
+    assert all(
+        b"edge_agent.tags" not in pq.read_metadata(f).metadata for f in store.rglob("*.parquet")
+    )
 
 
 async def test_send_raises_while_the_broker_is_down_and_reconnects_after(

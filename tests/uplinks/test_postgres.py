@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import psycopg
@@ -77,6 +78,34 @@ async def test_batches_are_copied_once_with_their_batch_rows(pg_schema: PgSchema
     )
     assert windows[0][0].timestamp() * 1e9 == batches[0].window_start_ns
     assert windows[0][1].timestamp() * 1e9 == batches[-1].window_end_ns
+
+
+async def test_each_lineage_record_is_stored_once_and_every_batch_names_it(
+    pg_schema: PgSchema,
+) -> None:
+    await query(pg_schema, "CREATE SCHEMA IF NOT EXISTS {schema}")
+    await query(  # the batches table as made before issue 17: it gains the column
+        pg_schema,
+        "CREATE TABLE {schema}.batches (batch_id text PRIMARY KEY, gateway text NOT NULL,"
+        " window_start timestamptz NOT NULL, window_end timestamptz NOT NULL,"
+        " points integer NOT NULL, written_at timestamptz NOT NULL DEFAULT now())",
+    )
+    batches = make_batches(windows=3)
+    uplink = postgres(pg_schema)
+    for batch in batches:
+        await uplink.send(batch)
+    await uplink.close()
+    again = postgres(pg_schema)  # a new process sends a batch again: still one record
+    await again.send(batches[0])
+    await again.close()
+    assert len(await query(pg_schema, "SELECT digest FROM {schema}.lineage")) == 1
+    rows = await query(
+        pg_schema,
+        "SELECT b.batch_id, l.record FROM {schema}.batches b"
+        " JOIN {schema}.lineage l ON l.digest = b.lineage ORDER BY 1",
+    )
+    expected = [json.loads((b.table.schema.metadata or {})[b"edge_agent.tags"]) for b in batches]
+    assert rows == list(zip([b.batch_id for b in batches], expected, strict=True))
 
 
 async def test_a_failed_copy_rolls_back_the_batch_row_too(pg_schema: PgSchema) -> None:

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from agent.config.model import MqttUplinkConfig, ParquetUplinkConfig
 from agent.uplinks import make_uplink
 from agent.uplinks.mqtt import MqttUplink
-from agent.uplinks.parquet import ParquetUplink
+from agent.uplinks.parquet import DATASET_SCHEMA, ParquetUplink
 from simulators.mqtt_broker import PrivateBroker
 from tests.uplinks.conftest import S3Server
 from tests.uplinks.helpers import (
@@ -40,7 +40,11 @@ def s3_store(s3: S3Server, tmp_path: Path) -> dict[str, object]:
 
 def stored(s3: S3Server) -> ds.Dataset:
     return ds.dataset(
-        f"{s3.bucket}/plant-a", filesystem=s3.filesystem(), format="parquet", partitioning="hive"
+        f"{s3.bucket}/plant-a",
+        filesystem=s3.filesystem(),
+        format="parquet",
+        partitioning="hive",
+        schema=DATASET_SCHEMA,
     )
 
 

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 import structlog
@@ -22,6 +21,7 @@ import structlog
 from agent.acquisition import quality as q
 from agent.config.load import parse_config
 from agent.runtime import Agent
+from agent.store.lineage import file_lineage
 from simulators.modbus_plc import POINTS, ModbusPLCSimulator
 from simulators.serial_link import SerialLink
 from tests.conftest import agent_toml, read_store, run_agent
@@ -80,8 +80,7 @@ async def test_every_type_decodes_to_the_seeded_truth_with_tight_timestamps(
     # a window that began before the first poll answered is an empty batch: no tags in it
     with_rows = [f for f in files if pq.read_metadata(f).num_rows]
     assert with_rows
-    metadata = ds.dataset(with_rows[0]).schema.metadata
-    lineage = json.loads(metadata[b"edge_agent.tags"])
+    lineage = json.loads(file_lineage(with_rows[0]) or "{}")
     for point in POINTS:
         assert lineage[f"plc1/{point.name}"].get("unit") == point.unit
 
