@@ -44,6 +44,7 @@ from agent.ops.health import SETTLE_S, ProblemLog
 from agent.ops.http import StatusServer
 from agent.ops.logs import configure
 from agent.ops.metrics import Metrics
+from agent.ops.pauses import freeze_long_lived
 from agent.ops.reload import ReloadPlan, ReloadResult, plan_reload
 from agent.ops.status import RateMeter, forget_series, status_document
 from agent.ops.tasks import Heartbeat, TaskSupervisor, first_of
@@ -448,6 +449,7 @@ class Agent:
         self._recover()
         if reload is not None:
             self.tasks.start("reloader", partial(self._reload_on, reload))
+        freeze_long_lived()  # no full collection of all of it in the middle of a poll
         self.tally.started_ns = time.time_ns()  # acquisition starts now, not at __init__
         for runner in self.runners:
             self._start_source(runner)
@@ -470,9 +472,11 @@ class Agent:
                 pass
             self._paused.clear()
             self._acquiring.set()  # a frame held back by a full spool is kept, not lost
+            # nothing is owed from the stop on: stopping the sources takes time (a session's
+            # goodbye), during which a stopped poller owes no tick
+            self.tally.stop(time.time_ns())
             sources = [f"source:{runner.config.name}" for runner in self.runners]
             await _within(self.tasks.stop(sources), _STOP_SOURCES_S)
-            self.tally.stop(time.time_ns())  # the windows still to close owe nothing after
             await self.tasks.stop(["closer"])
             for runner in self.runners:  # what deadband/swinging door/features still hold
                 self.batcher.add(self._slots[runner.index], runner.pipeline.flush())
