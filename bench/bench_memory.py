@@ -46,6 +46,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from processes import stop
+
 from simulators.mqtt_scada import MqttScadaSimulator
 
 BULK_BASE = 1000  # simulators.modbus_plc.BULK_BASE
@@ -175,12 +177,7 @@ def process(
             found = match.group(1)
         yield child, found
     finally:
-        child.send_signal(signal.SIGTERM)
-        try:
-            child.wait(30)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
+        stop(child, signal.SIGTERM, 30)
 
 
 def agent_toml(

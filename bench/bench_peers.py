@@ -55,6 +55,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from bench_modbus import BULK_BASE, cpu_seconds, simulator
 from paho.mqtt.enums import CallbackAPIVersion
+from processes import stop
 
 from agent.acquisition.quality import BAD, SEVERITY_MASK
 from agent.config.durations import parse_duration
@@ -368,12 +369,7 @@ def started(
     try:
         yield process
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process, signal.SIGINT, 20)
 
 
 async def measure(
