@@ -14,8 +14,8 @@ releases the GIL while decoding, so two threads read ahead while the caller adds
 
 A footer names its lineage record by digest (:mod:`agent.store.lineage`): the record is
 read once per digest from the ``_lineage`` folder of the dataset (found from the file
-upwards); an older file that holds it inline is read as it is. A file leaves out the
-columns it has no value in: they are read as nulls.
+upwards); an older file that holds it inline is read as it is. A damaged or missing record
+leaves its batches without lineage (never with a wrong one); their samples are read.
 
 A file that is not a readable edge-agent batch (truncated, foreign) is skipped and listed in
 ``DatasetReader.skipped`` with the reason: a damaged file does not stop a report.

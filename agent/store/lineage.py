@@ -49,7 +49,7 @@ class LineageFolder:
         for folder in Path(file).resolve().parents:
             candidate = folder / record_path(digest)
             if candidate.is_file():
-                record = candidate.read_text()
+                record = candidate.read_bytes().decode(errors="replace")
                 if lineage_digest(record) != digest:
                     return None  # damaged or foreign: no lineage rather than a wrong one
                 self._records[digest] = record

@@ -126,3 +126,35 @@ async def test_every_batch_lineage_comes_back_through_duckdb_pyarrow_and_the_rep
         for s in DatasetReader(root, Selection())
     }
     assert footers == expected
+
+
+async def test_a_damaged_or_lost_record_leaves_its_batches_without_lineage_not_unread(
+    tmp_path: Path,
+) -> None:
+    """Bit rot in a record (bytes flipped, not even UTF-8) or a record deleted: the report
+    reads every batch and its samples; only the lineage of the batches naming that record
+    is missing, never a wrong one."""
+    made = batches("V", 0, 4) + batches("mV", 4, 4)
+    root = await store_through_the_spool(made, tmp_path)
+    expected = lineage_by_batch(made)
+    records = sorted((root / "_lineage").glob("*.json"))
+    damaged = records[0]
+    damaged.write_bytes(b"\xff\xfe" + damaged.read_bytes()[2:])
+    rotten = damaged.stem
+    stored = list(DatasetReader(root, Selection(), columns=["tag", "value"]))
+    assert len(stored) == len(made), "every batch read"
+    assert sum(s.table.num_rows for s in stored if s.table is not None) == sum(
+        b.points for b in made
+    )
+    for s in stored:
+        digest = pq.read_metadata(s.footer.path).metadata[b"edge_agent.lineage"].decode()
+        lineage = json.loads(s.footer.lineage)
+        if digest == rotten:
+            assert lineage == {}, "no lineage rather than a wrong one"
+        else:
+            assert lineage == expected[Path(s.footer.path).stem]
+
+    records[1].unlink()  # and a record lost altogether
+    footers = [s.footer for s in DatasetReader(root, Selection())]
+    assert len(footers) == len(made)
+    assert all(json.loads(f.lineage) == {} for f in footers)
